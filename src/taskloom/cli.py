@@ -1,0 +1,243 @@
+"""The `taskloom` command. Thin: parse options, call one library function, print.
+
+Every mistake a user can make surfaces as `UserError`: one line on stderr, exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from taskloom.errors import UserError
+
+# Nothing downloads at run time: set before any Hugging Face library is imported.
+for _k, _v in {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ.setdefault(_k, _v)
+
+app = typer.Typer(
+    help="taskloom: validate a task's data, train or merge LoRA adapters, serve on Triton, watch for drift, retrain.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+tasks_app = typer.Typer(help="Built-in tasks from the offline corpora.", no_args_is_help=True)
+pipeline_app = typer.Typer(help="Kubeflow Pipelines: run locally, compile to YAML, submit to a cluster.", no_args_is_help=True)
+app.add_typer(tasks_app, name="tasks")
+app.add_typer(pipeline_app, name="pipeline")
+
+
+def _print_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+@tasks_app.command("list")
+def tasks_list() -> None:
+    """List the built-in tasks (name, type, rows, description)."""
+    from taskloom.tasks.catalog import print_catalog
+
+    print_catalog()
+
+
+@tasks_app.command("export")
+def tasks_export(
+    name: str = typer.Argument(..., help="a built-in task name (see `taskloom tasks list`)"),
+    out: Path = typer.Option(..., "--out", help="folder to write task.yaml and its data into"),
+) -> None:
+    """Write a built-in task as `task.yaml` + train/eval JSONL, ready for `validate` and `train`."""
+    from taskloom.tasks.catalog import export_task
+
+    path = export_task(name, out)
+    typer.echo(str(path))
+
+
+@app.command()
+def validate(
+    task: Path = typer.Argument(..., help="the task.yaml to check"),
+    out: Optional[Path] = typer.Option(None, "--out", help="also write validation.json and validation.html here"),
+) -> None:
+    """Check a task's data with Great Expectations. Exit 0 when valid, 2 with a report when not."""
+    from taskloom.data.validation import validate_cli
+
+    raise typer.Exit(validate_cli(task, out))
+
+
+@app.command()
+def train(
+    task: Path = typer.Argument(..., help="the task.yaml to train on"),
+    out: Path = typer.Option(..., "--out", help="run folder: adapter/, metrics.json, steps.jsonl"),
+    base: Optional[str] = typer.Option(None, "--base", help="base model: catalog name (minilm) or local folder"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="passes over the training data"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="stop after this many optimizer steps"),
+    rank: Optional[int] = typer.Option(None, "--rank", help="LoRA rank r"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="learning rate"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="rows per optimizer step"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Fine-tune a LoRA adapter and measure base vs tuned on the eval split."""
+    from pydantic import ValidationError
+
+    from taskloom.specs import TrainSpec, load_task
+    from taskloom.train.lora import train_adapter
+
+    given = dict(base=base, epochs=epochs, max_steps=max_steps, rank=rank, lr=lr, batch_size=batch_size)
+    try:
+        spec = TrainSpec(device=device, seed=seed, **{k: v for k, v in given.items() if v is not None})
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+    metrics = train_adapter(load_task(task), out, spec)
+    _print_json(metrics)
+
+
+@app.command("eval")
+def eval_(
+    task: Path = typer.Argument(..., help="the task.yaml whose eval split to score"),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="a trained adapter folder"),
+    model: Optional[Path] = typer.Option(None, "--model", help="a full (e.g. merged) model folder"),
+) -> None:
+    """Print the task metric (accuracy, Pearson, MRR) as JSON for the base, an adapter or a model."""
+    if adapter is not None and model is not None:
+        raise UserError("give --adapter or --model, not both")
+    from taskloom.specs import load_task
+    from taskloom.train.evaluate import evaluate_task
+
+    _print_json(evaluate_task(load_task(task), adapter=adapter, model=model))
+
+
+@app.command()
+def merge(
+    config: Path = typer.Argument(..., help="merge.yaml: method, base_model, adapters, parameters, output"),
+    out: Path = typer.Option(..., "--out", help="folder for the merged model and merge_report.json"),
+) -> None:
+    """Merge task adapters into one model (exact LoRA algebra, one tensor at a time)."""
+    from taskloom.merge import merge_from_config
+
+    _print_json(merge_from_config(config, out))
+
+
+@app.command()
+def serve(
+    path: Path = typer.Argument(..., help="a Triton model repository or a model folder to serve"),
+    http_port: int = typer.Option(8000, "--http-port"),
+    grpc_port: int = typer.Option(8001, "--grpc-port"),
+    metrics_port: int = typer.Option(8002, "--metrics-port"),
+) -> None:
+    """Run the bundled Triton server on loopback in the foreground (Ctrl-C stops it cleanly)."""
+    from taskloom.serve.launcher import serve_foreground
+
+    raise typer.Exit(serve_foreground(path, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port))
+
+
+@app.command()
+def drift(
+    reference: Path = typer.Option(..., "--reference", help="reference rows (JSONL/Parquet) or embeddings (.npy)"),
+    current: Path = typer.Option(..., "--current", help="current rows (JSONL/Parquet) or embeddings (.npy)"),
+    field: str = typer.Option("text", "--field", help="the text field of the rows"),
+    method: str = typer.Option("mmd", "--method", help="drift test (mmd)"),
+    alpha: float = typer.Option(0.05, "--alpha", help="significance level"),
+    permutations: int = typer.Option(200, "--permutations", help="permutations for the p-value"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Two-sample drift test on embeddings; prints statistic, calibrated p-value and the verdict."""
+    from taskloom.monitor.drift import drift_files
+
+    _print_json(drift_files(reference, current, field=field, method=method, alpha=alpha, permutations=permutations, seed=seed))
+
+
+@pipeline_app.command("run")
+def pipeline_run(
+    name: str = typer.Argument(..., help="train_merge_deploy | drift_retrain"),
+    param: list[str] = typer.Option([], "--param", "-p", help="pipeline parameter as KEY=VALUE (repeatable)"),
+    root: Path = typer.Option(Path("runs/kfp"), "--root", help="local pipeline root for artifacts"),
+) -> None:
+    """Run a pipeline locally with kfp.local (SubprocessRunner, no venv per step)."""
+    from taskloom.kfp import run_local
+
+    _print_json(run_local(name, _params(param), root))
+
+
+@pipeline_app.command("compile")
+def pipeline_compile(
+    name: str = typer.Argument(..., help="train_merge_deploy | drift_retrain"),
+    out: Path = typer.Option(..., "--out", help="YAML file to write"),
+) -> None:
+    """Compile a pipeline to KFP v2 YAML for a cluster."""
+    from taskloom.kfp import compile_pipeline
+
+    typer.echo(str(compile_pipeline(name, out)))
+
+
+@pipeline_app.command("submit")
+def pipeline_submit(
+    name: str = typer.Argument(..., help="train_merge_deploy | drift_retrain"),
+    host: str = typer.Option(..., "--host", help="KFP API endpoint, e.g. http://ml-pipeline.kubeflow:8888"),
+    param: list[str] = typer.Option([], "--param", "-p", help="pipeline parameter as KEY=VALUE (repeatable)"),
+    experiment: str = typer.Option("taskloom", "--experiment"),
+) -> None:
+    """Submit a pipeline run to a Kubeflow Pipelines cluster with kfp.Client."""
+    from taskloom.kfp import submit
+
+    _print_json(submit(name, host, _params(param), experiment))
+
+
+def _params(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--param {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v
+    return out
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo-out"), "--out", help="folder for runs, the summary and report.html"),
+    quick: bool = typer.Option(False, "--quick", help="small, fast settings (what `make test` runs)"),
+) -> None:
+    """The whole loop on built-in tasks: validate, profile to Feast, train, merge, gate, serve on
+    Triton, send traffic, detect drift, trigger retraining; ends with a summary and an HTML report."""
+    from taskloom.demo import run_demo
+
+    run_demo(out, quick=quick)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: UserError → one line on stderr, exit 2; never a traceback for the user's mistakes."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserError as e:
+        typer.echo(f"error: {e}", err=True)
+        return 2
+    except typer.Exit as e:
+        return e.exit_code
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    except Exception as e:  # usage errors (missing option, bad value) arrive here in non-standalone mode
+        from typer._click import exceptions as click_exceptions
+
+        if isinstance(e, click_exceptions.NoArgsIsHelpError):
+            e.show()
+            return 0
+        if isinstance(e, click_exceptions.ClickException):
+            e.show()
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

