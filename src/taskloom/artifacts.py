@@ -22,6 +22,13 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def _umask_mode() -> int:
+    """The mode a plain `open()` would give a new file (mkstemp alone gives 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_bytes(path: str | os.PathLike, data: bytes, *, digest: bool = True) -> Path:
     """Write `data` to `path` atomically; with `digest`, also write `path.sha256`."""
     path = Path(path)
@@ -32,6 +39,7 @@ def write_bytes(path: str | os.PathLike, data: bytes, *, digest: bool = True) ->
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -75,6 +83,7 @@ def save_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict | No
     os.close(fd)
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

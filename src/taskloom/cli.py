@@ -121,10 +121,15 @@ def merge(
     config: Path = typer.Argument(..., help="merge.yaml: method, base_model, adapters, parameters, output"),
     out: Path = typer.Option(..., "--out", help="folder for the merged model and merge_report.json"),
 ) -> None:
-    """Merge task adapters into one model (exact LoRA algebra, one tensor at a time)."""
+    """Merge task adapters into one model (exact LoRA algebra, one tensor at a time).
+
+    Methods: linear, task_arithmetic, ties, dare_linear, dare_ties, magnitude_prune, delta_guided.
+    Prints a summary; per-layer norms and digests are in DIR/merge_report.json."""
     from taskloom.merge import merge_from_config
 
-    _print_json(merge_from_config(config, out))
+    report = merge_from_config(config, out)
+    summary = ("method", "parameters", "output", "tasks", "heads", "layers_merged", "delta_norm", "refactor", "files", "seconds")
+    _print_json({"out": str(out), **{k: report[k] for k in summary if k in report}})
 
 
 @app.command()
@@ -133,11 +138,15 @@ def serve(
     http_port: int = typer.Option(8000, "--http-port"),
     grpc_port: int = typer.Option(8001, "--grpc-port"),
     metrics_port: int = typer.Option(8002, "--metrics-port"),
+    head: Optional[str] = typer.Option(None, "--head", help="serve the classification head MODEL_DIR/heads/TASK (LABEL, PROBS)"),
+    log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="keep tritonserver.log here (default: a temp workspace)"),
+    timeout: float = typer.Option(180, "--timeout", help="seconds to wait for the server to be ready"),
 ) -> None:
     """Run the bundled Triton server on loopback in the foreground (Ctrl-C stops it cleanly)."""
     from taskloom.serve.launcher import serve_foreground
 
-    raise typer.Exit(serve_foreground(path, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port))
+    raise typer.Exit(serve_foreground(path, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                                      head=head, log_dir=log_dir, timeout=timeout))
 
 
 @app.command()
@@ -145,7 +154,7 @@ def drift(
     reference: Path = typer.Option(..., "--reference", help="reference rows (JSONL/Parquet) or embeddings (.npy)"),
     current: Path = typer.Option(..., "--current", help="current rows (JSONL/Parquet) or embeddings (.npy)"),
     field: str = typer.Option("text", "--field", help="the text field of the rows"),
-    method: str = typer.Option("mmd", "--method", help="drift test (mmd)"),
+    method: str = typer.Option("mmd", "--method", help="drift test: mmd | ks_pca"),
     alpha: float = typer.Option(0.05, "--alpha", help="significance level"),
     permutations: int = typer.Option(200, "--permutations", help="permutations for the p-value"),
     seed: int = typer.Option(0, "--seed"),
@@ -217,7 +226,10 @@ def demo(
 def main(argv: list[str] | None = None) -> int:
     """Entry point: UserError → one line on stderr, exit 2; never a traceback for the user's mistakes."""
     try:
-        app(args=argv, standalone_mode=False)
+        # non-standalone mode returns a verb's `typer.Exit(code)` as the value instead of raising it
+        rv = app(args=argv, standalone_mode=False)
+        if isinstance(rv, int) and not isinstance(rv, bool):
+            return rv
     except UserError as e:
         typer.echo(f"error: {e}", err=True)
         return 2

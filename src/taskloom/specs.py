@@ -122,19 +122,27 @@ class TrainSpec(BaseModel):
 
 class AdapterRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    path: Path
-    weight: float = 1.0
+    path: Path = Field(description="a PEFT LoRA adapter folder, or a full fine-tuned model folder of the same base")
+    weight: float = Field(default=1.0, allow_inf_nan=False, description="wᵢ: how much of this task vector to take")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_path(cls, v):
+        # `adapters: [runs/a/adapter, runs/b/adapter]` means weight 1 each.
+        return {"path": v} if isinstance(v, (str, Path)) else v
 
 
 class MergeSpec(BaseModel):
     """A merge as users write it in `merge.yaml` (adapter paths relative to the file)."""
 
     model_config = ConfigDict(extra="forbid")
-    method: str
-    base_model: str = "minilm"
-    adapters: list[AdapterRef] = Field(min_length=1)
-    parameters: dict[str, float | int | str | bool] = Field(default_factory=dict)
-    output: Literal["full", "adapter"] = "full"
+    method: str = Field(description="a name of taskloom.merge.methods.METHODS")
+    base_model: str = Field(default="minilm", description="the base every adapter was trained on (name or folder)")
+    adapters: list[AdapterRef] = Field(min_length=1, description="inputs: LoRA adapter or full model folders")
+    parameters: dict[str, float | int | str | bool] = Field(default_factory=dict, description="the method's parameters")
+    output: Literal["full", "adapter"] = Field(default="full", description="full: merged weights; adapter: merged LoRA")
+    rank: int | None = Field(default=None, ge=1, description="output: adapter only: LoRA rank of the re-factored Δ "
+                             "(default: the sum of the input ranks, which is exact for linear merges)")
     root: Path = Field(default=Path("."), exclude=True)
 
     def adapter_paths(self) -> list[Path]:

@@ -1,0 +1,13 @@
+"""Stage a task (built-in name or task.yaml path) as a self-contained Dataset: task.yaml + its rows."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Output
+
+from components import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False, packages_to_install=[])
+def export_task(task: str, dataset: Output[Dataset]):
+    from taskloom.steps import stage_task
+
+    dataset.metadata.update(stage_task(task, dataset.path))

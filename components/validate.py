@@ -1,0 +1,16 @@
+"""Check the staged task's data with Great Expectations; a failure stops the pipeline before training."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
+
+from components import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False, packages_to_install=[])
+def validate_task(dataset: Input[Dataset], report: Output[Artifact], metrics: Output[Metrics]):
+    from taskloom.steps import validate_step
+
+    result = validate_step(dataset.path, report.path)
+    for k, v in result.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            metrics.log_metric(k, v)

@@ -1,0 +1,19 @@
+"""Regenerate the golden compiled pipelines in pipelines/compiled/ (what a cluster runs).
+
+    python -m pipelines.compile_all        # or: make golden
+"""
+
+from pathlib import Path
+
+from taskloom.kfp import PIPELINES, compile_pipeline
+
+COMPILED = Path(__file__).resolve().parent / "compiled"
+
+
+def main() -> None:
+    for name in PIPELINES:
+        print(compile_pipeline(name, COMPILED / f"{name}.yaml"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Retrain after drift: the Argo Events Sensor starts this with the task and adapter of the alarm.
+
+export → validate → profile (refreshes the task's drift reference in Feast under `adapter_id`) →
+train (GPU) → fold the adapter into the base (`linear`, weight 1: exactly W₀ + Δ) → gate (the new
+adapter must keep its gain over the base) → deploy (GPU; only when promoted). `task` may name several
+tasks, comma-separated, when one alarm covers several; each gets its own branch of the same steps.
+
+    taskloom pipeline run drift_retrain -p task=rt-sentiment -p adapter_id=rt-sentiment-v2 -p max_steps=50
+"""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Artifact, Model
+
+from components.deploy import deploy_model
+from components.export import export_task
+from components.gate import gate_model
+from components.merge import merge_adapters
+from components.profile import profile_task
+from components.task_list import task_list
+from components.train import train_adapter
+from components.validate import validate_task
+from pipelines.placement import FEATURE_REPO, MODEL_REPOSITORY, offline, on_cpu, on_gpu, with_shared_volume
+
+Outputs = NamedTuple("Outputs", promoted=bool, gate=Artifact, merged=Model)
+
+
+@dsl.pipeline(
+    name="drift-retrain",
+    description="Retrain a drifted task's adapter, refresh its drift reference, gate it and redeploy it to Triton.",
+)
+def drift_retrain(
+    task: str = "rt-sentiment",
+    adapter_id: str = "",
+    max_steps: int = 0,
+    epochs: int = 0,
+    rank: int = 0,
+    base: str = "",
+    device: str = "auto",
+    seed: int = 0,
+    share: float = 0.9,
+    head_task: str = "",
+    model_name: str = "taskloom",
+    feature_repo: str = FEATURE_REPO,
+    model_repository: str = MODEL_REPOSITORY,
+) -> Outputs:
+    """`adapter_id`: the id the new adapter's metrics and drift reference are stored under ("" = the task name)."""
+    names = on_cpu(offline(task_list(tasks=task)), memory="1Gi").set_display_name("tasks")
+    with dsl.ParallelFor(names.output, name="per-task") as item:
+        staged = on_cpu(offline(export_task(task=item))).set_display_name("export")
+        checked = on_cpu(offline(validate_task(dataset=staged.outputs["dataset"]))).set_display_name("validate")
+        profiled = profile_task(dataset=staged.outputs["dataset"], feature_repo=feature_repo, adapter_id=adapter_id)
+        with_shared_volume(on_cpu(offline(profiled))).set_display_name("profile").set_caching_options(False)
+        profiled.after(checked)
+        trained = train_adapter(
+            dataset=staged.outputs["dataset"], max_steps=max_steps, epochs=epochs, rank=rank, base=base,
+            device=device, seed=seed, feature_repo=feature_repo, adapter_id=adapter_id,
+        )
+        with_shared_volume(on_gpu(offline(trained))).set_display_name("train").set_caching_options(False)
+        trained.after(checked)
+    folded = merge_adapters(adapters=dsl.Collected(trained.outputs["model"]), method="linear", parameters="")
+    on_cpu(offline(folded), cpu="2", memory="8Gi").set_display_name("fold")
+    gated = gate_model(
+        datasets=dsl.Collected(staged.outputs["dataset"]),
+        adapters=dsl.Collected(trained.outputs["model"]),
+        merged=folded.outputs["merged"],
+        share=share,
+    )
+    on_gpu(offline(gated)).set_display_name("gate")
+    with dsl.If(gated.outputs["Output"] == True, name="promoted"):  # noqa: E712 (a KFP condition, not Python)
+        deployed = deploy_model(
+            merged=folded.outputs["merged"], model_name=model_name, head_task=head_task,
+            model_repository=model_repository,
+        )
+        with_shared_volume(on_gpu(offline(deployed))).set_display_name("deploy").set_caching_options(False)
+    return Outputs(promoted=gated.outputs["Output"], gate=gated.outputs["report"], merged=folded.outputs["merged"])

@@ -1,0 +1,49 @@
+"""Where pipeline steps run in a cluster: GPU nodes of the NVIDIA GPU Operator, the shared volume,
+offline Hugging Face settings. kfp.local ignores all of it (resources with a warning, kfp-kubernetes
+settings silently); the compiled YAML keeps it."""
+
+from kfp import kubernetes
+
+GPU_RESOURCE = "nvidia.com/gpu"
+# The GPU Operator's feature discovery labels every GPU node with this, and GPU nodes carry the taint.
+GPU_NODE_LABEL = ("nvidia.com/gpu.present", "true")
+GPU_TAINT_KEY = "nvidia.com/gpu"
+# One ReadWriteMany claim holds the Feast repository and the Triton model repository; the Helm chart
+# creates it (persistence.claimName) and mounts it into Triton and the Feast server at the same path.
+SHARED_PVC = "taskloom-shared"
+SHARED_MOUNT = "/mnt/taskloom"
+FEATURE_REPO = f"{SHARED_MOUNT}/feature_repo"
+MODEL_REPOSITORY = f"{SHARED_MOUNT}/model_repository"
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def offline(task):
+    """Nothing downloads at run time: the image carries the models."""
+    for k, v in OFFLINE_ENV.items():
+        task.set_env_variable(k, v)
+    return task
+
+
+def on_cpu(task, cpu: str = "1", memory: str = "4Gi"):
+    return task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
+
+
+def on_gpu(task, cpu: str = "4", memory: str = "16Gi"):
+    """One GPU on a GPU Operator node: resource limit, node selector and the taint's toleration."""
+    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
+    task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
+    kubernetes.add_node_selector(task, label_key=GPU_NODE_LABEL[0], label_value=GPU_NODE_LABEL[1])
+    kubernetes.add_toleration(task, key=GPU_TAINT_KEY, operator="Exists", effect="NoSchedule")
+    return task
+
+
+def with_shared_volume(task):
+    """Mount the shared claim (Feast repository, Triton model repository)."""
+    kubernetes.mount_pvc(task, pvc_name=SHARED_PVC, mount_path=SHARED_MOUNT)
+    return task

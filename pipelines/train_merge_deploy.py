@@ -1,0 +1,79 @@
+"""Train one LoRA adapter per task, merge them, gate the merge, deploy it to Triton.
+
+Per task (fan-out): export → validate → profile (Feast) → train (GPU). Then: merge → gate (every
+task keeps its share of the gain) → deploy (GPU; only when the gate promotes).
+
+    taskloom pipeline run train_merge_deploy -p tasks=rt-sentiment,chatterbot-qa -p max_steps=50
+    taskloom pipeline compile train_merge_deploy --out train_merge_deploy.yaml
+"""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Artifact, Model
+
+from components.deploy import deploy_model
+from components.export import export_task
+from components.gate import gate_model
+from components.merge import merge_adapters
+from components.profile import profile_task
+from components.task_list import task_list
+from components.train import train_adapter
+from components.validate import validate_task
+from pipelines.placement import FEATURE_REPO, MODEL_REPOSITORY, offline, on_cpu, on_gpu, with_shared_volume
+
+Outputs = NamedTuple("Outputs", promoted=bool, gate=Artifact, merged=Model)
+
+
+@dsl.pipeline(
+    name="train-merge-deploy",
+    description="Validate, profile and train a LoRA adapter per task; merge; gate; deploy to Triton.",
+)
+def train_merge_deploy(
+    tasks: str = "rt-sentiment,chatterbot-qa",
+    max_steps: int = 0,
+    epochs: int = 0,
+    rank: int = 0,
+    base: str = "",
+    device: str = "auto",
+    seed: int = 0,
+    merge_method: str = "task_arithmetic",
+    merge_parameters: str = "",
+    share: float = 0.9,
+    head_task: str = "",
+    model_name: str = "taskloom",
+    feature_repo: str = FEATURE_REPO,
+    model_repository: str = MODEL_REPOSITORY,
+) -> Outputs:
+    """`tasks`: comma-separated built-in names or task.yaml paths. 0 or "" means the default."""
+    names = on_cpu(offline(task_list(tasks=tasks)), memory="1Gi").set_display_name("tasks")
+    with dsl.ParallelFor(names.output, name="per-task") as task:
+        staged = on_cpu(offline(export_task(task=task))).set_display_name("export")
+        checked = on_cpu(offline(validate_task(dataset=staged.outputs["dataset"]))).set_display_name("validate")
+        profiled = profile_task(dataset=staged.outputs["dataset"], feature_repo=feature_repo, adapter_id="")
+        with_shared_volume(on_cpu(offline(profiled))).set_display_name("profile").set_caching_options(False)
+        profiled.after(checked)
+        trained = train_adapter(
+            dataset=staged.outputs["dataset"], max_steps=max_steps, epochs=epochs, rank=rank, base=base,
+            device=device, seed=seed, feature_repo=feature_repo, adapter_id="",
+        )
+        with_shared_volume(on_gpu(offline(trained))).set_display_name("train").set_caching_options(False)
+        trained.after(checked)
+    merged = merge_adapters(
+        adapters=dsl.Collected(trained.outputs["model"]), method=merge_method, parameters=merge_parameters
+    )
+    on_cpu(offline(merged), cpu="2", memory="8Gi").set_display_name("merge")
+    gated = gate_model(
+        datasets=dsl.Collected(staged.outputs["dataset"]),
+        adapters=dsl.Collected(trained.outputs["model"]),
+        merged=merged.outputs["merged"],
+        share=share,
+    )
+    on_gpu(offline(gated)).set_display_name("gate")
+    with dsl.If(gated.outputs["Output"] == True, name="promoted"):  # noqa: E712 (a KFP condition, not Python)
+        deployed = deploy_model(
+            merged=merged.outputs["merged"], model_name=model_name, head_task=head_task,
+            model_repository=model_repository,
+        )
+        with_shared_volume(on_gpu(offline(deployed))).set_display_name("deploy").set_caching_options(False)
+    return Outputs(promoted=gated.outputs["Output"], gate=gated.outputs["report"], merged=merged.outputs["merged"])

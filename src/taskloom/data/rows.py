@@ -1,0 +1,159 @@
+"""Task rows on disk: JSONL (one object per line) or Parquet, checked field by field on load.
+
+Every bad row becomes one `UserError` line naming the file, the row (the 1-based line number for
+JSONL, the 1-based row for Parquet) and the field, so a user can open the file and fix it.
+Inputs are only ever read.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+from taskloom.errors import UserError
+
+# Required fields per task type, and their kind: "str", "score" (number in [0, 1]) or "str_list".
+FIELDS: dict[str, dict[str, str]] = {
+    "classification": {"text": "str", "label": "str"},
+    "pair_similarity": {"text_a": "str", "text_b": "str", "score": "score"},
+    "retrieval": {"query": "str", "positive": "str"},
+    "generation": {"prompt": "str", "response": "str"},
+}
+OPTIONAL_FIELDS: dict[str, dict[str, str]] = {"retrieval": {"negatives": "str_list"}}
+
+# The field that carries the main input text of a row (profiles, drift, leakage checks).
+MAIN_TEXT: dict[str, str] = {
+    "classification": "text",
+    "pair_similarity": "text_a",
+    "retrieval": "query",
+    "generation": "prompt",
+}
+
+JSONL_SUFFIXES = (".jsonl", ".json")
+PARQUET_SUFFIXES = (".parquet",)
+
+
+def text_fields(task_type: str) -> list[str]:
+    """The string fields of a task type (what length, null and leakage checks look at)."""
+    return [f for f, kind in FIELDS[task_type].items() if kind == "str"]
+
+
+def load_rows(path: str | Path, task_type: str, labels: list[str] | None = None) -> list[dict]:
+    """Read and check every row; with `labels`, a classification label outside them is an error."""
+    return [row for _n, row in load_numbered_rows(path, task_type, labels)]
+
+
+def load_numbered_rows(path: str | Path, task_type: str, labels: list[str] | None = None) -> list[tuple[int, dict]]:
+    """Like `load_rows`, with each row's number (JSONL: its line; Parquet: its 1-based row)."""
+    path = Path(path)
+    if task_type not in FIELDS:
+        raise UserError(f"{path}: unknown task type {task_type!r}: use one of [{', '.join(FIELDS)}]")
+    if not path.exists():
+        raise UserError(f"{path}: file not found")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, expected a JSONL or Parquet file")
+    suffix = path.suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        numbered = _read_jsonl(path)
+    elif suffix in PARQUET_SUFFIXES:
+        numbered = _read_parquet(path)
+    else:
+        raise UserError(f"{path}: expected a .jsonl or .parquet file, got {path.name}")
+    if not numbered:
+        raise UserError(f"{path}: no rows (the file is empty)")
+    for n, row in numbered:
+        _check_row(path, n, row, task_type, labels)
+    return numbered
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, object]]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise UserError(f"{path}: row {line}: not UTF-8 text") from None
+    out = []
+    for n, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 may sit inside a string
+        if not line.strip():
+            continue
+        try:
+            out.append((n, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: row {n}: malformed JSON: {e.msg} (column {e.colno})") from None
+    return out
+
+
+def _read_parquet(path: Path) -> list[tuple[int, object]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a damaged or foreign file
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{path}: not a readable Parquet file: {reason}") from None
+    return list(enumerate(table.to_pylist(), start=1))
+
+
+def _kind_name(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _check_row(path: Path, n: int, row, task_type: str, labels: list[str] | None) -> None:
+    where = f"{path}: row {n}"
+    if not isinstance(row, dict):
+        raise UserError(f"{where}: expected a JSON object with fields [{', '.join(FIELDS[task_type])}], got {_kind_name(row)}")
+    for field, kind in FIELDS[task_type].items():
+        if field not in row:
+            raise UserError(f"{where}: field {field!r}: missing (a {task_type} row needs [{', '.join(FIELDS[task_type])}])")
+        if row[field] is None:
+            raise UserError(f"{where}: field {field!r}: is null")
+        _check_value(where, field, kind, row[field])
+    for field, kind in OPTIONAL_FIELDS.get(task_type, {}).items():
+        if row.get(field) is not None:
+            _check_value(where, field, kind, row[field])
+    if labels is not None and task_type == "classification" and row["label"] not in labels:
+        raise UserError(f"{where}: field 'label': {row['label']!r} is not one of [{', '.join(labels)}]")
+
+
+def _check_value(where: str, field: str, kind: str, value) -> None:
+    if kind == "str":
+        if not isinstance(value, str):
+            raise UserError(f"{where}: field {field!r}: expected a string, got {_kind_name(value)} ({value!r})")
+    elif kind == "score":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{where}: field {field!r}: expected a number in [0, 1], got {_kind_name(value)} ({value!r})")
+        if math.isnan(value) or not 0.0 <= value <= 1.0:
+            raise UserError(f"{where}: field {field!r}: {value!r} is outside [0, 1]")
+    elif kind == "str_list":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UserError(f"{where}: field {field!r}: expected a list of strings, got {_kind_name(value)}")
+
+
+def write_rows(path: str | Path, rows: list[dict]) -> Path:
+    """Write rows atomically (temp file + rename, sha256 beside): JSONL, or Parquet by suffix."""
+    from taskloom.artifacts import write_bytes
+
+    path = Path(path)
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(list(rows)), buf)
+        return write_bytes(path, buf.getvalue())
+    body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    return write_bytes(path, body.encode("utf-8"))

@@ -1,0 +1,156 @@
+"""An embedded webhook for signed CloudEvents: the local stand-in for the Argo Events EventSource.
+
+    with WebhookReceiver(secret, on_event=start_retrain) as rx:
+        send_event(rx.url, "taskloom.drift.detected", {"task": "rt-sentiment"}, secret)
+
+Per request, in this order: no signature → 401; not a CloudEvent → 400; signature (HMAC-SHA256
+over id, time and body, compared in constant time) wrong → 401; time older (or further ahead)
+than `max_age` seconds → 401; an id already accepted → 200 {"duplicate": true} and on_event is
+NOT called again; otherwise on_event(data) → 202 {"run_id", "event_id"}. An id is remembered until
+its event's time is more than `max_age` back, when the time check rejects a replay anyway.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+import time
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+from taskloom.events.cloudevent import SIGNATURE_HEADER, _secret_bytes, format_time, sign, signing_input
+
+log = logging.getLogger("taskloom.events")
+log.addHandler(logging.NullHandler())  # a library: the application decides where logs go
+
+MAX_BODY = 1 << 20  # 1 MiB: a drift alarm is a few hundred bytes
+
+
+class WebhookReceiver:
+    """Threaded HTTP server on loopback; `.url`, `.received` [{"event_id","run_id","type","source"}], `.rejected`."""
+
+    def __init__(self, secret: str | bytes, on_event: Callable[[dict], str | None], host: str = "127.0.0.1",
+                 port: int = 0, max_age: float = 300.0):
+        self._secret = _secret_bytes(secret)
+        self.on_event = on_event
+        self.host, self.port, self.max_age = host, port, float(max_age)
+        self.received: list[dict] = []
+        self.rejected: list[dict] = []
+        self._seen: dict[str, tuple[float, str | None]] = {}  # id -> (event time, run id); None run id = in progress
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> "WebhookReceiver":
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's name)
+                status, payload = receiver.handle(dict(self.headers.items()), self._body())
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _body(self) -> bytes | None:
+                try:
+                    length = int(self.headers.get("Content-Length", "0"))
+                except ValueError:
+                    return None
+                if length < 0 or length > MAX_BODY:
+                    return None
+                return self.rfile.read(length)
+
+            def log_message(self, fmt, *args):  # keep stderr clean; the log has it
+                log.debug("webhook %s - %s", self.address_string(), fmt % args)
+
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="taskloom-webhook", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join(timeout=5)
+            self._server = self._thread = None
+
+    def __enter__(self) -> "WebhookReceiver":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    # -- one request ------------------------------------------------------------------------
+    def _reject(self, status: int, reason: str, event_id: str | None = None) -> tuple[int, dict]:
+        log.warning("webhook rejected event %s: %s", event_id or "?", reason)
+        with self._lock:
+            self.rejected.append({"status": status, "reason": reason, "event_id": event_id})
+        return status, {"error": reason}
+
+    def handle(self, headers: dict[str, str], body: bytes | None) -> tuple[int, dict]:
+        """Decide on one request: (HTTP status, JSON reply). Independent of the HTTP server."""
+        from cloudevents.core.bindings.http import HTTPMessage, from_http_event
+
+        lower = {k.lower(): v for k, v in headers.items()}
+        if body is None:
+            return self._reject(413, "body missing or too large")
+        signature = lower.get(SIGNATURE_HEADER.lower())
+        if not signature:
+            return self._reject(401, "missing signature")
+        binary = any(k.startswith("ce-") for k in lower)
+        try:
+            event = from_http_event(HTTPMessage(headers=headers, body=body))
+            raw_time = lower.get("ce-time") if binary else json.loads(body).get("time")
+            event_id, event_time = event.get_id(), event.get_time()
+        except Exception as e:  # the binding raises many types for malformed input
+            return self._reject(400, f"not a CloudEvent ({type(e).__name__})")
+        if not raw_time or event_time is None:
+            return self._reject(401, "event has no time", event_id)
+        if event_time.tzinfo is None:
+            event_time = event_time.replace(tzinfo=timezone.utc)
+        expected = sign(signing_input(event_id, format_time(event_time), body), self._secret)
+        if not hmac.compare_digest(expected.encode(), signature.strip().encode()):
+            return self._reject(401, "bad signature", event_id)
+        age = (datetime.now(timezone.utc) - event_time).total_seconds()
+        if abs(age) > self.max_age:
+            return self._reject(401, f"stale event ({age:.0f} s old, max {self.max_age:.0f} s)", event_id)
+
+        stamp = event_time.timestamp()
+        with self._lock:
+            self._forget_older_than(time.time() - self.max_age)
+            if event_id in self._seen:
+                log.info("webhook ignored replayed event %s", event_id)
+                return 200, {"duplicate": True, "event_id": event_id, "run_id": self._seen[event_id][1]}
+            self._seen[event_id] = (stamp, None)  # claim the id before running, so a concurrent retry waits its turn
+        try:
+            run_id = self.on_event(event.get_data())
+        except Exception as e:
+            with self._lock:
+                self._seen.pop(event_id, None)  # not accepted: a retry may run it
+            log.error("webhook handler failed for event %s: %s", event_id, e)
+            return 500, {"error": f"handler failed: {type(e).__name__}", "event_id": event_id}
+        with self._lock:
+            self._seen[event_id] = (stamp, run_id)
+            self.received.append({"event_id": event_id, "run_id": run_id, "type": event.get_type(),
+                                  "source": event.get_source()})
+        log.info("webhook accepted event %s → run %s", event_id, run_id)
+        return 202, {"event_id": event_id, "run_id": run_id}
+
+    def _forget_older_than(self, cutoff: float) -> None:
+        for k in [k for k, (t, _) in self._seen.items() if t < cutoff]:
+            del self._seen[k]

@@ -1,0 +1,285 @@
+"""Merge methods: each a small object with a name, a pydantic model of its parameters, and `merge`,
+which turns the task vectors of ONE tensor into the merged Δ (the caller adds it to W₀).
+
+Notation: Δᵢ the task vector of input i for this tensor (s·B·A for a LoRA adapter, W − W₀ for a full
+model, 0 where the input leaves the tensor alone), wᵢ its weight, λ `lambda`.
+
+- linear:          Δ = Σ wᵢΔᵢ / Σ wᵢ (model soup)
+- task_arithmetic: Δ = λ·Σ wᵢΔᵢ
+- ties:            trim each Δᵢ to `density` by magnitude, elect the sign of Σ wᵢΔ̃ᵢ, keep only the
+                   entries that agree with it; Δ = λ·Σ wᵢΔ̃ᵢ[agree] / Σ wᵢ[agree] (disjoint mean)
+- dare_linear:     drop entries of each Δᵢ at random (keep prob. `density`, seeded), rescale by 1/density;
+                   Δ = λ·Σ wᵢΔ̃ᵢ
+- dare_ties:       DARE's drop and rescale, then TIES's sign election (and, with normalize, its mean)
+- magnitude_prune: TIES's trim without the sign election; Δ = λ·Σ wᵢΔ̃ᵢ
+- delta_guided:    per-parameter weights from how far each input moved that parameter relative to the
+                   others (CoDiEmb): αᵢ = wᵢ|Δᵢ|^γ / Σⱼ wⱼ|Δⱼ|^γ, Δ = λ·Σ αᵢΔᵢ
+
+`normalize` (ties, dare_*, magnitude_prune) divides by the summed weights as mergekit does. The methods
+stream over the inputs (TIES-like ones in two passes), so memory is a few tensors for any number of
+inputs. `Delta.get()` recomputes a task vector; random drops are seeded by (seed, tensor name, input)
+so both passes, and every run, see the same mask.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from taskloom.errors import UserError
+from taskloom.merge import sparsify
+
+
+class Delta:
+    """One input's task vector for the tensor being merged, computed on demand and never kept."""
+
+    def __init__(self, compute: Callable | None, shape: tuple[int, ...], label: str, key: str):
+        self._compute, self.shape, self.label, self.key = compute, shape, label, key
+        self.zero = compute is None
+        self.norm = 0.0
+
+    def get(self):
+        import torch
+
+        from taskloom.merge.weights import all_finite
+
+        if self._compute is None:
+            return torch.zeros(self.shape)
+        t = self._compute()
+        if not all_finite(t):
+            raise UserError(f"{self.label}: tensor {self.key} has NaN or infinite values")
+        self.norm = float(t.norm())
+        return t
+
+
+@dataclass
+class TensorContext:
+    """What a method may know about the tensor beyond its task vectors."""
+
+    key: str
+    shape: tuple[int, ...]
+    seed: int = 0
+
+    def generator(self, i: int):
+        """A torch RNG for input i on this tensor: same numbers whatever the order of the walk."""
+        import torch
+
+        mixed = (self.seed * 1_000_003 + zlib.crc32(self.key.encode()) * 7_919 + i) % (2**63 - 1)
+        return torch.Generator().manual_seed(mixed)
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class LinearParams(_Params):
+    pass
+
+
+class ScaledParams(_Params):
+    lambda_: float = Field(default=1.0, alias="lambda", allow_inf_nan=False, description="λ: scale of the merged task vector")
+
+
+class SparseParams(ScaledParams):
+    density: float = Field(default=0.5, description="share of each task vector's entries kept, in (0, 1]")
+    normalize: bool = Field(default=False, description="divide by the summed weights (of agreeing entries)")
+    rescale: bool = Field(default=False, description="divide kept entries by density")
+    seed: int = Field(default=0, description="seed of the random drop (DARE)")
+
+    @field_validator("density")
+    @classmethod
+    def _density_range(cls, v: float) -> float:
+        if not (0.0 < v <= 1.0):
+            raise ValueError(f"must be in (0, 1], got {v}")
+        return v
+
+
+class TiesParams(SparseParams):
+    normalize: bool = True
+
+
+class DareParams(SparseParams):
+    rescale: bool = True
+
+
+class DeltaGuidedParams(ScaledParams):
+    gamma: float = Field(default=1.0, gt=0, allow_inf_nan=False, description="sharpness: αᵢ ∝ wᵢ|Δᵢ|^γ")
+
+
+class Method:
+    """A merge method. Subclasses set `name`, `Params`, and implement `merge`."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[_Params]] = LinearParams
+
+    def parameters(self, given: dict) -> _Params:
+        """The method's parameters from the merge spec, defaults filled, or UserError naming the field."""
+        known = {f.alias or n for n, f in self.Params.model_fields.items()}
+        for name in given:
+            if name not in known:
+                listed = ", ".join(sorted(known)) or "none"
+                raise UserError(f"parameters.{name}: not a parameter of {self.name} (it takes: {listed})")
+        try:
+            return self.Params.model_validate(given)
+        except ValidationError as e:
+            err = e.errors()[0]
+            field = ".".join(str(p) for p in err["loc"])
+            raise UserError(f"parameters.{field}: {err['msg'].removeprefix('Value error, ')}") from None
+
+    def check(self, weights: list[float], p) -> None:
+        """Refuse weights the method cannot use (before anything is written)."""
+
+    def merge(self, deltas: list[Delta], weights: list[float], p, ctx: TensorContext):
+        raise NotImplementedError
+
+
+class Linear(Method):
+    """Model soup: the weighted mean of the fine-tuned models, W₀ + Σ wᵢΔᵢ / Σ wᵢ."""
+
+    name = "linear"
+
+    def check(self, weights, p):
+        if abs(sum(weights)) < 1e-12:
+            raise UserError("linear: the adapter weights sum to zero, so Σ wᵢΔᵢ / Σ wᵢ is undefined")
+
+    def merge(self, deltas, weights, p, ctx):
+        acc = _weighted_sum(deltas, weights)
+        return acc / sum(weights)
+
+
+class TaskArithmetic(Method):
+    """Task vectors added: W₀ + λ·Σ wᵢΔᵢ (Ilharco et al., 2023)."""
+
+    name = "task_arithmetic"
+    Params = ScaledParams
+
+    def merge(self, deltas, weights, p, ctx):
+        return _weighted_sum(deltas, weights) * p.lambda_
+
+
+class GeneralizedTaskArithmetic(Method):
+    """Sparsify each task vector, optionally keep only sign-agreeing entries, sum, normalise, scale."""
+
+    sparsify: ClassVar[str]  # "magnitude" | "random"
+    consensus: ClassVar[bool]
+    Params = SparseParams
+
+    def check(self, weights, p):
+        if p.normalize and not self.consensus and abs(sum(weights)) < 1e-12:
+            raise UserError(f"{self.name}: normalize needs weights that do not sum to zero")
+
+    def _sparse(self, deltas, i, p, ctx):
+        x = deltas[i].get()
+        if self.sparsify == "magnitude":
+            return sparsify.trim_by_magnitude(x, p.density, rescale=p.rescale)
+        return sparsify.drop_at_random(x, p.density, ctx.generator(i), rescale=p.rescale)
+
+    def merge(self, deltas, weights, p, ctx):
+        import torch
+
+        live = [i for i, d in enumerate(deltas) if not d.zero]
+        if not self.consensus:
+            acc = torch.zeros(ctx.shape)
+            for i in live:
+                acc += weights[i] * self._sparse(deltas, i, p, ctx)
+            if p.normalize:
+                acc /= sum(weights)
+            return acc * p.lambda_
+        total = torch.zeros(ctx.shape)  # pass 1: elect the sign
+        for i in live:
+            total += weights[i] * self._sparse(deltas, i, p, ctx)
+        sign = sparsify.elect_sign(total)
+        del total
+        acc, divisor = torch.zeros(ctx.shape), torch.zeros(ctx.shape)  # pass 2: disjoint merge
+        for i in live:
+            x = weights[i] * self._sparse(deltas, i, p, ctx)
+            agree = torch.sign(x) == sign
+            acc += torch.where(agree, x, torch.zeros_like(x))
+            divisor += agree * weights[i]
+        if p.normalize:
+            divisor[divisor.abs() < 1e-12] = 1.0
+            acc /= divisor
+        return acc * p.lambda_
+
+
+class Ties(GeneralizedTaskArithmetic):
+    """TIES-Merging (Yadav et al., 2023): trim, elect sign, disjoint mean."""
+
+    name, sparsify, consensus, Params = "ties", "magnitude", True, TiesParams
+
+
+class DareLinear(GeneralizedTaskArithmetic):
+    """DARE (Yu et al., 2024) with a plain weighted sum."""
+
+    name, sparsify, consensus, Params = "dare_linear", "random", False, DareParams
+
+
+class DareTies(GeneralizedTaskArithmetic):
+    """DARE's random drop and rescale, then TIES's sign election."""
+
+    name, sparsify, consensus, Params = "dare_ties", "random", True, DareParams
+
+
+class MagnitudePrune(GeneralizedTaskArithmetic):
+    """Keep each task vector's largest entries, then add: TIES without the sign election."""
+
+    name, sparsify, consensus, Params = "magnitude_prune", "magnitude", False, SparseParams
+
+
+class DeltaGuided(Method):
+    """Per-parameter weights from each input's deviation from the base, relative to the others
+    (CoDiEmb's delta-guided fusion): a parameter comes mostly from the task that moved it most."""
+
+    name = "delta_guided"
+    Params = DeltaGuidedParams
+
+    def check(self, weights, p):
+        if any(w <= 0 for w in weights):
+            raise UserError("delta_guided: adapter weights must be positive")
+
+    def merge(self, deltas, weights, p, ctx):
+        import torch
+
+        num, den = torch.zeros(ctx.shape), torch.zeros(ctx.shape)
+        for i, d in enumerate(deltas):
+            if d.zero:
+                continue
+            x = d.get()
+            a = weights[i] * x.abs().pow(p.gamma)
+            num += a * x
+            den += a
+        out = torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), torch.zeros_like(num))
+        return out * p.lambda_
+
+
+def _weighted_sum(deltas: list[Delta], weights: list[float]):
+    import torch
+
+    acc = None
+    for w, d in zip(weights, deltas):
+        if d.zero:
+            continue
+        x = d.get()
+        acc = x * w if acc is None else acc.add_(x, alpha=w)
+    return acc if acc is not None else torch.zeros(deltas[0].shape)
+
+
+METHODS: dict[str, Method] = {
+    "linear": Linear(),
+    "task_arithmetic": TaskArithmetic(),
+    "ties": Ties(),
+    "dare_linear": DareLinear(),
+    "dare_ties": DareTies(),
+    "magnitude_prune": MagnitudePrune(),
+    "delta_guided": DeltaGuided(),
+}
+
+
+def get_method(name: str) -> Method:
+    """The method called `name`, or UserError listing the known ones."""
+    if name not in METHODS:
+        raise UserError(f"method: unknown merge method {name!r}; known: {', '.join(METHODS)}")
+    return METHODS[name]

@@ -1,0 +1,152 @@
+"""Drift between a reference and a current sample: check the input, embed if needed, run a detector.
+
+    taskloom drift --reference ref.jsonl --current cur.jsonl --field text --method mmd
+
+Rows (JSONL or Parquet) are embedded with the shared encoder (`embed_texts`); `.npy` files are
+taken as embeddings already. Every mistake names the file, the row or the option, in one line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from taskloom.errors import UserError
+from taskloom.monitor.detectors import DETECTORS
+
+MIN_ROWS = 10  # per side: below this no test has power and the median bandwidth is noise
+ROW_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def check_options(method: str, alpha: float, permutations: int) -> None:
+    if method not in DETECTORS:
+        raise UserError(f"unknown drift method '{method}' (known: {', '.join(DETECTORS)})")
+    if not (isinstance(alpha, (int, float)) and 0.0 < alpha < 1.0):
+        raise UserError(f"alpha must lie strictly between 0 and 1, got {alpha}")
+    if not isinstance(permutations, int) or isinstance(permutations, bool) or permutations < 1:
+        raise UserError(f"permutations must be an integer >= 1, got {permutations}")
+
+
+def check_embeddings(arr, name: str) -> np.ndarray:
+    """A finite 2-D float array with at least MIN_ROWS rows, or a UserError naming `name`."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind not in "fiu":
+        raise UserError(f"{name}: embeddings must be numbers, got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise UserError(f"{name}: embeddings must be a 2-D array (rows × dims), got shape {arr.shape}")
+    if len(arr) < MIN_ROWS:
+        raise UserError(f"{name}: {len(arr)} rows, need at least {MIN_ROWS}")
+    if not np.isfinite(arr).all():
+        bad = int(np.argwhere(~np.isfinite(arr))[0][0])
+        raise UserError(f"{name}: row {bad + 1} contains NaN or infinite values")
+    return arr
+
+
+def drift_embeddings(reference, current, method: str = "mmd", alpha: float = 0.05, permutations: int = 200, seed: int = 0,
+                     names: tuple[str, str] = ("reference", "current")) -> dict:
+    """Test current against reference; drift when p < alpha.
+
+    {"method", "statistic", "p_value", "drift", "n_reference", "n_current", "alpha", ...detector extras}
+    """
+    check_options(method, alpha, permutations)
+    ref = check_embeddings(reference, names[0])
+    cur = check_embeddings(current, names[1])
+    if ref.shape[1] != cur.shape[1]:
+        raise UserError(f"{names[1]}: embedding dimension {cur.shape[1]} differs from {names[0]}'s {ref.shape[1]}")
+    result = DETECTORS[method](ref, cur, permutations=permutations, seed=seed)
+    out = {
+        "method": method,
+        "statistic": float(result["statistic"]),
+        "p_value": float(result["p_value"]),
+        "drift": bool(result["p_value"] < alpha),
+        "n_reference": int(len(ref)),
+        "n_current": int(len(cur)),
+        "alpha": float(alpha),
+    }
+    out.update({k: v for k, v in result.items() if k not in out})
+    return out
+
+
+def read_texts(path: Path, field: str) -> list[str]:
+    """The `field` string of every row of a JSONL or Parquet file."""
+    if path.suffix.lower() == ".parquet":
+        import pandas as pd
+
+        try:
+            df = pd.read_parquet(path)
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise UserError(f"{path}: not a readable Parquet file ({type(e).__name__})") from None
+        if field not in df.columns:
+            raise UserError(f"{path}: missing field '{field}' (columns: {', '.join(map(str, df.columns))})")
+        values = df[field].tolist()
+    else:
+        values = []
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise UserError(f"{path}: not UTF-8 text") from None
+        for lineno, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}: row {lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}: row {lineno}: expected a JSON object, got {type(row).__name__}")
+            if field not in row:
+                raise UserError(f"{path}: row {lineno}: missing field '{field}'")
+            values.append((lineno, row[field]))
+        for lineno, v in values:
+            if not isinstance(v, str):
+                raise UserError(f"{path}: row {lineno}: field '{field}' must be a string, got {type(v).__name__}")
+        return [v for _, v in values]
+    for i, v in enumerate(values, 1):
+        if not isinstance(v, str):
+            raise UserError(f"{path}: row {i}: field '{field}' must be a string, got {type(v).__name__}")
+    return values
+
+
+def read_sample(path, field: str):
+    """('texts', list[str]) for row files, ('embeddings', ndarray) for .npy; checked, never modified."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except Exception as e:
+            raise UserError(f"{path}: not a readable .npy array ({type(e).__name__})") from None
+        return "embeddings", check_embeddings(arr, str(path))
+    if suffix not in ROW_SUFFIXES:
+        raise UserError(f"{path}: unknown file type '{suffix}' (use .jsonl, .json, .parquet or .npy)")
+    texts = read_texts(path, field)
+    if len(texts) < MIN_ROWS:
+        raise UserError(f"{path}: {len(texts)} rows, need at least {MIN_ROWS}")
+    return "texts", texts
+
+
+def drift_files(reference, current, field: str = "text", method: str = "mmd", alpha: float = 0.05,
+                permutations: int = 200, seed: int = 0) -> dict:
+    """`drift_embeddings` on two files (rows are embedded with the shared encoder first)."""
+    check_options(method, alpha, permutations)
+    samples = [read_sample(reference, field), read_sample(current, field)]
+    texts = [s for kind, s in samples if kind == "texts"]
+    if texts:  # one encoder pass for both sides
+        from taskloom.models.encoder import embed_texts
+
+        emb = embed_texts([t for group in texts for t in group])
+        start = 0
+        for i, (kind, s) in enumerate(samples):
+            if kind == "texts":
+                samples[i] = ("embeddings", emb[start : start + len(s)])
+                start += len(s)
+    out = drift_embeddings(samples[0][1], samples[1][1], method=method, alpha=alpha, permutations=permutations,
+                           seed=seed, names=(str(reference), str(current)))
+    out.update({"reference": str(reference), "current": str(current)})
+    if texts:
+        out["field"] = field
+    return out

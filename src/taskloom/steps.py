@@ -1,0 +1,268 @@
+"""The pipeline steps as plain functions over folders.
+
+Each KFP component in `components/` calls exactly one of these, so a component body is a few lines
+mapping artifact paths to one call, and every step runs and is tested without KFP. Inputs are plain
+strings and folders (what a KFP artifact is on disk); results are small JSON-able dicts whose numbers
+the components log as Metrics. Heavy libraries are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from taskloom.artifacts import publish_dir, staging_dir, write_bytes, write_json, write_text
+from taskloom.errors import UserError
+
+TASK_FILE = "task.yaml"
+
+
+def parse_task_list(tasks: str) -> list[str]:
+    """`"rt-sentiment, chatterbot-qa"` → `["rt-sentiment", "chatterbot-qa"]`: each a built-in name or a task.yaml."""
+    names = [t.strip() for t in str(tasks).split(",") if t.strip()]
+    if not names:
+        raise UserError("tasks: give at least one task (a built-in name or a task.yaml path), comma-separated")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise UserError(f"tasks: listed more than once: {', '.join(dupes)}")
+    return names
+
+
+def stage_task(task: str, out_dir: str | Path) -> dict:
+    """A built-in task name or a task.yaml path → `out_dir/task.yaml` + its data, self-contained.
+
+    Later steps read only this folder, so a run never depends on where the user's files live, and
+    the user's files are copied, never modified."""
+    import yaml
+
+    from taskloom.specs import load_task
+    from taskloom.tasks.catalog import TASK_NAMES, export_task
+
+    out_dir = Path(out_dir)
+    if task in TASK_NAMES:
+        path = Path(export_task(task, out_dir))
+    else:
+        src = Path(task).expanduser()
+        if not src.is_file():
+            raise UserError(f"task {task!r}: not a built-in task ({', '.join(TASK_NAMES)}) and no such task.yaml")
+        spec = load_task(src)
+        doc = spec.model_dump(mode="json")
+        files = {}
+        for split, p in (("train", spec.train_path), ("eval", spec.eval_path)):
+            files[split] = f"{split}{p.suffix.lower()}"
+            write_bytes(out_dir / files[split], p.read_bytes())
+        doc["data"] = files
+        base = spec.root / spec.base_model
+        if base.is_dir():  # a local model folder named relative to the task file: keep it reachable
+            doc["base_model"] = str(base.resolve())
+        path = write_text(out_dir / TASK_FILE, yaml.safe_dump(doc, sort_keys=False))
+    spec = load_task(path)
+    return {"task": spec.name, "type": spec.type, "task_file": str(path)}
+
+
+def validate_step(task_dir: str | Path, report_dir: str | Path) -> dict:
+    """Great Expectations checks of the staged task; the report is written first, then a failure stops the run."""
+    from taskloom.data.validation import validate_task
+    from taskloom.specs import load_task
+
+    spec = load_task(Path(task_dir) / TASK_FILE)
+    report = validate_task(spec)
+    report_dir = Path(report_dir)
+    write_json(report_dir / "validation.json", report.to_dict())
+    write_text(report_dir / "validation.txt", report.render())
+    errors = [c for c in report.checks if c.severity == "error" and not c.success]
+    warnings = [c for c in report.checks if c.severity == "warning" and not c.success]
+    if not report.success:
+        failed = ", ".join(f"{c.split}/{c.name}" for c in errors) or "see validation.txt"
+        raise UserError(f"task {spec.name}: data failed validation ({failed})")
+    return {"task": spec.name, "checks": len(report.checks), "errors": len(errors), "warnings": len(warnings)}
+
+
+def profile_step(task_dir: str | Path, out_dir: str | Path, feature_repo: str = "", adapter_id: str = "") -> dict:
+    """Profile the training rows (sizes, label entropy, embedding centroid and reference sample) and,
+    given a Feast repository, write the profile and the drift reference there."""
+    import numpy as np
+
+    from taskloom.data.profile import profile_task
+    from taskloom.data.rows import load_rows
+    from taskloom.specs import load_task
+
+    spec = load_task(Path(task_dir) / TASK_FILE)
+    profile = profile_task(spec, load_rows(spec.train_path, spec.type, spec.labels))
+    reference = np.asarray(profile["reference"], dtype=np.float32)
+    out_dir = Path(out_dir)
+    buf = io.BytesIO()
+    np.save(buf, reference)
+    write_bytes(out_dir / "reference.npy", buf.getvalue())
+    summary = {k: v for k, v in profile.items() if k != "reference"}
+    write_json(out_dir / "profile.json", summary)
+    if feature_repo:
+        from taskloom.store.feature_store import TaskStore
+
+        store = TaskStore(feature_repo)
+        store.apply()
+        store.write_task_profile(profile)
+        store.write_reference(spec.name, adapter_id or spec.name, reference)
+    return {k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+
+
+def train_step(
+    task_dir: str | Path,
+    out_dir: str | Path,
+    max_steps: int = 0,
+    epochs: int = 0,
+    rank: int = 0,
+    base: str = "",
+    device: str = "auto",
+    seed: int = 0,
+    feature_repo: str = "",
+    adapter_id: str = "",
+) -> dict:
+    """Train one LoRA adapter into `out_dir` (adapter/, metrics.json); 0 or "" means the default.
+    Given a Feast repository, the adapter's metrics are written there under `adapter_id` (default: the task name)."""
+    from pydantic import ValidationError
+
+    from taskloom.specs import TrainSpec, load_task
+    from taskloom.train.lora import train_adapter
+
+    given = dict(max_steps=max_steps or None, epochs=epochs or None, rank=rank or None, base=base or None)
+    try:
+        spec = TrainSpec(device=device, seed=seed, **{k: v for k, v in given.items() if v is not None})
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(f"train {err['loc'][0]}: {err['msg']}") from None
+    task = load_task(Path(task_dir) / TASK_FILE)
+    metrics = train_adapter(task, Path(out_dir), spec, progress=False)
+    if feature_repo:
+        from taskloom.store.feature_store import TaskStore
+
+        store = TaskStore(feature_repo)
+        store.apply()
+        store.write_adapter_metrics(adapter_id or task.name, task.name, metrics)
+    return metrics
+
+
+def _adapter_base(adapter: Path) -> str:
+    """The base model an adapter was trained on: task.json, else the PEFT config, else the catalog default."""
+    for name, key in (("task.json", "base"), ("adapter_config.json", "base_model_name_or_path")):
+        f = adapter / name
+        if f.exists():
+            value = json.loads(f.read_text()).get(key)
+            if value:
+                return str(value)
+    return "minilm"
+
+
+def merge_step(train_dirs: list[str], out_dir: str | Path, method: str = "task_arithmetic", parameters: str = "") -> dict:
+    """Merge the adapters of several training runs (each `<dir>/adapter`) into one full model, weight 1 each."""
+    from pydantic import ValidationError
+
+    from taskloom.merge import merge_adapters
+    from taskloom.specs import MergeSpec
+
+    adapters = [Path(d) / "adapter" for d in train_dirs]
+    for a in adapters:
+        if not (a / "adapter_config.json").exists():
+            raise UserError(f"{a}: not a trained adapter (no adapter_config.json)")
+    try:
+        params = json.loads(parameters) if str(parameters).strip() else {}
+    except json.JSONDecodeError as e:
+        raise UserError(f"merge parameters: not JSON ({e.msg}): {parameters!r}") from None
+    if not isinstance(params, dict):
+        raise UserError(f"merge parameters: expected a JSON object like {{\"lambda\": 1.0}}, got {parameters!r}")
+    bases = {_adapter_base(a) for a in adapters}
+    if len(bases) != 1:
+        raise UserError(f"merge: the adapters have different base models: {', '.join(sorted(bases))}")
+    try:
+        spec = MergeSpec(
+            method=method,
+            base_model=bases.pop(),
+            adapters=[{"path": a, "weight": 1.0} for a in adapters],
+            parameters=params,
+            output="full",
+        )
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(f"merge {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    return merge_adapters(spec, Path(out_dir))
+
+
+def gate_step(task_dirs: list[str], train_dirs: list[str], model_dir: str | Path, out_dir: str | Path, share: float = 0.9) -> dict:
+    """Evaluate the merged model on every task and promote it only if each task keeps `share` of its gain."""
+    from taskloom.merge.gate import gate
+    from taskloom.specs import load_task
+    from taskloom.train.evaluate import evaluate_task
+
+    tasks = {}
+    for d in task_dirs:
+        spec = load_task(Path(d) / TASK_FILE)
+        tasks[spec.name] = spec
+    base, single, merged = {}, {}, {}
+    for d in train_dirs:
+        f = Path(d) / "metrics.json"
+        if not f.exists():
+            raise UserError(f"{f}: file not found (not a training run)")
+        m = json.loads(f.read_text())
+        name = m["task"]
+        if name not in tasks:
+            raise UserError(f"{f}: task {name!r} is not among the staged tasks ({', '.join(tasks)})")
+        base[name], single[name] = float(m["base"]), float(m["tuned"])
+        merged[name] = float(evaluate_task(tasks[name], model=Path(model_dir))["value"])
+    missing = sorted(set(tasks) - set(base))
+    if missing:
+        raise UserError(f"gate: no training run for task(s) {', '.join(missing)}")
+    report = gate(base, single, merged, share=share)
+    write_json(Path(out_dir) / "gate.json", report)
+    return report
+
+
+def _only_head(model_dir: Path) -> str | None:
+    heads = sorted(p.name for p in (model_dir / "heads").glob("*") if p.is_dir())
+    return heads[0] if len(heads) == 1 else None
+
+
+def deploy_step(
+    model_dir: str | Path,
+    repo_dir: str | Path,
+    name: str = "taskloom",
+    head_task: str = "",
+    publish_to: str = "",
+) -> dict:
+    """Build the Triton model repository for a full model into `repo_dir`; given `publish_to` (the
+    repository Triton serves), swap each model folder in whole, so Triton never sees half a model.
+    The classifier head served is `head_task`, or the model's only head when it carries exactly one."""
+    from taskloom.serve.repository import build_repository
+
+    model_dir, repo_dir = Path(model_dir), Path(repo_dir)
+    head = head_task or _only_head(model_dir)
+    built = build_repository(model_dir, repo_dir, name=name, head_task=head)
+    published = []
+    if publish_to:
+        import shutil
+
+        for child in sorted(p for p in repo_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            final = Path(publish_to) / child.name
+            tmp = staging_dir(final)
+            shutil.copytree(child, tmp, dirs_exist_ok=True)
+            publish_dir(tmp, final)
+            published.append(str(final))
+    return {"model": name, "head_task": head or "", "repository": str(built), "published": published}
+
+
+def drift_step(
+    reference: str | Path,
+    current: str | Path,
+    out_dir: str | Path,
+    field: str = "text",
+    method: str = "mmd",
+    alpha: float = 0.05,
+    permutations: int = 200,
+    seed: int = 0,
+) -> dict:
+    """Two-sample drift test between a reference and a current window; the result is written as drift.json."""
+    from taskloom.monitor.drift import drift_files
+
+    result = drift_files(Path(reference), Path(current), field=field, method=method, alpha=alpha, permutations=permutations, seed=seed)
+    write_json(Path(out_dir) / "drift.json", result)
+    return result

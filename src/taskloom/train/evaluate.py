@@ -1,0 +1,182 @@
+"""Score a task's eval split: the base model, base + a LoRA adapter (+ head), or a full (merged) model.
+
+Metrics: classification accuracy; pair_similarity Pearson of cosine vs gold score (Spearman too);
+retrieval MRR of each query's positive among the pool of all eval positives and negatives.
+
+    taskloom eval task.yaml --adapter runs/rt/adapter
+
+`score_encoder` is the in-process entry: give it any (tokenizer, model) pair already built (a merged
+model, a PEFT model) and, for classification, a head; `evaluate_task` loads those from folders.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from taskloom.errors import UserError
+
+METRICS = {"classification": "accuracy", "pair_similarity": "pearson", "retrieval": "mrr"}
+EVAL_MAX_LENGTH = 128  # tokens per text when scoring: the serving length, whatever training used
+
+
+def check_trainable_type(task) -> None:
+    if task.type == "generation":
+        raise UserError("generation needs a causal LM base (not yet supported)")
+
+
+def load_split(task, split: str) -> list[dict]:
+    """Rows of the task's train or eval split, checked by the row loader; an empty split is a UserError."""
+    from taskloom.data.rows import load_rows
+
+    path = task.train_path if split == "train" else task.eval_path
+    rows = load_rows(path, task.type, task.labels)
+    if not rows:
+        raise UserError(f"{path}: no rows in the {split} split")
+    return rows
+
+
+def embed(tok, model, texts: list[str], max_length: int = EVAL_MAX_LENGTH, batch_size: int = 64) -> np.ndarray:
+    """THE embedding (mean pool + L2 norm) on the model's device, bf16 autocast on CUDA."""
+    from taskloom.models.encoder import embed_texts
+    from taskloom.train.device import autocast
+
+    device = next(model.parameters()).device.type
+    was_training = model.training
+    model.eval()
+    with autocast(device):
+        out = embed_texts(texts, model=model, tok=tok, batch_size=batch_size, max_length=max_length)
+    model.train(was_training)
+    return out
+
+
+def fit_probe_head(task, tok, model, train_rows: list[dict], seed: int = 0):
+    """The honest classification baseline: a logistic-regression head on this encoder's frozen embeddings."""
+    from taskloom.train.heads import fit_probe
+
+    x = embed(tok, model, [r["text"] for r in train_rows])
+    y = np.array([task.labels.index(r["label"]) for r in train_rows])
+    return fit_probe(x, y, len(task.labels), seed=seed)
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    if len(x) < 2 or np.std(x) == 0 or np.std(y) == 0:
+        return 0.0
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    from scipy.stats import rankdata
+
+    return _pearson(rankdata(x), rankdata(y))
+
+
+def score_encoder(task, tok, model, *, rows: list[dict] | None = None, head=None, train_rows: list[dict] | None = None) -> dict:
+    """The task metric for an already-built encoder (no reloading): {"task","type","metric","value","n",...}.
+
+    `head` (classification): a torch Linear over the embedding whose rows follow `task.labels`; when None,
+    a linear probe is fitted on the train split with this encoder (frozen). `rows`: the eval rows
+    (default: the task's eval split)."""
+    import torch
+
+    check_trainable_type(task)
+    rows = load_split(task, "eval") if rows is None else rows
+    result = {"task": task.name, "type": task.type, "metric": METRICS[task.type], "n": len(rows)}
+    if task.type == "classification":
+        if head is None:
+            head = fit_probe_head(task, tok, model, train_rows if train_rows is not None else load_split(task, "train"))
+        x = torch.as_tensor(embed(tok, model, [r["text"] for r in rows]))
+        with torch.no_grad():
+            pred = head.float().cpu()(x).argmax(1).numpy()
+        gold = np.array([task.labels.index(r["label"]) for r in rows])
+        result["value"] = float((pred == gold).mean())
+    elif task.type == "pair_similarity":
+        a = embed(tok, model, [r["text_a"] for r in rows])
+        b = embed(tok, model, [r["text_b"] for r in rows])
+        cos = (a * b).sum(1)
+        gold = np.array([float(r["score"]) for r in rows])
+        result["value"] = _pearson(cos, gold)
+        result["spearman"] = _spearman(cos, gold)
+    else:  # retrieval
+        pool = list(dict.fromkeys([r["positive"] for r in rows] + [n for r in rows for n in r.get("negatives") or []]))
+        where = {t: i for i, t in enumerate(pool)}
+        q = embed(tok, model, [r["query"] for r in rows])
+        d = embed(tok, model, pool)
+        sims = q @ d.T
+        pos = sims[np.arange(len(rows)), [where[r["positive"]] for r in rows]]
+        ranks = 1 + (sims > pos[:, None]).sum(1)
+        result["value"] = float((1.0 / ranks).mean())
+        result["recall_at_1"] = float((ranks == 1).mean())
+        result["pool"] = len(pool)
+    return result
+
+
+def _adapter_info(adapter: Path, task) -> dict:
+    if not (adapter / "adapter_config.json").exists():
+        raise UserError(f"--adapter {adapter}: not an adapter folder (no adapter_config.json)")
+    info = json.loads((adapter / "task.json").read_text()) if (adapter / "task.json").exists() else {}
+    if info.get("type") and info["type"] != task.type:
+        raise UserError(f"--adapter {adapter}: trained for a {info['type']} task, but {task.name} is {task.type}")
+    return info
+
+
+def load_adapter_model(base: str, adapter: Path, device: str = "cpu"):
+    """(tokenizer, base + LoRA PeftModel) in eval mode; the weights are checked against their sha256."""
+    from peft import PeftModel
+
+    from taskloom.artifacts import verify_digest
+    from taskloom.models.encoder import load_encoder
+
+    weights = adapter / "adapter_model.safetensors"
+    if weights.with_name(weights.name + ".sha256").exists() and not verify_digest(weights):
+        raise UserError(f"{weights}: sha256 does not match (corrupted adapter?)")
+    tok, model = load_encoder(base)
+    model = PeftModel.from_pretrained(model, str(adapter)).to(device)
+    model.eval()
+    return tok, model
+
+
+def evaluate_task(task, adapter=None, model=None, device: str = "auto") -> dict:
+    """Score `task`'s eval split with the base model, base + `adapter`, or the full model folder `model`."""
+    from taskloom.models.encoder import load_encoder
+    from taskloom.train.device import resolve_device
+    from taskloom.train.heads import align_head, has_head, load_head
+
+    check_trainable_type(task)
+    if adapter is not None and model is not None:
+        raise UserError("give --adapter or --model, not both")
+    device = resolve_device(device)
+    rows = load_split(task, "eval")
+    head = None
+    if adapter is not None:
+        adapter = Path(adapter)
+        info = _adapter_info(adapter, task)
+        if task.type == "classification":
+            if not has_head(adapter):
+                raise UserError(f"--adapter {adapter}: no classification head (head.safetensors + head.json)")
+            raw, labels = load_head(adapter)
+            head = align_head(raw, labels, task.labels, str(adapter / "head.json"))
+        tok, enc = load_adapter_model(info.get("base") or task.base_model, adapter, device)
+        source = str(adapter)
+    elif model is not None:
+        model = Path(model)
+        if not model.is_dir():
+            raise UserError(f"--model {model}: not a folder")
+        if task.type == "classification":
+            head_dir = model / "heads" / task.name
+            if not has_head(head_dir):
+                raise UserError(f"--model {model}: no head for task {task.name!r} (expected {head_dir}/head.safetensors)")
+            raw, labels = load_head(head_dir)
+            head = align_head(raw, labels, task.labels, str(head_dir / "head.json"))
+        tok, enc = load_encoder(model)
+        enc.to(device)
+        source = str(model)
+    else:
+        tok, enc = load_encoder(task.base_model)
+        enc.to(device)
+        source = f"base:{task.base_model}"
+    result = score_encoder(task, tok, enc, rows=rows, head=head)
+    result["source"] = source
+    return result
