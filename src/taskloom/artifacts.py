@@ -22,11 +22,11 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _umask_mode() -> int:
-    """The mode a plain `open()` would give a new file (mkstemp alone gives 0600)."""
+def _umask_mode(base: int = 0o666) -> int:
+    """The mode a plain `open()` (0o666) or `mkdir` (0o777) would give; mkstemp/mkdtemp alone give 0600/0700."""
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return base & ~mask
 
 
 def write_bytes(path: str | os.PathLike, data: bytes, *, digest: bool = True) -> Path:
@@ -113,4 +113,6 @@ def staging_dir(final: str | os.PathLike) -> Path:
     """A fresh temp folder beside `final` (same filesystem, so `publish_dir` is a rename)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.staging."))
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.staging."))
+    os.chmod(tmp, _umask_mode(0o777))
+    return tmp
