@@ -123,12 +123,16 @@ def merge(
 ) -> None:
     """Merge task adapters into one model (exact LoRA algebra, one tensor at a time).
 
-    Methods: linear, task_arithmetic, ties, dare_linear, dare_ties, magnitude_prune, delta_guided.
+    Methods: linear, task_arithmetic, ties, dare_linear, dare_ties, magnitude_prune, delta_guided,
+    greedy_soup, self_positioning (the last two probe the `tasks:` listed in merge.yaml).
     Prints a summary; per-layer norms and digests are in DIR/merge_report.json."""
     from taskloom.merge import merge_from_config
 
     report = merge_from_config(config, out)
     summary = ("method", "parameters", "output", "tasks", "heads", "layers_merged", "delta_norm", "refactor", "files", "seconds")
+    if "search" in report:
+        report["weights"] = report["search"]["weights"]
+        summary += ("weights",)
     _print_json({"out": str(out), **{k: report[k] for k in summary if k in report}})
 
 
@@ -154,7 +158,7 @@ def drift(
     reference: Path = typer.Option(..., "--reference", help="reference rows (JSONL/Parquet) or embeddings (.npy)"),
     current: Path = typer.Option(..., "--current", help="current rows (JSONL/Parquet) or embeddings (.npy)"),
     field: str = typer.Option("text", "--field", help="the text field of the rows"),
-    method: str = typer.Option("mmd", "--method", help="drift test: mmd | ks_pca"),
+    method: str = typer.Option("mmd", "--method", help="drift test: mmd | ks_pca | ks_pca_bh | classifier | chi2 (labels: --field label or .npy)"),
     alpha: float = typer.Option(0.05, "--alpha", help="significance level"),
     permutations: int = typer.Option(200, "--permutations", help="permutations for the p-value"),
     seed: int = typer.Option(0, "--seed"),
@@ -170,11 +174,15 @@ def pipeline_run(
     name: str = typer.Argument(..., help="train_merge_deploy | drift_retrain"),
     param: list[str] = typer.Option([], "--param", "-p", help="pipeline parameter as KEY=VALUE (repeatable)"),
     root: Path = typer.Option(Path("runs/kfp"), "--root", help="local pipeline root for artifacts"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="write the steps' logs to <run folder>/run.log, not stdout"),
 ) -> None:
-    """Run a pipeline locally with kfp.local (SubprocessRunner, no venv per step)."""
+    """Run a pipeline locally with kfp.local (SubprocessRunner, no venv per step). Exit 2 when a step fails."""
     from taskloom.kfp import run_local
 
-    _print_json(run_local(name, _params(param), root))
+    result = run_local(name, _params(param), root, quiet=quiet)
+    _print_json(result)
+    if result["state"] != "SUCCEEDED":
+        raise UserError(f"pipeline {name}: run {result['run_id']} failed: {result.get('error', result['state'])}")
 
 
 @pipeline_app.command("compile")
@@ -209,6 +217,36 @@ def _params(items: list[str]) -> dict[str, str]:
         k, v = item.split("=", 1)
         out[k.strip()] = v
     return out
+
+
+@app.command()
+def monitor(
+    log: Path = typer.Option(..., "--log", help="request log (JSONL {ts, task, text}, see taskloom.monitor.requestlog)"),
+    feature_repo: Path = typer.Option(..., "--feature-repo", help="Feast repository holding each task's drift reference"),
+    out: Path = typer.Option(..., "--out", help="folder for windows.jsonl, alarms.jsonl and drift_report.html"),
+    model: str = typer.Option("minilm", "--model", help="embed with this base name or (served/merged) model folder"),
+    method: str = typer.Option("mmd", "--method", help="drift test: mmd | ks_pca | ks_pca_bh | classifier | chi2"),
+    task: list[str] = typer.Option([], "--task", help="watch only this task (repeatable; default: every task in the log)"),
+    window: float = typer.Option(300.0, "--window", help="tumbling window length in seconds"),
+    min_rows: int = typer.Option(50, "--min-rows", help="windows with fewer requests are not tested"),
+    alpha: float = typer.Option(0.05, "--alpha", help="Benjamini-Hochberg level across the tasks of a window"),
+    consecutive: int = typer.Option(2, "--consecutive", help="significant windows in a row before an alarm"),
+    min_effect: Optional[float] = typer.Option(None, "--min-effect", help="smallest effect size for an alarm (default: the detector's)"),
+    cooldown: int = typer.Option(3, "--cooldown", help="windows without alarms for a task after its alarm"),
+    permutations: int = typer.Option(200, "--permutations", help="permutations for the p-value"),
+    webhook: Optional[str] = typer.Option(None, "--webhook", help="send alarms as signed CloudEvents to this URL"),
+    secret_file: Optional[Path] = typer.Option(None, "--secret-file", help="webhook secret (default: env TASKLOOM_WEBHOOK_SECRET)"),
+    once: bool = typer.Option(False, "--once", help="read the log once, test every window, exit (batch, tests)"),
+    poll: float = typer.Option(5.0, "--poll", help="seconds between reads of the log when following it"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Watch served traffic for drift: tumbling windows per task vs the task's reference in Feast; alarm → retrain."""
+    from taskloom.monitor.service import run_monitor
+
+    _print_json(run_monitor(log, feature_repo, out, model=model, method=method, tasks=task or None, window=window,
+                            min_rows=min_rows, alpha=alpha, consecutive=consecutive, min_effect=min_effect,
+                            cooldown=cooldown, permutations=permutations, webhook=webhook, secret_file=secret_file,
+                            once=once, poll=poll, seed=seed))
 
 
 @app.command()

@@ -95,12 +95,13 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def run_local(name: str, params: dict[str, Any], root: str | Path) -> dict:
+def run_local(name: str, params: dict[str, Any], root: str | Path, quiet: bool = False) -> dict:
     """Run a pipeline with kfp.local in this environment (SubprocessRunner, no venv per step).
 
     Artifacts land in `root/<pipeline>-<timestamp>/`; unless given, the Feast repository and the
     Triton model repository live in `root/feature_repo` and `root/model_repository`. A failed step
-    gives state FAILED and its error, not an exception."""
+    gives state FAILED and its error, not an exception. `quiet` sends the steps' logs to
+    `<run folder>/run.log` instead of stdout."""
     fn = load_pipeline(name)
     kwargs = coerce_params(name, params)
     root = Path(root).expanduser().resolve()
@@ -114,27 +115,43 @@ def run_local(name: str, params: dict[str, Any], root: str | Path) -> dict:
     for k, v in _OFFLINE_ENV.items():
         os.environ.setdefault(k, v)
 
+    import contextlib
+    import warnings
+
     from kfp import local
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     spec_name = fn.component_spec.name  # e.g. "train-merge-deploy": the run folder's prefix
     before = {p.name for p in root.iterdir()}
     state, error, outputs = "SUCCEEDED", None, {}
-    try:
-        task = fn(**kwargs)
-        outputs = {k: _jsonable(v) for k, v in (task.outputs or {}).items()}
-    except RuntimeError as e:  # kfp.local: "Pipeline '...' finished with status FAILURE. Inner task failed: '...'."
-        state, error = "FAILED", " ".join(str(e).split())
+    log_fd, log_path = tempfile.mkstemp(dir=root, prefix=".run.", suffix=".log")
+    with os.fdopen(log_fd, "w") as log, warnings.catch_warnings():
+        # Expected locally: cluster settings (GPU, CPU, memory) are ignored, and the steps run in
+        # this environment rather than in the image they name.
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
+        warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
+        with contextlib.redirect_stdout(log) if quiet else contextlib.nullcontext():
+            try:
+                task = fn(**kwargs)
+                outputs = {k: _jsonable(v) for k, v in (task.outputs or {}).items()}
+            except RuntimeError as e:  # kfp.local: "Pipeline '...' finished with status FAILURE. Inner task failed: '...'."
+                state, error = "FAILED", " ".join(str(e).split())
     runs = sorted(p for p in root.iterdir() if p.name not in before and p.name.startswith(spec_name + "-"))
     run_dir = runs[-1] if runs else None
+    run_id = run_dir.name if run_dir else f"{spec_name}-{uuid.uuid4().hex[:12]}"
     result = {
         "pipeline": name,
-        "run_id": run_dir.name if run_dir else uuid.uuid4().hex,
+        "run_id": run_id,
         "state": state,
         "outputs": outputs,
         "run_dir": str(run_dir) if run_dir else None,
         "parameters": kwargs,
     }
+    if quiet:
+        result["log"] = str(run_dir / "run.log" if run_dir else root / f"{run_id}.log")
+        os.replace(log_path, result["log"])
+    else:
+        os.unlink(log_path)
     if error:
         result["error"] = error
     return result

@@ -143,10 +143,15 @@ class MergeSpec(BaseModel):
     output: Literal["full", "adapter"] = Field(default="full", description="full: merged weights; adapter: merged LoRA")
     rank: int | None = Field(default=None, ge=1, description="output: adapter only: LoRA rank of the re-factored Δ "
                              "(default: the sum of the input ranks, which is exact for linear merges)")
+    tasks: list[Path] = Field(default_factory=list, description="task.yaml files whose train rows probe candidates "
+                              "(self_positioning, greedy_soup); relative to the file")
     root: Path = Field(default=Path("."), exclude=True)
 
     def adapter_paths(self) -> list[Path]:
         return [(self.root / a.path).resolve() for a in self.adapters]
+
+    def task_paths(self) -> list[Path]:
+        return [(self.root / t).resolve() for t in self.tasks]
 
 
 def load_merge(path: str | Path) -> MergeSpec:

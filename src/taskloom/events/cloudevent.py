@@ -63,15 +63,17 @@ def sign(body: bytes, secret: str | bytes) -> str:
     return "sha256=" + hmac.new(_secret_bytes(secret), body, hashlib.sha256).hexdigest()
 
 
-def make_event(type: str, source: str, data: dict):
-    """A CloudEvents 1.0 event (new UUID id, current UTC time, JSON data)."""
+def make_event(type: str, source: str, data: dict, id: str | None = None):
+    """A CloudEvents 1.0 event (current UTC time, JSON data). Without `id` a new UUID; with one (an
+    idempotency key) a resend is the same event, which the receiver accepts only once."""
     from cloudevents.core.v1.event import CloudEvent
 
-    return CloudEvent(
-        attributes={"type": type, "source": source, "datacontenttype": "application/json",
-                    "time": datetime.now(timezone.utc)},
-        data=data,
-    )
+    attributes = {"type": type, "source": source, "datacontenttype": "application/json", "time": datetime.now(timezone.utc)}
+    if id is not None:
+        if not isinstance(id, str) or not id:
+            raise UserError(f"event id must be a non-empty string, got {id!r}")
+        attributes["id"] = id
+    return CloudEvent(attributes=attributes, data=data)
 
 
 def to_request(event, secret: str | bytes) -> tuple[dict[str, str], bytes]:
@@ -86,9 +88,11 @@ def to_request(event, secret: str | bytes) -> tuple[dict[str, str], bytes]:
 
 
 def send_event(url: str, event_type: str, data: dict, secret: str | bytes, source: str = "taskloom/monitor",
-               timeout: float = 10) -> dict:
-    """POST one signed event; {"status": HTTP status, "id": event id, "response": parsed JSON or text}."""
-    event = make_event(event_type, source, data)
+               timeout: float = 10, event_id: str | None = None) -> dict:
+    """POST one signed event; {"status": HTTP status, "id": event id, "response": parsed JSON or text}.
+
+    `event_id`: a fixed id (e.g. an alarm's idempotency key) so that a retry is recognised as a replay."""
+    event = make_event(event_type, source, data, id=event_id)
     headers, body = to_request(event, secret)
     req = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:

@@ -55,9 +55,10 @@ class FineTunedModel:
         self.ignored = [k for k in self.weights.keys() if k not in used and is_float(self.weights.dtype(k))]
         if not self.source:
             raise UserError(f"{label}: none of its tensors match the base model's tensor names")
+        self._keys = frozenset(self.source)
 
-    def keys(self) -> set[str]:
-        return set(self.source)
+    def keys(self) -> frozenset[str]:
+        return self._keys
 
     def rank(self, base_key: str) -> int:
         return 0

@@ -150,10 +150,11 @@ class LoraAdapter:
 
         if not self.targets and not self.replaced:
             raise UserError(f"{label}: {ADAPTER_WEIGHTS} holds no LoRA tensors for this base model")
+        self._keys = frozenset(self.targets) | frozenset(self.replaced)
 
-    def keys(self) -> set[str]:
+    def keys(self) -> frozenset[str]:
         """Base tensors this adapter changes."""
-        return set(self.targets) | set(self.replaced)
+        return self._keys
 
     def rank(self, base_key: str) -> int:
         f = self.targets.get(base_key)
@@ -181,6 +182,6 @@ class LoraAdapter:
             "lora_alpha": cfg.get("lora_alpha"),
             "use_rslora": bool(cfg.get("use_rslora")),
             "target_modules": sorted({f.module for f in self.targets.values()}),
-            "modules_to_save": sorted(self.replaced),
+            "saved_whole": sorted(self.replaced),
             "ignored_tensors": self.ignored,
         }

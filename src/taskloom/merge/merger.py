@@ -50,13 +50,16 @@ def merge_from_config(path: str | Path, out: str | Path) -> dict:
     try:
         method = get_method(spec.method)
         method.check([a.weight for a in spec.adapters], method.parameters(spec.parameters))
+        resolve_base(spec.base_model)
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
     return merge_adapters(spec, Path(out))
 
 
-def merge_adapters(spec: MergeSpec, out: Path, *, max_shard_bytes: int = 2 << 30) -> dict:
-    """Merge the spec's inputs onto its base; write a full model or a merged adapter into `out`."""
+def merge_adapters(spec: MergeSpec, out: Path, *, max_shard_bytes: int = 2 << 30, score=None) -> dict:
+    """Merge the spec's inputs onto its base; write a full model or a merged adapter into `out`.
+
+    `score(tok, model) -> {task: metric}` replaces the probe scoring of greedy_soup (optional)."""
     t0, started = time.perf_counter(), datetime.now(timezone.utc)
     out = Path(out)
     method = get_method(spec.method)
@@ -81,12 +84,26 @@ def merge_adapters(spec: MergeSpec, out: Path, *, max_shard_bytes: int = 2 << 30
                 if inp.kind != "lora":
                     raise UserError(f"{inp.label}: output: adapter needs LoRA adapters as inputs, this is a full model")
 
+        search = None
+        if getattr(method, "searches", False):
+            from taskloom.merge.search import run_search
+
+            chosen, search = run_search(method, spec, inputs, base, base_dir, params, score)
+            search = {"final_method": method.final, "weights": chosen, **search}
+            final = get_method(method.final)
+            final_params = final.parameters({})
+            final.check(chosen, final_params)
+        else:
+            chosen, final, final_params = weights, method, params
+
         staging = staging_dir(out)
         try:
             if spec.output == "full":
-                layers, extra = _write_full(base, base_dir, inputs, method, params, weights, staging, max_shard_bytes)
+                layers, extra = _write_full(base, base_dir, inputs, final, final_params, chosen, staging, max_shard_bytes)
             else:
-                layers, extra = _write_adapter(base, base_dir, inputs, method, params, weights, staging, spec.rank)
+                layers, extra = _write_adapter(base, base_dir, inputs, final, final_params, chosen, staging, spec.rank)
+            if search is not None:
+                extra["search"] = search
             heads = _copy_heads(inputs, weights, staging)
             report = _report(spec, method, params, base_dir, inputs, weights, layers, extra, heads, staging, out)
             report["started_at"] = started.isoformat(timespec="seconds")
@@ -120,16 +137,17 @@ def _open_input(folder: Path, label: str, base_name: str, base_dir: Path, base, 
         raise UserError(f"{label}: folder not found: {folder}")
     if not folder.is_dir():
         raise UserError(f"{label}: not a folder: {folder}")
-    if (folder / ADAPTER_CONFIG).exists() or (folder / ADAPTER_WEIGHTS).exists():
-        inp = LoraAdapter(folder, base, matcher, stack, label)
-        config = inp.config
-    elif (folder / "config.json").exists() and weight_files(folder):
-        inp = FineTunedModel(folder, base_dir, base, stack, label)
-        config = None
-    else:
+    lora = (folder / ADAPTER_CONFIG).exists() or (folder / ADAPTER_WEIGHTS).exists()
+    if not lora and not ((folder / "config.json").exists() and weight_files(folder)):
         raise UserError(f"{label}: {folder} holds neither a LoRA adapter ({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS}) "
                         "nor a model (config.json + *.safetensors)")
-    inp.base_check = check_base(recorded_base(folder, config), base_name, base_dir, label)
+    config = read_json(folder / ADAPTER_CONFIG, label) if (folder / ADAPTER_CONFIG).exists() else None
+    base_check = check_base(recorded_base(folder, config), base_name, base_dir, label)  # before shapes: clearer
+    if lora:
+        inp = LoraAdapter(folder, base, matcher, stack, label)
+    else:
+        inp = FineTunedModel(folder, base_dir, base, stack, label)
+    inp.base_check = base_check
     task = read_json(folder / "task.json", label) if (folder / "task.json").exists() else {}
     inp.task, inp.task_type = task.get("task"), task.get("type")
     return inp

@@ -14,6 +14,8 @@ model, 0 where the input leaves the tensor alone), wᵢ its weight, λ `lambda`.
 - magnitude_prune: TIES's trim without the sign election; Δ = λ·Σ wᵢΔ̃ᵢ
 - delta_guided:    per-parameter weights from how far each input moved that parameter relative to the
                    others (CoDiEmb): αᵢ = wᵢ|Δᵢ|^γ / Σⱼ wⱼ|Δⱼ|^γ, Δ = λ·Σ αᵢΔᵢ
+- greedy_soup, self_positioning: choose the weights on probe rows first (merge/search.py), then
+                   write `linear` / `task_arithmetic` with them
 
 `normalize` (ties, dare_*, magnitude_prune) divides by the summed weights as mergekit does. The methods
 stream over the inputs (TIES-like ones in two passes), so memory is a few tensors for any number of
@@ -23,6 +25,7 @@ so both passes, and every run, see the same mask.
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass
 from typing import Callable, ClassVar
@@ -31,6 +34,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from taskloom.errors import UserError
 from taskloom.merge import sparsify
+
+
+# Sign-electing methods keep their inputs' sparsified tensors between passes up to this many bytes.
+CACHE_BYTES = 512 << 20
 
 
 class Delta:
@@ -188,14 +195,21 @@ class GeneralizedTaskArithmetic(Method):
             if p.normalize:
                 acc /= sum(weights)
             return acc * p.lambda_
-        total = torch.zeros(ctx.shape)  # pass 1: elect the sign
-        for i in live:
-            total += weights[i] * self._sparse(deltas, i, p, ctx)
-        sign = sparsify.elect_sign(total)
-        del total
-        acc, divisor = torch.zeros(ctx.shape), torch.zeros(ctx.shape)  # pass 2: disjoint merge
+        # Pass 1 elects the sign, pass 2 merges what agrees. Within the budget the sparsified vectors
+        # of pass 1 are kept for pass 2; beyond it they are recomputed (same seeds, same result).
+        keep = len(live) * math.prod(ctx.shape) * 4 <= CACHE_BYTES
+        cache: dict[int, object] = {}
+        total = torch.zeros(ctx.shape)
         for i in live:
             x = weights[i] * self._sparse(deltas, i, p, ctx)
+            total += x
+            if keep:
+                cache[i] = x
+        sign = sparsify.elect_sign(total)
+        del total
+        acc, divisor = torch.zeros(ctx.shape), torch.zeros(ctx.shape)
+        for i in live:
+            x = cache.pop(i) if keep else weights[i] * self._sparse(deltas, i, p, ctx)
             agree = torch.sign(x) == sign
             acc += torch.where(agree, x, torch.zeros_like(x))
             divisor += agree * weights[i]
@@ -255,6 +269,43 @@ class DeltaGuided(Method):
         return out * p.lambda_
 
 
+class GreedySoupParams(_Params):
+    probe_rows: int = Field(default=64, ge=2, description="train rows per task to score candidates on")
+    seed: int = 0
+
+
+class SelfPositioningParams(_Params):
+    probe_rows: int = Field(default=64, ge=2, description="train rows per task in the probe set")
+    batch_rows: int = Field(default=16, ge=2, description="rows per task per step")
+    steps: int = Field(default=30, ge=1, description="Adam steps on the coefficients")
+    lr: float = Field(default=0.05, gt=0, allow_inf_nan=False, description="Adam learning rate for λ")
+    max_length: int = Field(default=64, ge=8, description="tokens per text")
+    seed: int = 0
+
+
+class SearchMethod(Method):
+    """A method that chooses the weights by evaluating on probe rows (taskloom.merge.search), then
+    writes them with an exact per-tensor method (`final`)."""
+
+    searches: ClassVar[bool] = True
+    final: ClassVar[str]
+
+    def merge(self, deltas, weights, p, ctx):
+        raise TypeError(f"{self.name} chooses weights first; the merge runs {self.final}")
+
+
+class GreedySoup(SearchMethod):
+    """Add an input to the soup only if the mean probe score does not drop (Wortsman et al., 2022)."""
+
+    name, final, Params = "greedy_soup", "linear", GreedySoupParams
+
+
+class SelfPositioning(SearchMethod):
+    """Learn the task-vector coefficients by gradient descent on a probe set balanced across tasks."""
+
+    name, final, Params = "self_positioning", "task_arithmetic", SelfPositioningParams
+
+
 def _weighted_sum(deltas: list[Delta], weights: list[float]):
     import torch
 
@@ -275,6 +326,8 @@ METHODS: dict[str, Method] = {
     "dare_ties": DareTies(),
     "magnitude_prune": MagnitudePrune(),
     "delta_guided": DeltaGuided(),
+    "greedy_soup": GreedySoup(),
+    "self_positioning": SelfPositioning(),
 }
 
 

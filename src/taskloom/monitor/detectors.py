@@ -1,7 +1,10 @@
 """Drift detectors: a detector is a small object; the registry is a plain dict, one line each.
 
-Every detector takes a reference and a current sample of embeddings (n × d, m × d) and returns a
-calibrated p-value under "same distribution", so one alpha means the same thing for all of them.
+Every detector takes a reference and a current sample (embeddings n × d and m × d, or for a
+"labels" detector two lists of predicted labels / arrays of class probabilities) and returns a
+calibrated p-value under "same distribution", so one alpha means the same thing for all of them,
+and an effect size ("effect", 0 = no difference), so an alarm can also ask for a difference that
+matters: with large windows a tiny, harmless shift is already significant.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ import numpy as np
 class Detector:
     name: str
     description: str
-    run: Callable[..., dict]  # (reference, current, permutations, seed) -> {"statistic", "p_value", ...}
+    run: Callable[..., dict]  # (reference, current, permutations, seed) -> {"statistic", "p_value", "effect", ...}
+    effect: str = ""  # what "effect" measures
+    min_effect: float = 0.0  # default smallest effect worth an alarm (see bench/drift_calibration.py)
+    inputs: str = "embeddings"  # "embeddings" (n × d floats) | "labels" (labels or class probabilities)
 
     def __call__(self, reference: np.ndarray, current: np.ndarray, permutations: int = 200, seed: int = 0) -> dict:
         return self.run(reference, current, permutations=permutations, seed=seed)
@@ -25,19 +31,41 @@ class Detector:
 def _mmd(reference, current, permutations, seed):
     from taskloom.monitor.mmd import mmd_test
 
-    return mmd_test(reference, current, permutations=permutations, seed=seed)
+    out = mmd_test(reference, current, permutations=permutations, seed=seed)
+    return {**out, "effect": float(np.sqrt(max(out["statistic"], 0.0)))}
 
 
 def _ks_pca(reference, current, permutations, seed):
     from taskloom.monitor.ks_pca import ks_pca_test
 
-    return ks_pca_test(reference, current)
+    return ks_pca_test(reference, current, correction="bonferroni")
+
+
+def _ks_pca_bh(reference, current, permutations, seed):
+    from taskloom.monitor.ks_pca import ks_pca_test
+
+    return ks_pca_test(reference, current, correction="bh")
+
+
+def _classifier(reference, current, permutations, seed):
+    from taskloom.monitor.classifier import classifier_test
+
+    return classifier_test(reference, current, seed=seed)
+
+
+def _chi2(reference, current, permutations, seed):
+    from taskloom.monitor.chi2_labels import chi2_labels_test
+
+    return chi2_labels_test(reference, current, permutations=permutations, seed=seed)
 
 
 DETECTORS: dict[str, Detector] = {
     d.name: d
     for d in [
-        Detector("mmd", "MMD² with an RBF kernel (median bandwidth), permutation p-value", _mmd),
-        Detector("ks_pca", "KS on the reference's top 10 principal components, Bonferroni", _ks_pca),
+        Detector("mmd", "MMD² with an RBF kernel (median bandwidth), permutation p-value", _mmd, "MMD (sqrt of MMD²)", 0.03),
+        Detector("ks_pca", "KS on the reference's top 10 principal components, Bonferroni", _ks_pca, "largest KS D", 0.1),
+        Detector("ks_pca_bh", "KS on the reference's top 10 principal components, Benjamini-Hochberg", _ks_pca_bh, "largest KS D", 0.1),
+        Detector("classifier", "logistic regression told apart on a held-out fold, Mann-Whitney p-value", _classifier, "AUC - 0.5", 0.03),
+        Detector("chi2", "chi-squared on predicted labels (lists or argmax of probabilities)", _chi2, "Cramér's V", 0.05, "labels"),
     ]
 }

@@ -3,7 +3,9 @@
     taskloom drift --reference ref.jsonl --current cur.jsonl --field text --method mmd
 
 Rows (JSONL or Parquet) are embedded with the shared encoder (`embed_texts`); `.npy` files are
-taken as embeddings already. Every mistake names the file, the row or the option, in one line.
+taken as embeddings already. A "labels" detector (chi2) takes the field's strings as labels as they
+are (e.g. `--field label`), or a `.npy` of labels or class probabilities. Every mistake names the
+file, the row or the option, in one line.
 """
 
 from __future__ import annotations
@@ -44,22 +46,50 @@ def check_embeddings(arr, name: str) -> np.ndarray:
     return arr
 
 
+def check_labels(values, name: str) -> np.ndarray:
+    """Labels (1-D) or class probabilities (2-D, finite numbers) with at least MIN_ROWS rows."""
+    arr = np.asarray(values)
+    if arr.ndim not in (1, 2):
+        raise UserError(f"{name}: expected a list of labels or an array of class probabilities, got shape {arr.shape}")
+    if arr.ndim == 2:
+        if arr.dtype.kind not in "fiu":
+            raise UserError(f"{name}: class probabilities must be numbers, got dtype {arr.dtype}")
+        if not np.isfinite(arr).all():
+            bad = int(np.argwhere(~np.isfinite(arr))[0][0])
+            raise UserError(f"{name}: row {bad + 1} contains NaN or infinite values")
+    elif arr.dtype.kind == "f":
+        raise UserError(f"{name}: labels must be strings or integers, got floats")
+    if len(arr) < MIN_ROWS:
+        raise UserError(f"{name}: {len(arr)} rows, need at least {MIN_ROWS}")
+    return arr
+
+
 def drift_embeddings(reference, current, method: str = "mmd", alpha: float = 0.05, permutations: int = 200, seed: int = 0,
                      names: tuple[str, str] = ("reference", "current")) -> dict:
     """Test current against reference; drift when p < alpha.
 
-    {"method", "statistic", "p_value", "drift", "n_reference", "n_current", "alpha", ...detector extras}
+    {"method", "statistic", "p_value", "effect", "drift", "n_reference", "n_current", "alpha", ...detector extras}
     """
     check_options(method, alpha, permutations)
-    ref = check_embeddings(reference, names[0])
-    cur = check_embeddings(current, names[1])
-    if ref.shape[1] != cur.shape[1]:
-        raise UserError(f"{names[1]}: embedding dimension {cur.shape[1]} differs from {names[0]}'s {ref.shape[1]}")
-    result = DETECTORS[method](ref, cur, permutations=permutations, seed=seed)
+    detector = DETECTORS[method]
+    if detector.inputs == "labels":
+        ref, cur = check_labels(reference, names[0]), check_labels(current, names[1])
+        if ref.ndim != cur.ndim:
+            kinds = {1: "labels", 2: "class probabilities"}
+            raise UserError(f"{names[1]}: gives {kinds[cur.ndim]} but {names[0]} gives {kinds[ref.ndim]}: give both the same way")
+        if ref.ndim == 2 and ref.shape[1] != cur.shape[1]:
+            raise UserError(f"{names[1]}: {cur.shape[1]} classes differ from {names[0]}'s {ref.shape[1]}")
+    else:
+        ref = check_embeddings(reference, names[0])
+        cur = check_embeddings(current, names[1])
+        if ref.shape[1] != cur.shape[1]:
+            raise UserError(f"{names[1]}: embedding dimension {cur.shape[1]} differs from {names[0]}'s {ref.shape[1]}")
+    result = detector(ref, cur, permutations=permutations, seed=seed)
     out = {
         "method": method,
         "statistic": float(result["statistic"]),
         "p_value": float(result["p_value"]),
+        "effect": float(result["effect"]),
         "drift": bool(result["p_value"] < alpha),
         "n_reference": int(len(ref)),
         "n_current": int(len(cur)),
@@ -109,8 +139,10 @@ def read_texts(path: Path, field: str) -> list[str]:
     return values
 
 
-def read_sample(path, field: str):
-    """('texts', list[str]) for row files, ('embeddings', ndarray) for .npy; checked, never modified."""
+def read_sample(path, field: str, inputs: str = "embeddings"):
+    """('texts', list[str]) for row files, ('embeddings', ndarray) for .npy; checked, never modified.
+
+    For a "labels" detector a .npy holds labels or class probabilities (kind 'labels')."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
@@ -120,6 +152,8 @@ def read_sample(path, field: str):
             arr = np.load(path, allow_pickle=False)
         except Exception as e:
             raise UserError(f"{path}: not a readable .npy array ({type(e).__name__})") from None
+        if inputs == "labels":
+            return "labels", check_labels(arr, str(path))
         return "embeddings", check_embeddings(arr, str(path))
     if suffix not in ROW_SUFFIXES:
         raise UserError(f"{path}: unknown file type '{suffix}' (use .jsonl, .json, .parquet or .npy)")
@@ -133,7 +167,15 @@ def drift_files(reference, current, field: str = "text", method: str = "mmd", al
                 permutations: int = 200, seed: int = 0) -> dict:
     """`drift_embeddings` on two files (rows are embedded with the shared encoder first)."""
     check_options(method, alpha, permutations)
-    samples = [read_sample(reference, field), read_sample(current, field)]
+    inputs = DETECTORS[method].inputs
+    samples = [read_sample(reference, field, inputs), read_sample(current, field, inputs)]
+    if inputs == "labels":  # the field's strings are the labels: nothing to embed
+        out = drift_embeddings(samples[0][1], samples[1][1], method=method, alpha=alpha, permutations=permutations,
+                               seed=seed, names=(str(reference), str(current)))
+        out.update({"reference": str(reference), "current": str(current)})
+        if any(kind == "texts" for kind, _ in samples):
+            out["field"] = field
+        return out
     texts = [s for kind, s in samples if kind == "texts"]
     if texts:  # one encoder pass for both sides
         from taskloom.models.encoder import embed_texts

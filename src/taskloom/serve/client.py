@@ -45,7 +45,14 @@ class TritonClient:
         else:
             import tritonclient.grpc as lib
 
-            self._client = lib.InferenceServerClient(self.url)
+            # never through an http_proxy from the environment: taskloom's servers are on loopback or in-cluster
+            from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE
+
+            self._client = lib.InferenceServerClient(self.url, channel_args=[
+                ("grpc.enable_http_proxy", 0),
+                ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+                ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+            ])
         self._lib = lib
         self._outputs: list[str] | None = None
 
@@ -56,7 +63,9 @@ class TritonClient:
         self.close()
 
     def close(self) -> None:
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
+            self._client = None  # collected now, not at interpreter exit (where tritonclient's __del__ fails)
 
     def _call(self, what: str, fn, *args, **kwargs):
         """Run one tritonclient call: retry while the server is unreachable, else one clear error."""

@@ -296,25 +296,25 @@ class TritonServer:
             self.ports[opt] = port
         self.workspace = Path(tempfile.mkdtemp(prefix="taskloom-triton-"))
         self.shm_prefix = f"taskloom_{uuid.uuid4().hex[:12]}"
-        backend = self.workspace / "backends" / "python"
-        backend.mkdir(parents=True)
-        for f in ("libtriton_python.so", "triton_python_backend_utils.py"):
-            os.symlink(env.backend_src / f, backend / f)
-        os.symlink(env.stub, backend / "triton_python_backend_stub")
-        log_dir = self.log_dir or self.workspace / "logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_dir / "tritonserver.log"
-        self._log = open(self.log_path, "ab")
-        t0 = time.monotonic()
-        in_main = threading.current_thread() is threading.main_thread()
-        self._proc = subprocess.Popen(
-            self.command(env), stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=self.environment(env), cwd=self.workspace, start_new_session=True,
-            preexec_fn=_die_with_parent if in_main else None,
-        )
-        self._pid = self._proc.pid
         atexit.register(self.stop)
         try:
+            backend = self.workspace / "backends" / "python"
+            backend.mkdir(parents=True)
+            for f in ("libtriton_python.so", "triton_python_backend_utils.py"):
+                os.symlink(env.backend_src / f, backend / f)
+            os.symlink(env.stub, backend / "triton_python_backend_stub")
+            log_dir = self.log_dir or self.workspace / "logs"
+            log_dir.mkdir(parents=True, exist_ok=True)
+            self.log_path = log_dir / "tritonserver.log"
+            self._log = open(self.log_path, "ab")
+            t0 = time.monotonic()
+            in_main = threading.current_thread() is threading.main_thread()
+            self._proc = subprocess.Popen(
+                self.command(env), stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=self.environment(env), cwd=self.workspace, start_new_session=True,
+                preexec_fn=_die_with_parent if in_main else None,
+            )
+            self._pid = self._proc.pid
             self._wait_ready(timeout, t0)
         except BaseException:
             self.stop(grace=3)
@@ -324,6 +324,7 @@ class TritonServer:
 
     def _wait_ready(self, timeout: float, t0: float) -> None:
         url = f"{self.http_url}/v2/health/ready"
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
         while True:
             rc = self._proc.poll()
             if rc is not None:
@@ -331,7 +332,7 @@ class TritonServer:
                 raise ServerStartError(f"Triton exited with code {rc} before it was ready: {last_error(tail)} "
                                        f"(repository {self.repo_dir})", tail)
             try:
-                with urllib.request.urlopen(url, timeout=1) as r:
+                with opener.open(url, timeout=1) as r:
                     if r.status == 200:
                         return
             except (urllib.error.URLError, OSError):

@@ -190,6 +190,19 @@ class TaskStore:
         r = hit.sort_values(TIMESTAMP).iloc[-1]
         return np.asarray(r["embeddings"], dtype=np.float32).reshape(int(r["rows"]), int(r["dims"]))
 
+    def read_reference_record(self, task_id: str) -> dict:
+        """The latest reference of `task_id` with the adapter it belongs to: {"adapter_id", "embeddings"}.
+
+        The embeddings come back as stored (NaNs included): checking them is the reader's business."""
+        r = self._online("drift_reference", task_id)
+        values = r["embeddings"] or []
+        rows, dims = int(r["rows"]), int(r["dims"])
+        if len(values) != rows * dims:
+            raise UserError(f"feature store {self.repo_dir}: reference of task '{task_id}' holds {len(values)} "
+                            f"values, not rows × dims = {rows} × {dims}")
+        return {"adapter_id": str(r["adapter_id"]),
+                "embeddings": np.asarray(values, dtype=np.float32).reshape(rows, dims)}
+
     def reference_versions(self, task_id: str) -> list[dict]:
         """Every reference written for `task_id`, oldest first: [{"adapter_id", "rows", "dims", "written"}]."""
         import pandas as pd

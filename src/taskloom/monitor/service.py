@@ -1,0 +1,329 @@
+"""`taskloom monitor`: test what the server saw against each task's reference, window by window, and
+start a retrain when the alarm policy says so.
+
+    taskloom monitor --log runs/requests.jsonl --feature-repo runs/feature_repo --out runs/monitor \
+        --webhook http://127.0.0.1:12000/taskloom/drift --secret-file webhook.secret          # follows the log
+    taskloom monitor ... --once                                                                # one batch pass
+
+Per poll: read the new lines of the request log (`taskloom.monitor.requestlog`), put them in
+tumbling windows per task (`windows`), and for each window that is over: embed its texts with the
+served model folder or the base encoder (`--model`), test them against the task's latest reference
+sample in Feast (`TaskStore.read_reference_record`) with the chosen detector, and pass the p-values
+and effect sizes of all tasks of that window to the alarm policy (`policy`). An alarm leaves as a
+signed CloudEvent whose id is its idempotency key, retried on network errors with the same id.
+
+Everything it decides is in --out: windows.jsonl (one line per window and task), alarms.jsonl
+(one line per alarm, with its delivery and the retrain run it started) and drift_report.html,
+rewritten atomically after each window. Started again on the same --out it picks up where it
+stopped: recorded windows are not tested again and a delivered alarm is never sent twice.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from taskloom.artifacts import write_text
+from taskloom.errors import UserError
+from taskloom.monitor.detectors import DETECTORS
+from taskloom.monitor.drift import MIN_ROWS, check_options
+from taskloom.monitor.policy import AlarmPolicy, AlarmTracker
+from taskloom.monitor.requestlog import LogReader
+from taskloom.monitor.windows import TumblingWindows, Window, iso
+
+EVENT_TYPE = "io.taskloom.drift.detected"
+EVENT_SOURCE = "taskloom/monitor"
+SEND_ATTEMPTS = 3  # per alarm and run, on network errors and 5xx; the same event id each time
+DELIVERED = ("delivered", "duplicate")
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise UserError(f"{path}: line {i}: not valid JSON (a damaged output of an earlier run?)") from None
+    return out
+
+
+def _jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r, default=str) + "\n" for r in rows)
+
+
+class References:
+    """Each task's latest reference from Feast, checked once per read (finite, enough rows, the model's dims)."""
+
+    def __init__(self, feature_repo: Path, dims: int, model: str, labeler=None):
+        from taskloom.store.feature_store import TaskStore
+
+        self.repo = feature_repo
+        self.store = TaskStore(feature_repo)
+        self.dims, self.model, self.labeler = dims, model, labeler
+        self.current: dict[str, dict] = {}
+
+    def load(self, task: str) -> dict:
+        """{"adapter_id", "sample"} (sample = embeddings, or predicted labels for a labels detector)."""
+        try:
+            rec = self.store.read_reference_record(task)
+        except UserError:
+            raise UserError(f"unknown task '{task}': feature store {self.repo} has no drift reference for it") from None
+        emb, where = rec["embeddings"], f"feature store {self.repo}: reference of task '{task}' (adapter '{rec['adapter_id']}')"
+        if not np.isfinite(emb).all():
+            raise UserError(f"{where}: row {int(np.argwhere(~np.isfinite(emb))[0][0]) + 1} contains NaN or infinite values")
+        if len(emb) < MIN_ROWS:
+            raise UserError(f"{where}: {len(emb)} rows, need at least {MIN_ROWS}")
+        if emb.shape[1] != self.dims:
+            raise UserError(f"{where}: {emb.shape[1]} dims, but model {self.model} embeds {self.dims}")
+        sample = self.labeler(task, emb) if self.labeler else emb
+        self.current[task] = {"adapter_id": rec["adapter_id"], "sample": sample}
+        return self.current[task]
+
+
+def _head_labeler(model: str):
+    """For a labels detector: predicted labels = the task's classification head on the embeddings."""
+    import torch
+
+    from taskloom.train.heads import load_head
+
+    heads: dict = {}
+
+    def labels(task: str, emb: np.ndarray) -> np.ndarray:
+        if task not in heads:
+            folder = Path(model) / "heads" / task
+            if not folder.is_dir():
+                raise UserError(f"--model {model}: no classification head heads/{task}/ (the chi2 detector needs one)")
+            heads[task] = load_head(folder)
+        head, names = heads[task]
+        with torch.inference_mode():
+            idx = head(torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32))).argmax(dim=1).numpy()
+        return np.asarray(names, dtype=object)[idx].astype(str)
+
+    return labels
+
+
+def deliver(alarm: dict, webhook: str, secret: bytes, timeout: float, sleep: Callable[[float], None] = time.sleep) -> dict:
+    """Send one alarm as a signed CloudEvent (id = its key); retry network errors and 5xx with the same id."""
+    from taskloom.events.cloudevent import send_event
+
+    data = {k: alarm[k] for k in ("task", "first_window_start", "window_start", "windows", "p_values", "q_value",
+                                  "effect", "method")}
+    data.update(adapter_id=alarm["retrain_adapter_id"], drifted_adapter_id=alarm["adapter_id"], idempotency_key=alarm["key"])
+    result = {"status": "undelivered", "http_status": None, "run_id": None, "attempts": 0, "error": None}
+    for attempt in range(SEND_ATTEMPTS):
+        result["attempts"] = attempt + 1
+        try:
+            ack = send_event(webhook, EVENT_TYPE, data, secret, source=EVENT_SOURCE, timeout=timeout, event_id=alarm["key"])
+        except UserError as e:
+            result["error"] = str(e)
+        else:
+            result["http_status"] = ack["status"]
+            response = ack["response"] if isinstance(ack["response"], dict) else {}
+            if 200 <= ack["status"] < 300:
+                result.update(status="duplicate" if response.get("duplicate") else "delivered",
+                              run_id=response.get("run_id"), error=None)
+                break
+            result["error"] = response.get("error") or str(ack["response"])[:200]
+            if ack["status"] < 500:  # refused (bad signature, stale): resending the same will not help
+                result["status"] = "rejected"
+                break
+        if attempt + 1 < SEND_ATTEMPTS:
+            sleep(0.5 * 2**attempt)
+    result["sent_at"] = iso(time.time())
+    return result
+
+
+def run_monitor(
+    log: str | Path,
+    feature_repo: str | Path,
+    out: str | Path,
+    *,
+    model: str = "minilm",
+    method: str = "mmd",
+    tasks: list[str] | None = None,
+    window: float = 300.0,
+    min_rows: int = 50,
+    alpha: float = 0.05,
+    consecutive: int = 2,
+    min_effect: float | None = None,
+    cooldown: int = 3,
+    permutations: int = 200,
+    seed: int = 0,
+    webhook: str | None = None,
+    secret_file: str | Path | None = None,
+    once: bool = False,
+    poll: float = 5.0,
+    lateness: float = 5.0,
+    max_polls: int | None = None,
+    timeout: float = 10.0,
+    say: Callable[[str], None] = _stderr,
+) -> dict:
+    """Monitor the request log `log`; returns a summary {"windows", "tested", "too_small", "late", "alarms", ...}."""
+    # -- options and inputs: every mistake before anything is written --------------------------
+    check_options(method, alpha, permutations)
+    detector = DETECTORS[method]
+    if isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < MIN_ROWS:
+        raise UserError(f"--min-rows must be an integer >= {MIN_ROWS}, got {min_rows}")
+    for name, value in (("--window", window), ("--poll", poll), ("--timeout", timeout)):
+        if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
+            raise UserError(f"{name} must be a positive number of seconds, got {value}")
+    if not (isinstance(lateness, (int, float)) and np.isfinite(lateness) and lateness >= 0):
+        raise UserError(f"--lateness must be a number of seconds >= 0, got {lateness}")
+    policy = AlarmPolicy(alpha=alpha, consecutive=consecutive, cooldown=cooldown,
+                         min_effect=detector.min_effect if min_effect is None else min_effect)
+    log, out, feature_repo = Path(log), Path(out), Path(feature_repo)
+    if not log.is_file():
+        raise UserError(f"{log}: no such request log")
+    if not (feature_repo / "feature_store.yaml").is_file():
+        raise UserError(f"{feature_repo}: not a feature repository (no feature_store.yaml)")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    secret = None
+    if webhook:
+        from taskloom.events.cloudevent import load_secret
+
+        secret = load_secret(secret_file)
+    watch = set(tasks) if tasks else None
+
+    from taskloom.models.encoder import cached_encoder, embed_texts
+
+    _, encoder = cached_encoder(str(model))
+    labeler = _head_labeler(str(model)) if detector.inputs == "labels" else None
+    refs = References(feature_repo, int(encoder.config.hidden_size), str(model), labeler)
+    for task in sorted(watch or ()):
+        refs.load(task)  # a named task without a reference is a mistake even before its first request
+
+    # -- state: what earlier runs on this --out decided ----------------------------------------
+    windows_path, alarms_path, report_path = out / "windows.jsonl", out / "alarms.jsonl", out / "drift_report.html"
+    records = _read_jsonl(windows_path)
+    alarms = _read_jsonl(alarms_path)
+    alarm_by_key = {a["key"]: a for a in alarms}
+    tracker = AlarmTracker(policy)
+    for start in sorted({r["start"] for r in records}):
+        group = [r for r in records if r["start"] == start]
+        tracker.step(start, {r["task"]: (None if r["status"] != "tested" else
+                                         {"p_value": r["p_value"], "effect": r["effect"], "adapter_id": r["adapter_id"]})
+                             for r in group})
+    done = {(r["task"], r["start"]) for r in records}
+
+    summary = {"log": str(log), "out": str(out), "method": method, "windows": 0, "tested": 0, "too_small": 0,
+               "late": 0, "ignored": 0, "alarms": [], "report": str(report_path)}
+
+    def send(alarm: dict) -> None:
+        if not webhook:
+            alarm["delivery"] = {"status": "not_sent", "http_status": None, "run_id": None, "attempts": 0, "error": None}
+            return
+        alarm["delivery"] = deliver(alarm, webhook, secret, timeout)
+        d = alarm["delivery"]
+        if d["status"] not in DELIVERED:
+            say(f"warning: alarm {alarm['key'][:12]} for task '{alarm['task']}' not delivered to {webhook}: "
+                f"{d['status']} ({d['error']})")
+
+    def save() -> None:
+        write_text(windows_path, _jsonl(records))
+        write_text(alarms_path, _jsonl(alarms))
+        from taskloom.monitor.report import write_drift_report
+
+        write_drift_report(report_path, records, alarms, {"method": method, "detector": detector.description,
+                                                          "effect": detector.effect, "policy": policy.__dict__,
+                                                          "window_s": float(window), "log": str(log)})
+
+    pending = [a for a in alarms if a.get("delivery", {}).get("status") in ("undelivered", "not_sent")]
+    if webhook and pending:  # alarms an earlier run could not deliver: same key, same event id
+        for alarm in pending:
+            send(alarm)
+        save()
+
+    def test_group(group: list[Window]) -> None:
+        start = group[0].start
+        results, new = {}, []
+        for w in group:
+            ref = refs.load(w.task)  # re-read: a retrain may have refreshed it
+            rec = {"task": w.task, "start": w.start, "end": w.end, "start_iso": iso(w.start), "n": w.n,
+                   "adapter_id": ref["adapter_id"], "method": method}
+            if w.n < min_rows:
+                rec["status"] = "too_small"
+                results[w.task] = None
+                summary["too_small"] += 1
+                say(f"window {iso(w.start)} of task '{w.task}': {w.n} requests, below --min-rows {min_rows}: not tested")
+            else:
+                emb = embed_texts(w.texts, model_name=str(model))
+                sample = labeler(w.task, emb) if labeler else emb
+                from taskloom.monitor.drift import drift_embeddings
+
+                r = drift_embeddings(ref["sample"], sample, method=method, alpha=alpha, permutations=permutations,
+                                     seed=seed, names=(f"reference of task '{w.task}'", f"window {iso(w.start)} of '{w.task}'"))
+                rec.update(status="tested", statistic=r["statistic"], p_value=r["p_value"], effect=r["effect"],
+                           n_reference=r["n_reference"])
+                results[w.task] = {"p_value": r["p_value"], "effect": r["effect"], "adapter_id": ref["adapter_id"]}
+                summary["tested"] += 1
+            new.append(rec)
+        decisions, raised = tracker.step(start, results)
+        for rec in new:
+            rec.update(decisions[rec["task"]])
+        for alarm in raised:
+            alarm.update(method=method, retrain_adapter_id=f"{alarm['task']}-{alarm['key'][:8]}")
+            old = alarm_by_key.get(alarm["key"])
+            if old is not None and old.get("delivery", {}).get("status") in DELIVERED:
+                continue  # the same alarm was raised and delivered before: never twice
+            send(alarm)
+            if old is not None:
+                alarms.remove(old)
+            alarms.append(alarm)
+            alarm_by_key[alarm["key"]] = alarm
+            summary["alarms"].append(alarm["key"])
+            say(f"alarm {alarm['key'][:12]}: task '{alarm['task']}' drifted in {len(alarm['windows'])} windows in a row "
+                f"since {alarm['first_window_start']} (effect {alarm['effect']:.3f}); delivery: {alarm['delivery']['status']}"
+                + (f", run {alarm['delivery']['run_id']}" if alarm["delivery"].get("run_id") else ""))
+        records.extend(new)
+        summary["windows"] += len(new)
+        save()
+
+    # -- the loop ----------------------------------------------------------------------------
+    reader = LogReader(log)
+    win = TumblingWindows(window, lateness)
+    polls = 0
+    while True:
+        rows = reader.poll(final=once)
+        for row in rows:
+            if watch is not None and row["task"] not in watch:
+                summary["ignored"] += 1
+                continue
+            if row["task"] not in refs.current:
+                refs.load(row["task"])
+            if (row["task"], win.start_of(row["ts"])) in done:
+                continue
+            win.add(row)
+        closed = win.flush() if once else win.close(until=time.time())
+        if once:
+            if not closed and not records:
+                what = f" for task(s) {', '.join(sorted(watch))}" if watch else ""
+                raise UserError(f"{log}: no requests{what} to monitor")
+            if closed and max(w.n for w in closed) < min_rows and not records:
+                big = max(closed, key=lambda w: w.n)
+                raise UserError(f"{log}: no window has at least {min_rows} requests (largest: {big.n}, task "
+                                f"'{big.task}' at {iso(big.start)}); use a longer --window or a smaller --min-rows")
+        for start in sorted({w.start for w in closed}):
+            test_group([w for w in closed if w.start == start])
+        summary["late"] = win.late
+        polls += 1
+        if once or (max_polls is not None and polls >= max_polls):
+            break
+        time.sleep(poll)
+    if not records:
+        save()
+    summary["delivered"] = sum(a.get("delivery", {}).get("status") in DELIVERED for a in alarms)
+    summary["run_ids"] = [a["delivery"]["run_id"] for a in alarms if a.get("delivery", {}).get("run_id")]
+    return summary

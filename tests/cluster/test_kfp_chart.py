@@ -1,0 +1,284 @@
+"""The Helm chart and the plain manifests, checked without a cluster.
+
+- `helm lint --strict` (which enforces values.schema.json) with the real helm from `make tools`;
+- every built-in kind of the render validated strictly against the Kubernetes 1.33 OpenAPI schemas;
+- the Argo Events EventSource and Sensor validated against the upstream Argo Events JSON schema made
+  strict (no unknown field anywhere; the schema's stale `required` lists dropped), because the CRDs
+  themselves accept any spec;
+- the Sensor's HTTP trigger builds exactly the body `kfp.Client.run_pipeline` sends to start drift_retrain.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "taskloom"
+MANIFESTS = REPO / "manifests"
+ARGO_SCHEMA = REPO.parent / "shared" / "schemas" / "argo-events" / "schema.json"
+TOOLS = REPO / ".tools"
+K8S_VERSION = "1.33"
+
+
+@lru_cache(maxsize=None)
+def tool(name: str) -> str:
+    """`.tools/helm` or `.tools/kubectl`, fetched by scripts/tools.sh (the `make tools` target) if missing."""
+    path = TOOLS / name
+    if not path.exists():
+        subprocess.run(["bash", str(REPO / "scripts" / "tools.sh")], check=True, cwd=REPO)
+    assert path.exists(), f"{path} missing: run `make tools`"
+    return str(path)
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([tool("helm"), *args], capture_output=True, text=True, check=check, cwd=REPO)
+
+
+def render(*sets: str, namespace: str = "default") -> list[dict]:
+    args = ["template", "taskloom", str(CHART), "--namespace", namespace]
+    for s in sets:
+        args += ["--set", s]
+    return [d for d in yaml.safe_load_all(helm(*args).stdout) if d]
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+@lru_cache(maxsize=None)
+def argo_definitions() -> dict:
+    """The Argo Events schema made strict: `required` dropped (stale upstream), no unknown properties."""
+    assert ARGO_SCHEMA.exists(), f"{ARGO_SCHEMA} missing (the shared schemas live beside the repository)"
+
+    def strict(node):
+        if isinstance(node, dict):
+            node.pop("required", None)
+            if node.get("type") == "object" and "properties" in node and "additionalProperties" not in node:
+                node["additionalProperties"] = False
+            for v in node.values():
+                strict(v)
+        elif isinstance(node, list):
+            for v in node:
+                strict(v)
+        return node
+
+    return strict(copy.deepcopy(json.loads(ARGO_SCHEMA.read_text())["definitions"]))
+
+
+def argo_errors(obj: dict) -> list[str]:
+    schema = {"$ref": f"#/definitions/io.argoproj.events.v1alpha1.{obj['kind']}", "definitions": argo_definitions()}
+    return [f"{'/'.join(map(str, e.path))}: {e.message}" for e in jsonschema.Draft7Validator(schema).iter_errors(obj)]
+
+
+@pytest.fixture(scope="module")
+def docs() -> list[dict]:
+    return render()
+
+
+def test_helm_lint_strict_passes():
+    result = helm("lint", "--strict", str(CHART), check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+
+
+def test_render_has_every_part(docs):
+    kinds = sorted((d["kind"], d["metadata"]["name"]) for d in docs)
+    assert kinds == sorted([
+        ("ConfigMap", "taskloom-config"),
+        ("Deployment", "taskloom-feast"), ("Deployment", "taskloom-monitor"), ("Deployment", "taskloom-triton"),
+        ("EventSource", "taskloom-drift"), ("NetworkPolicy", "taskloom-webhook"),
+        ("PersistentVolumeClaim", "taskloom-shared"), ("Role", "taskloom-deployer"), ("RoleBinding", "taskloom-deployer"),
+        ("Sensor", "taskloom-retrain"), ("Service", "taskloom-feast"), ("Service", "taskloom-triton"),
+        *[("ServiceAccount", f"taskloom-{c}") for c in ("eventsource", "feast", "monitor", "sensor", "triton")],
+    ])
+
+
+@pytest.mark.parametrize("sets", [(), ("triton.gpus=0", "triton.modelControlMode=explicit", "kfp.pipelineId=p1",
+                                       "kfp.experimentId=e1", "events.webhook.authSecret.name=hook-token")])
+def test_builtin_kinds_validate_strictly(sets):
+    for obj in render(*sets):
+        if obj["apiVersion"].startswith("argoproj.io/"):
+            continue
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)  # raises on unknown or mistyped fields
+
+
+def test_kubernetes_validation_is_strict():
+    bad = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "x"}, "automountToken": False}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, K8S_VERSION, strict=True)
+
+
+def test_argo_objects_validate_against_the_strict_schema(docs):
+    kustomized = yaml.safe_load_all(subprocess.run([tool("kubectl"), "kustomize", str(MANIFESTS)],
+                                                   capture_output=True, text=True, check=True).stdout)
+    argo = [d for d in [*docs, *kustomized] if d and d["apiVersion"] == "argoproj.io/v1alpha1"]
+    assert sorted(d["kind"] for d in argo) == ["EventSource", "EventSource", "Sensor", "Sensor"]
+    for obj in argo:
+        assert argo_errors(obj) == [], obj["kind"]
+
+
+def test_the_strict_argo_schema_catches_typos(docs):
+    sensor = copy.deepcopy(by_kind(docs, "Sensor")[0])
+    http = sensor["spec"]["triggers"][0]["template"]["http"]
+    http["secureHeader"] = http.pop("secureHeaders")
+    source = copy.deepcopy(by_kind(docs, "EventSource")[0])
+    source["spec"]["webhook"]["drift"]["endPoint"] = source["spec"]["webhook"]["drift"].pop("endpoint")
+    assert any("'secureHeader' was unexpected" in e for e in argo_errors(sensor))
+    assert any("'endPoint' was unexpected" in e for e in argo_errors(source))
+
+
+def test_triton_runs_on_a_gpu_node_with_health_probes(docs):
+    triton = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "taskloom-triton")
+    pod = triton["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    assert "--model-repository=/mnt/taskloom/model_repository" in container["args"]
+    claim = next(v for v in pod["volumes"] if v["name"] == "shared")["persistentVolumeClaim"]["claimName"]
+    assert claim == "taskloom-shared"  # the claim the pipeline steps mount (pipelines/placement.py)
+    service = next(d for d in by_kind(docs, "Service") if d["metadata"]["name"] == "taskloom-triton")
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    no_gpu = next(d for d in render("triton.gpus=0") if d["metadata"]["name"] == "taskloom-triton" and d["kind"] == "Deployment")
+    assert "nvidia.com/gpu" not in json.dumps(no_gpu["spec"]["template"]["spec"]["containers"][0]["resources"])
+
+
+def test_workloads_hold_no_api_token_and_rbac_is_scoped(docs):
+    for sa in by_kind(docs, "ServiceAccount"):
+        assert sa["automountServiceAccountToken"] is False
+    for dep in by_kind(docs, "Deployment"):
+        pod = dep["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["serviceAccountName"] == dep["metadata"]["name"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+    (role,) = by_kind(docs, "Role")
+    assert all("*" not in r["verbs"] and "*" not in r["resources"] for r in role["rules"])
+    deployments = next(r for r in role["rules"] if r["resources"] == ["deployments"])
+    assert deployments["resourceNames"] == ["taskloom-triton"] and deployments["verbs"] == ["get", "patch"]
+    (binding,) = by_kind(docs, "RoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}]
+
+
+def test_monitor_signs_with_a_referenced_secret_that_the_chart_never_creates(docs):
+    assert by_kind(docs, "Secret") == []
+    monitor = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "taskloom-monitor")
+    (container,) = monitor["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["TASKLOOM_WEBHOOK_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "taskloom-webhook", "key": "secret"}
+    assert env["TASKLOOM_EVENTS_URL"]["value"] == "http://taskloom-drift-eventsource-svc.default.svc:12000/taskloom/drift"
+    assert container["command"] == ["taskloom", "monitor"]
+    source = by_kind(docs, "EventSource")[0]["spec"]
+    assert source["webhook"]["drift"] == {"port": "12000", "endpoint": "/taskloom/drift", "method": "POST",
+                                          "maxPayloadSize": 1048576}
+    assert source["service"]["ports"][0]["port"] == 12000
+
+
+def _lookup(data: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(data, dict) or part not in data:
+            raise KeyError(dotted)
+        data = data[part]
+    return data
+
+
+def sensor_request(sensor: dict, event: dict) -> tuple[str, dict]:
+    """What the Sensor's HTTP trigger sends for `event` (Argo Events' rules: dataKey, else value; dataTemplate
+    over .Input; dest paths set into a JSON object)."""
+    http = sensor["spec"]["triggers"][0]["template"]["http"]
+    body: dict = {}
+    for p in http["payload"]:
+        src = p["src"]
+        if "dataTemplate" in src:
+            value = re.sub(r"\{\{\s*\.Input\.([\w.]+)\s*\}\}", lambda m: str(_lookup(event, m.group(1))), src["dataTemplate"])
+        else:
+            try:
+                value = _lookup(event, src["dataKey"]) if "dataKey" in src else src["value"]
+            except KeyError:
+                value = src["value"]
+        node = body
+        *parents, leaf = p["dest"].split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return http["url"], body
+
+
+def test_sensor_starts_drift_retrain_with_the_body_kfp_client_sends():
+    import kfp_server_api
+
+    from taskloom.kfp import pipeline_parameters
+
+    docs = render("kfp.pipelineId=11111111-2222", "kfp.pipelineVersionId=v-3333", "kfp.experimentId=exp-4444")
+    sensor = by_kind(docs, "Sensor")[0]
+    event = {"header": {"Ce-Type": ["taskloom.drift.detected"]}, "body": {"task": "rt-sentiment", "adapter_id": "rt-v7"}}
+    url, body = sensor_request(sensor, event)
+    assert url == "http://ml-pipeline.kubeflow:8888/apis/v2beta1/runs"
+    expected = kfp_server_api.ApiClient().sanitize_for_serialization(kfp_server_api.V2beta1Run(
+        display_name="drift-retrain rt-sentiment",
+        experiment_id="exp-4444",
+        pipeline_version_reference=kfp_server_api.V2beta1PipelineVersionReference(
+            pipeline_id="11111111-2222", pipeline_version_id="v-3333"),
+        runtime_config=kfp_server_api.V2beta1RuntimeConfig(parameters={"task": "rt-sentiment", "adapter_id": "rt-v7"}),
+    ))
+    assert body == expected
+    assert set(body["runtime_config"]["parameters"]) <= set(pipeline_parameters("drift_retrain"))
+    # an alarm without an adapter id still starts a run; the pipeline then uses the task name
+    _, body = sensor_request(sensor, {"body": {"task": "chatterbot-qa"}})
+    assert body["runtime_config"]["parameters"] == {"task": "chatterbot-qa", "adapter_id": ""}
+    http = sensor["spec"]["triggers"][0]["template"]["http"]
+    assert http["method"] == "POST"
+    assert http["secureHeaders"] == [{"name": "Authorization", "valueFrom": {
+        "secretKeyRef": {"name": "taskloom-kfp-token", "key": "authorization"}}}]
+    dep = sensor["spec"]["dependencies"][0]
+    assert (dep["eventSourceName"], dep["eventName"]) == ("taskloom-drift", "drift")
+
+
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ("triton.gpus=two", "gpus"),                       # a string where a number goes
+        ("triton.modelControlMode=sometimes", "modelControlMode"),
+        ("triton.ports.http=70000", "http"),
+        ("triton.gpu=1", "gpu"),                           # a misspelt key
+        ("kfp.host=ml-pipeline:8888", "host"),             # not a URL
+        ("monitor.config.alpha=1.5", "alpha"),
+    ],
+)
+def test_values_schema_rejects_bad_values(bad, field):
+    result = helm("lint", "--strict", str(CHART), "--set", bad, check=False)
+    assert result.returncode != 0, f"helm lint accepted {bad}"
+    assert field in result.stdout + result.stderr
+
+
+def test_parts_can_be_switched_off():
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in render("triton.enabled=false", "events.enabled=false",
+                                                                 "persistence.create=false")}
+    assert not any(k in ("EventSource", "Sensor", "NetworkPolicy", "PersistentVolumeClaim", "Role") for k, _ in kinds)
+    assert ("Deployment", "taskloom-triton") not in kinds and ("Deployment", "taskloom-monitor") in kinds
+
+
+def test_plain_manifests_match_the_chart():
+    out = subprocess.run([tool("kubectl"), "kustomize", str(MANIFESTS)], capture_output=True, text=True, check=True)
+    plain = [d for d in yaml.safe_load_all(out.stdout) if d]
+    chart = {(d["kind"], d["metadata"]["name"]): d for d in render(namespace="kubeflow")}
+    assert {d["metadata"]["namespace"] for d in plain} == {"kubeflow"}
+    for obj in plain:
+        twin = chart[(obj["kind"], obj["metadata"]["name"])]
+        for key in ("spec", "rules", "roleRef", "subjects", "automountServiceAccountToken"):
+            assert obj.get(key) == twin.get(key), f"manifests/ {obj['kind']} {obj['metadata']['name']}: {key} differs from the chart"
+        if not obj["apiVersion"].startswith("argoproj.io/"):
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    assert {d["kind"] for d in plain} == {"ServiceAccount", "Role", "RoleBinding", "EventSource", "Sensor", "NetworkPolicy"}

@@ -1,0 +1,111 @@
+"""Pipelines run end to end with kfp.local (SubprocessRunner, this environment, no venv per step).
+
+The default tier runs drift_retrain on a tiny task (40 training rows, 2 optimizer steps) and a run
+whose data fails validation; the slow tier runs train_merge_deploy on two built-in tasks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from taskloom import cli
+from taskloom.kfp import run_local
+
+
+def tiny_task(folder: Path, bad_label_row: int | None = None) -> Path:
+    """A 40/20-row classification task from the built-in Rotten Tomatoes rows."""
+    from taskloom.tasks.catalog import build_task
+
+    spec, train, eval_ = build_task("rt-sentiment")
+    pick = lambda rows, n: [r for r in rows if r["label"] == "fresh"][: n // 2] + [r for r in rows if r["label"] == "rotten"][: n // 2]  # noqa: E731
+    train, eval_ = pick(train, 40), pick(eval_, 20)
+    if bad_label_row is not None:
+        eval_[bad_label_row] = {**eval_[bad_label_row], "label": "meh"}
+    folder.mkdir(parents=True)
+    for name, rows in (("train", train), ("eval", eval_)):
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    doc = {**spec, "name": "tiny-sentiment", "data": {"train": "train.jsonl", "eval": "eval.jsonl"}}
+    (folder / "task.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    return folder / "task.yaml"
+
+
+def _digests(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+
+
+def test_drift_retrain_runs_locally_and_deploys(tmp_path):
+    from taskloom.store.feature_store import TaskStore
+
+    task_file = tiny_task(tmp_path / "task")
+    before = _digests(tmp_path / "task")
+    root = tmp_path / "kfp"
+    result = run_local(
+        "drift_retrain",
+        {"task": str(task_file), "adapter_id": "tiny-v2", "max_steps": "2", "seed": "1"},
+        root,
+        quiet=True,
+    )
+    assert result["state"] == "SUCCEEDED", result.get("error")
+    run_dir = Path(result["run_dir"])
+    assert result["run_id"] == run_dir.name and run_dir.name.startswith("drift-retrain-")
+    assert "finished with status" in (run_dir / "run.log").read_text()
+    assert result["parameters"]["max_steps"] == 2  # the string from the command line, converted
+
+    gate = json.loads((Path(result["outputs"]["gate"]["path"]) / "gate.json").read_text())
+    row = gate["tasks"]["tiny-sentiment"]
+    train_metrics = json.loads(next(run_dir.glob("for-loop-*/train-adapter/model/metrics.json")).read_text())
+    assert train_metrics["task"] == "tiny-sentiment" and train_metrics["metric"] == "accuracy"
+    assert row["base"] == pytest.approx(train_metrics["base"]) and row["single"] == pytest.approx(train_metrics["tuned"])
+    # the adapter folded into the base (linear, weight 1) scores what the adapter scored
+    assert row["merged"] == pytest.approx(train_metrics["tuned"], abs=0.051)  # one of 20 eval rows
+    assert result["outputs"]["promoted"] is gate["promote"]
+
+    store = TaskStore(root / "feature_repo")
+    assert store.read_task("tiny-sentiment")["rows"] == 40
+    assert store.read_adapter("tiny-v2")["tuned"] == pytest.approx(train_metrics["tuned"])
+    assert store.read_reference("tiny-sentiment", adapter_id="tiny-v2").shape[1] == 384
+
+    if gate["promote"]:
+        config = (root / "model_repository" / "taskloom" / "config.pbtxt").read_text()
+        assert "LABEL" in config and "PROBS" in config  # the task's only head is served
+    assert _digests(tmp_path / "task") == before  # the user's files are read, never written
+
+
+def test_invalid_data_stops_the_run_before_training(tmp_path, capsys):
+    task_file = tiny_task(tmp_path / "task", bad_label_row=5)
+    root = tmp_path / "kfp"
+    code = cli.main(["pipeline", "run", "train_merge_deploy", "-p", f"tasks={task_file}", "-p", "max_steps=2",
+                     "--root", str(root), "--quiet"])
+    assert code == 2
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    assert result["state"] == "FAILED" and "validate-task" in result["error"]
+    assert err.startswith("error: pipeline train_merge_deploy: run train-merge-deploy-") and err.count("\n") == 1
+    run_dir = Path(result["run_dir"])
+    report = json.loads(next(run_dir.glob("for-loop-*/validate-task/report/validation.json")).read_text())
+    assert report["success"] is False and "label_set" in report["failed"]
+    assert not list(run_dir.glob("for-loop-*/train-adapter"))  # training never started
+    assert not (root / "model_repository").exists()
+
+
+@pytest.mark.slow
+def test_train_merge_deploy_on_two_builtin_tasks(tmp_path):
+    from taskloom.store.feature_store import TaskStore
+
+    root = tmp_path / "kfp"
+    result = run_local("train_merge_deploy", {"tasks": "rt-sentiment,chatterbot-qa", "max_steps": "3"}, root, quiet=True)
+    assert result["state"] == "SUCCEEDED", result.get("error")
+    gate = json.loads((Path(result["outputs"]["gate"]["path"]) / "gate.json").read_text())
+    assert set(gate["tasks"]) == {"rt-sentiment", "chatterbot-qa"}
+    report = json.loads((Path(result["outputs"]["merged"]["path"]) / "merge_report.json").read_text())
+    assert report["method"] == "task_arithmetic"
+    for task in ("rt-sentiment", "chatterbot-qa"):
+        assert 0.0 < gate["tasks"][task]["merged"] <= 1.0
+        assert TaskStore(root / "feature_repo").read_task(task)["task_id"] == task
+    if gate["promote"]:
+        assert (root / "model_repository" / "taskloom" / "config.pbtxt").exists()
