@@ -129,8 +129,8 @@ def test_npy_embeddings_against_shifted_embeddings(files):
 
 
 def test_every_detector_is_calibrated_enough_and_has_power():
-    rng = np.random.default_rng(4)
     for name in [n for n, d in DETECTORS.items() if d.inputs == "embeddings"]:
+        rng = np.random.default_rng(4)  # the same data for every detector
         alarms = sum(drift_embeddings(rng.normal(size=(80, 16)), rng.normal(size=(80, 16)), method=name,
                                       permutations=99, seed=s)["drift"] for s in range(20))
         assert alarms <= 4, name  # P(Binomial(20, 0.05) >= 5) = 0.003
