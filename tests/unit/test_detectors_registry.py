@@ -108,7 +108,7 @@ def test_chi2_uses_a_permutation_p_value_when_counts_are_small():
 def test_drift_embeddings_takes_labels_for_chi2_and_rejects_mixed_inputs():
     labels = np.array(list("ab") * 10)
     out = drift_embeddings(labels, np.array(["a"] * 18 + ["b"] * 2), method="chi2")
-    assert out["drift"] is True and out["effect"] > 0.5
+    assert out["drift"] is True and out["effect"] == pytest.approx(np.sqrt(40 * 160**2 / (20 * 20 * 28 * 12) / 40))
     with pytest.raises(UserError, match="current: gives class probabilities but reference gives labels"):
         drift_embeddings(labels, np.full((20, 2), 0.5), method="chi2")
     with pytest.raises(UserError, match="current: 3 classes differ from reference's 2"):

@@ -218,3 +218,34 @@ def test_ties_and_dare_on_real_adapters_are_seeded_and_sparse(tmp_path, adapters
     assert np.abs(da[kept]).min() >= np.abs(da[~kept]).max()  # the largest magnitudes survived
     assert all(np.array_equal(runs["dare_ties"][k], runs["dare_ties_again"][k]) for k in base)
     assert not np.array_equal(runs["dare_ties"][key], runs["dare_other_seed"][key])
+
+
+def test_adapter_of_a_task_wrapper_merges_into_the_encoder(tmp_path):
+    """PEFT on BertForSequenceClassification names `bert.encoder...` and saves the classifier whole:
+    the LoRA layers land on the encoder's tensors, the classifier (not in the base) is listed as ignored."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_base("minilm"), num_labels=2)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["query"], task_type="SEQ_CLS"))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    peft_model.save_pretrained(tmp_path / "seqcls")
+    rep = merge_adapters(MergeSpec(method="linear", adapters=[tmp_path / "seqcls"]), tmp_path / "out")
+    assert rep["layers_merged"] == 6
+    assert rep["adapters"][0]["ignored_tensors"] == ["base_model.model.classifier.bias", "base_model.model.classifier.weight"]
+    ref = peft_model.merge_and_unload().bert.state_dict()
+    got = _out_state(tmp_path / "out")
+    assert max(float(np.abs(got[k] - ref[k].numpy()).max()) for k in ref) < 1e-6
+
+
+def test_a_merged_model_merges_again_with_its_heads(tmp_path, adapters):
+    first = merge_adapters(MergeSpec(method="task_arithmetic", adapters=[adapters["a"], adapters["b"]]), tmp_path / "m1")
+    again = merge_adapters(MergeSpec(method="linear", adapters=[tmp_path / "m1"]), tmp_path / "m2")
+    assert again["adapters"][0]["kind"] == "full" and sorted(again["heads"]) == ["sent", "topic"] == sorted(first["heads"])
+    one, two = _out_state(tmp_path / "m1"), _out_state(tmp_path / "m2")
+    assert all(np.allclose(one[k], two[k], rtol=0, atol=1e-6) for k in one)

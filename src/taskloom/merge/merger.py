@@ -30,7 +30,7 @@ from taskloom.merge.weights import (
     WEIGHT_SUFFIXES,
     KeyMatcher,
     ModelWeights,
-    ShardWriter,
+    StreamingWriter,
     all_finite,
     is_float,
     weight_files,
@@ -169,24 +169,30 @@ def _finite(t, what: str) -> None:
 
 
 def _write_full(base, base_dir, inputs, method, params, weights, staging, max_shard_bytes):
-    """W = W₀ + Δ for every tensor an input touches; every other base tensor copied as is."""
+    """W = W₀ + Δ for every tensor an input touches; every other base tensor copied as is. Each tensor
+    goes to disk as soon as it is merged (the output keeps the base's names, dtypes and shapes)."""
     targeted = set().union(*(inp.keys() for inp in inputs))
-    writer = ShardWriter(staging, max_shard_bytes)
+    plan = [(key, base.dtype(key), base.shape(key)) for key in base.keys()]
+    writer = StreamingWriter(staging, plan, max_shard_bytes)
     layers = {}
-    for key in base.keys():
-        w0 = base.get(key)
-        if is_float(base.dtype(key)):
-            _finite(w0, f"base model: tensor {key}")
-        if key in targeted:
-            d, norms = _merged_delta(key, w0, inputs, method, params, weights)
-            w = w0.float() + d
-            _finite(w, f"merged tensor {key} (check lambda and the weights)")
-            layers[key] = {"delta_norm": round(float(d.norm()), 6), "base_norm": round(float(w0.float().norm()), 6),
-                           "input_norms": norms}
-            w0 = w.to(w0.dtype)
-            del d, w
-        writer.add(key, w0)
-    files = writer.close()
+    try:
+        for key in base.keys():
+            w0 = base.get(key)
+            if is_float(base.dtype(key)):
+                _finite(w0, f"base model: tensor {key}")
+            if key in targeted:
+                d, norms = _merged_delta(key, w0, inputs, method, params, weights)
+                w = w0.float() + d
+                _finite(w, f"merged tensor {key} (check lambda and the weights)")
+                layers[key] = {"delta_norm": round(float(d.norm()), 6), "base_norm": round(float(w0.float().norm()), 6),
+                               "input_norms": norms}
+                w0 = w.to(w0.dtype)
+                del d, w
+            writer.write(key, w0)
+            del w0
+        files = writer.close()
+    finally:
+        writer.abort()
     _copy_model_files(base_dir, staging)
     return layers, {"files": [f.name for f in files]}
 

@@ -1,8 +1,14 @@
-"""Model weights on disk, one tensor at a time: lazy reading of safetensors folders (single file or
-sharded index), matching tensor names across naming conventions, and sharded atomic writing.
+"""Model weights on disk, one tensor at a time: reading safetensors folders (single file or sharded
+index) tensor by tensor, matching tensor names across naming conventions, and writing the merged
+model as it is produced.
 
-Reading through `safe_open` maps the file and copies out only the tensor asked for, so a merge holds a
-few tensors in memory whatever the size of the models.
+Memory stays at a few tensors whatever the size or number of models:
+- reading parses the safetensors header (8-byte length + JSON) and reads one tensor's bytes with a
+  positional read; nothing is memory-mapped, so the pages of N input models never count against the
+  process (an mmap reader's touched pages do);
+- writing plans the output first (every tensor's name, dtype and shape is the base's), writes each
+  shard's header up front and then each tensor's bytes the moment it is merged.
+The files are plain safetensors: `safetensors.safe_open` and `from_pretrained` read them.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import struct
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -18,6 +25,17 @@ from taskloom.errors import UserError
 
 # Files that hold weights: never copied as "tokenizer/config" files, never pickles in our outputs.
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf", ".index.json")
+_MAX_HEADER = 100 << 20
+
+
+def _torch_dtypes() -> dict:
+    import torch
+
+    return {
+        "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+        "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    }
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -35,24 +53,43 @@ def weight_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.safetensors"))
 
 
+def read_header(path: Path) -> tuple[dict, int]:
+    """(tensor entries by name, offset where the data starts), or UserError for a file that is not safetensors."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            n = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
+            if not 0 < n <= _MAX_HEADER:
+                raise ValueError("bad header length")
+            header = json.loads(f.read(n))
+        size = path.stat().st_size
+        if not isinstance(header, dict):
+            raise ValueError("header is not an object")
+        header.pop("__metadata__", None)
+        for key, e in header.items():
+            start, end = e["data_offsets"]
+            if e["dtype"] not in _torch_dtypes() or not (0 <= start <= end <= size - 8 - n):
+                raise ValueError(f"bad entry {key}")
+            e["shape"] = tuple(int(d) for d in e["shape"])
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not a readable safetensors file ({e})") from None
+    return header, 8 + n
+
+
 class ModelWeights:
     """Tensors of one or more safetensors files by name; `get` reads one tensor, nothing is preloaded."""
 
     def __init__(self, files: list[Path], stack: ExitStack, label: str):
-        from safetensors import safe_open
-
         self.label = label
         self.files = files
-        self._where: dict[str, object] = {}
+        self._where: dict[str, tuple[object, int, dict]] = {}
         for path in files:
             if not path.exists():
                 raise UserError(f"{label}: missing weights file {path}")
-            try:
-                handle = stack.enter_context(safe_open(str(path), framework="pt"))
-            except Exception as e:  # safetensors raises its own error types for corrupt headers
-                raise UserError(f"{path}: not a readable safetensors file ({e})") from None
-            for key in handle.keys():
-                self._where[key] = handle
+            header, data_start = read_header(path)
+            handle = stack.enter_context(open(path, "rb"))
+            for key, entry in header.items():
+                self._where[key] = (handle, data_start, entry)
 
     def keys(self) -> list[str]:
         return list(self._where)
@@ -61,14 +98,26 @@ class ModelWeights:
         return key in self._where
 
     def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self._where[key].get_slice(key).get_shape())
+        return self._where[key][2]["shape"]
 
     def dtype(self, key: str) -> str:
         """safetensors dtype name: F32, F16, BF16, I64, ..."""
-        return self._where[key].get_slice(key).get_dtype()
+        return self._where[key][2]["dtype"]
 
     def get(self, key: str):
-        return self._where[key].get_tensor(key)
+        """The tensor, read from disk into fresh memory (a positional read, no mmap)."""
+        import torch
+
+        handle, data_start, e = self._where[key]
+        start, end = e["data_offsets"]
+        dtype = _torch_dtypes()[e["dtype"]]
+        if end == start:
+            return torch.empty(e["shape"], dtype=dtype)
+        buf = bytearray(end - start)
+        got = os.preadv(handle.fileno(), [buf], data_start + start)
+        if got != end - start:
+            raise UserError(f"{self.label}: {key}: file ended early (truncated safetensors?)")
+        return torch.frombuffer(buf, dtype=dtype).reshape(e["shape"])
 
 
 def is_float(dtype: str) -> bool:
@@ -89,8 +138,9 @@ class KeyMatcher:
     """Find a tensor name among `keys` when the two sides wrap the model differently.
 
     An adapter trained on `AutoModel` names `encoder.layer.0...`; one trained on a task wrapper names
-    `bert.encoder.layer.0...`. Exact match first, then the name with leading parts dropped, then the
-    one key that ends with `.name`. Ambiguity is no match: a wrong match would merge the wrong layer.
+    `bert.encoder.layer.0...`. Exact match first, then the name with one or two leading parts dropped,
+    then the one key that ends with `.name`. Ambiguity is no match: a wrong match would merge the
+    wrong layer.
     """
 
     def __init__(self, keys):
@@ -113,56 +163,89 @@ class KeyMatcher:
         return found[0] if len(found) == 1 else None
 
 
-class ShardWriter:
-    """Collect output tensors and write them as safetensors shards of at most `max_shard_bytes`.
+class StreamingWriter:
+    """Write a model as safetensors shards while it is produced, holding no tensor after `write`.
 
-    One shard is written as `model.safetensors`; several as `model-0000i-of-0000n.safetensors` plus
-    `model.safetensors.index.json` (the layout `from_pretrained` reads). Each file gets a sha256 beside
-    it. Memory holds at most one shard.
+    `plan` is the output's [(name, dtype, shape)] in writing order. Shards of at most
+    `max_shard_bytes` are planned up front: one is `model.safetensors`, several are
+    `model-0000i-of-0000n.safetensors` plus `model.safetensors.index.json` (what `from_pretrained`
+    reads). Each shard's header is written first; `write` must follow the plan's order and
+    dtypes/shapes exactly. Each file gets a sha256 beside it on `close`.
     """
 
-    def __init__(self, folder: Path, max_shard_bytes: int = 2 << 30, metadata: dict | None = None):
+    def __init__(self, folder: Path, plan: list[tuple[str, str, tuple]], max_shard_bytes: int = 2 << 30,
+                 metadata: dict | None = None):
+        itemsize = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                    "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
         self.folder = folder
-        self.max_shard_bytes = max_shard_bytes
         self.metadata = {"format": "pt", **(metadata or {})}
-        self._buffer: dict = {}
-        self._size = 0
-        self._shards: list[tuple[Path, list[str]]] = []
-        self.total_size = 0
+        shards: list[list[tuple[str, str, tuple, int]]] = [[]]
+        size = 0
+        for name, dtype, shape in plan:
+            nbytes = math.prod(shape) * itemsize[dtype]
+            if shards[-1] and size + nbytes > max_shard_bytes:
+                shards.append([])
+                size = 0
+            shards[-1].append((name, dtype, tuple(shape), nbytes))
+            size += nbytes
+        n = len(shards)
+        self.names = ["model.safetensors"] if n == 1 else [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+        self._shards = shards
+        self._order = [(s, name, dtype, shape) for s, shard in enumerate(shards) for name, dtype, shape, _ in shard]
+        self._pos = 0
+        self._file = None
+        self._shard = -1
+        self.total_size = sum(nbytes for shard in shards for *_, nbytes in shard)
 
-    def add(self, key: str, tensor) -> None:
-        nbytes = tensor.numel() * tensor.element_size()
-        if self._buffer and self._size + nbytes > self.max_shard_bytes:
-            self._flush()
-        self._buffer[key] = tensor.contiguous()
-        self._size += nbytes
-        self.total_size += nbytes
+    def _open(self, s: int) -> None:
+        if self._file is not None:
+            self._finish()
+        header, offset = {"__metadata__": self.metadata}, 0
+        for name, dtype, shape, nbytes in self._shards[s]:
+            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned
+        self._file = open(self.folder / self.names[s], "wb")
+        self._file.write(struct.pack("<Q", len(raw)) + raw)
+        self._shard = s
 
-    def _flush(self) -> None:
-        from safetensors.torch import save_file
+    def _finish(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
 
-        tmp = self.folder / f".shard-{len(self._shards) + 1:05d}.tmp"
-        save_file(self._buffer, str(tmp), metadata=self.metadata)
-        self._shards.append((tmp, list(self._buffer)))
-        self._buffer, self._size = {}, 0
+    def write(self, name: str, tensor) -> None:
+        import torch
+
+        s, want, dtype, shape = self._order[self._pos]
+        if name != want or tuple(tensor.shape) != shape or tensor.dtype != _torch_dtypes()[dtype]:
+            raise RuntimeError(f"writer expected {want} {dtype} {shape}, got {name} {tensor.dtype} {tuple(tensor.shape)}")
+        if s != self._shard:
+            self._open(s)
+        if tensor.numel():
+            self._file.write(memoryview(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()))
+        self._pos += 1
 
     def close(self) -> list[Path]:
-        """Write what is left, give the shards their final names, return the files written."""
-        if self._buffer or not self._shards:
-            self._flush()
-        n = len(self._shards)
-        if n == 1:
-            final = self.folder / "model.safetensors"
-            os.replace(self._shards[0][0], final)
-            write_digest(final)
-            return [final]
-        written, weight_map = [], {}
-        for i, (tmp, keys) in enumerate(self._shards, start=1):
-            final = self.folder / f"model-{i:05d}-of-{n:05d}.safetensors"
-            os.replace(tmp, final)
-            write_digest(final)
-            written.append(final)
-            weight_map.update({k: final.name for k in keys})
-        index = self.folder / "model.safetensors.index.json"
-        write_json(index, {"metadata": {"total_size": self.total_size}, "weight_map": weight_map})
-        return [*written, index]
+        """Finish the last shard, write digests (and the index when sharded); returns the files."""
+        if self._pos != len(self._order):
+            raise RuntimeError(f"writer closed after {self._pos} of {len(self._order)} tensors")
+        if self._file is None:  # an empty plan still gives a valid (empty) file
+            self._open(0)
+        self._finish()
+        files = [self.folder / name for name in self.names]
+        for f in files:
+            write_digest(f)
+        if len(files) > 1:
+            index = self.folder / "model.safetensors.index.json"
+            weight_map = {name: self.names[s] for s, name, _, _ in self._order}
+            write_json(index, {"metadata": {"total_size": self.total_size}, "weight_map": weight_map})
+            files.append(index)
+        return files
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
