@@ -1,4 +1,7 @@
-"""Evaluate the merged model on every task; promote it only if each task keeps its share of the gain."""
+"""Evaluate the merged model on every task; promote it only if each task keeps its share of the gain.
+
+Promoted: each task's merged score is recorded in Feast under the model's id. Not promoted: the log
+names the failing task and the pipeline skips deploy, so the served model stays the previous one."""
 
 from typing import List
 
@@ -14,12 +17,17 @@ def gate_model(
     adapters: Input[List[Model]],
     merged: Input[Model],
     share: float,
+    feature_repo: str,
+    model_name: str,
     report: Output[Artifact],
     metrics: Output[Metrics],
 ) -> bool:
     from taskloom.steps import gate_step
 
-    result = gate_step([d.path for d in datasets], [a.path for a in adapters], merged.path, report.path, share=share)
+    result = gate_step([d.path for d in datasets], [a.path for a in adapters], merged.path, report.path, share=share,
+                       feature_repo=feature_repo, model_name=model_name)
+    print(result["message"])
+    report.metadata.update({"model_id": result["model_id"], "failed": ",".join(result["failed"])})
     for task, row in result["tasks"].items():
         for k in ("base", "single", "merged", "kept_share"):
             if isinstance(row.get(k), (int, float)):

@@ -66,8 +66,10 @@ def drift_retrain(
         adapters=dsl.Collected(trained.outputs["model"]),
         merged=folded.outputs["merged"],
         share=share,
+        feature_repo=feature_repo,
+        model_name=model_name,
     )
-    on_gpu(offline(gated)).set_display_name("gate")
+    with_shared_volume(on_gpu(offline(gated))).set_display_name("gate").set_caching_options(False)
     with dsl.If(gated.outputs["Output"] == True, name="promoted"):  # noqa: E712 (a KFP condition, not Python)
         deployed = deploy_model(
             merged=folded.outputs["merged"], model_name=model_name, head_task=head_task,

@@ -82,16 +82,22 @@ def train(
     rank: Optional[int] = typer.Option(None, "--rank", help="LoRA rank r"),
     lr: Optional[float] = typer.Option(None, "--lr", help="learning rate"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="rows per optimizer step"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="tokens per text in training, truncated beyond"),
+    max_train_rows: Optional[int] = typer.Option(None, "--max-train-rows", help="train on a seeded sample of this many rows"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (auto: cuda when a GPU is visible)"),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """Fine-tune a LoRA adapter and measure base vs tuned on the eval split."""
+    """Fine-tune a LoRA adapter and measure base vs tuned on the eval split.
+
+    Writes DIR/adapter/ (PEFT LoRA + model card; classification also head.safetensors + head.json),
+    DIR/steps.jsonl (one line per step) and DIR/metrics.json (base and tuned on the eval split)."""
     from pydantic import ValidationError
 
     from taskloom.specs import TrainSpec, load_task
     from taskloom.train.lora import train_adapter
 
-    given = dict(base=base, epochs=epochs, max_steps=max_steps, rank=rank, lr=lr, batch_size=batch_size)
+    given = dict(base=base, epochs=epochs, max_steps=max_steps, rank=rank, lr=lr, batch_size=batch_size,
+                 max_length=max_length, max_train_rows=max_train_rows)
     try:
         spec = TrainSpec(device=device, seed=seed, **{k: v for k, v in given.items() if v is not None})
     except ValidationError as e:
@@ -247,6 +253,65 @@ def monitor(
                             min_rows=min_rows, alpha=alpha, consecutive=consecutive, min_effect=min_effect,
                             cooldown=cooldown, permutations=permutations, webhook=webhook, secret_file=secret_file,
                             once=once, poll=poll, seed=seed))
+
+
+@app.command()
+def deploy(
+    source: Optional[str] = typer.Argument(None, help="an adapter folder (added or replaced), a model folder or catalog name (new base)"),
+    repo: Path = typer.Option(..., "--repo", help="the model repository the server serves"),
+    url: str = typer.Option(..., "--url", help="the server, e.g. http://127.0.0.1:8000 (explicit model control)"),
+    name: str = typer.Option("taskloom", "--name", help="model name in the repository"),
+    adapter_name: Optional[str] = typer.Option(None, "--adapter-name", help="serve the adapter under this name (default: task.json's task)"),
+    remove: list[str] = typer.Option([], "--remove", help="stop serving this adapter (repeatable)"),
+    head: Optional[str] = typer.Option(None, "--head", help="with a model folder: serve its head MODEL/heads/TASK"),
+    rollback: bool = typer.Option(False, "--rollback", help="serve the previous version again"),
+    to_version: Optional[int] = typer.Option(None, "--to-version", help="with --rollback: this version"),
+    smoke_text: list[str] = typer.Option([], "--smoke-text", help="smoke request text (repeatable)"),
+    expect_label: list[str] = typer.Option([], "--expect-label", help="expected label per --smoke-text"),
+    canary: bool = typer.Option(True, "--canary/--no-canary", help="load and smoke the new version aside before switching"),
+    protocol: str = typer.Option("http", "--protocol", help="http | grpc"),
+    max_batch_size: Optional[int] = typer.Option(None, "--max-batch-size"),
+    max_queue_delay_us: Optional[int] = typer.Option(None, "--max-queue-delay-us", help="dynamic batching delay"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads per model instance"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 | int8"),
+    timeout: float = typer.Option(300, "--timeout", help="seconds per server call (loading included)"),
+) -> None:
+    """Publish a new version through Triton's model control: canary, switch, smoke; roll back on failure."""
+    from taskloom.serve import deploy as d
+
+    if rollback:
+        _print_json(d.rollback(repo, url, name=name, to_version=to_version, protocol=protocol, timeout=timeout))
+        return
+    options = {k: v for k, v in dict(max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
+                                     threads=threads, precision=precision).items() if v is not None}
+    try:
+        report = d.deploy(repo, url, source, name=name, adapter_name=adapter_name, remove=remove, head_task=head,
+                          protocol=protocol, smoke_texts=tuple(smoke_text) or d.SMOKE_TEXTS,
+                          expect_labels=list(expect_label) or None, canary=canary, serving=options, timeout=timeout)
+    except d.DeployError as e:
+        _print_json(e.report)
+        raise
+    _print_json(report)
+
+
+@app.command()
+def infer(
+    texts: list[str] = typer.Argument(None, help="texts to send (or --file)"),
+    file: Optional[Path] = typer.Option(None, "--file", help="JSONL file, one object per line"),
+    field: str = typer.Option("text", "--field", help="the text field of the --file rows"),
+    url: str = typer.Option("http://127.0.0.1:8000", "--url", help="http://host:port (or host:port for grpc)"),
+    protocol: str = typer.Option("http", "--protocol", help="http | grpc"),
+    model: str = typer.Option("taskloom", "--model"),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="a LoRA adapter the model serves (default: the base)"),
+    batch_size: int = typer.Option(32, "--batch-size", help="texts per request"),
+    timeout: float = typer.Option(30, "--timeout"),
+    embeddings: bool = typer.Option(True, "--embeddings/--no-embeddings", help="include the embedding vectors"),
+) -> None:
+    """Send texts to a served model; prints labels, probabilities and embeddings as JSON."""
+    from taskloom.serve.client import infer_texts
+
+    _print_json(infer_texts(url, texts, file, field=field, model=model, protocol=protocol, adapter=adapter,
+                            batch_size=batch_size, timeout=timeout, embeddings=embeddings))
 
 
 @app.command()

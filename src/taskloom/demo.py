@@ -30,6 +30,7 @@ class DemoSettings:
     merge_methods: list[str]
     window: int  # texts per traffic window
     retrain_steps: int
+    max_rows: tuple[int | None, int | None] = (None, None)  # (train, eval) subsets of each task
     share: float = 0.9
 
 
@@ -42,10 +43,11 @@ FULL = DemoSettings(
 )
 QUICK = DemoSettings(
     tasks=["rt-sentiment", "chatterbot-qa"],
-    train={"max_steps": 30, "max_train_rows": 600},
+    train={"max_steps": 30},
     merge_methods=["task_arithmetic"],
     window=120,
     retrain_steps=3,
+    max_rows=(400, 200),
 )
 
 
@@ -132,7 +134,7 @@ def run_demo(out: Path, quick: bool = False) -> DemoResult:
         t0 = time.perf_counter()
         specs = {}
         for name in settings.tasks:
-            spec = load_task(export_task(name, out / "tasks" / name))
+            spec = load_task(export_task(name, out / "tasks" / name, *settings.max_rows))
             report = validate_task(spec)
             if not report.success:
                 console.print(report.render())
@@ -184,18 +186,25 @@ def run_demo(out: Path, quick: bool = False) -> DemoResult:
         res.gate = {"method": best, "promote": promoted, "failed": chosen["gate"]["failed"], "share": settings.share}
         res.timings["merge_gate_s"] = time.perf_counter() - t0
         progress.advance(loop)
-        if not promoted:
+        head_task = next((n for n in specs if specs[n].type == "classification"), None)
+        watched = head_task or next(iter(specs))
+        if promoted:
+            merged_dir, model_id = Path(chosen["dir"]), f"merged-{best}-v1"
+        else:
+            # no merge kept every task's gain: keep serving what would have been there before, the
+            # watched task's own adapter folded into the base (exactly W0 + delta)
             console.print(f"[yellow]gate: no merge kept {settings.share:.0%} of every task's gain "
-                          f"(failed: {', '.join(chosen['gate']['failed'])}); serving the best candidate for the demo")
-        merged_dir = Path(chosen["dir"])
-        model_id = f"merged-{best}-v1"
+                          f"(failed: {', '.join(chosen['gate']['failed'])}); serving {watched}'s own adapter")
+            merged_dir, model_id = out / "merged" / f"{watched}-only", f"{watched}-v1"
+            merge_adapters(MergeSpec(method="linear", base_model="minilm",
+                                     adapters=[AdapterRef(path=Path(res.tasks[watched]["adapter"]), weight=1.0)]),
+                           merged_dir)
+        res.gate["served"] = model_id
 
         # 4. serve on Triton --------------------------------------------------------------------
         stage("serve")
         t0 = time.perf_counter()
-        head_task = next((n for n in specs if specs[n].type == "classification"), None)
         repo = build_repository(merged_dir, out / "model_repository", name="taskloom", head_task=head_task)
-        watched = head_task or next(iter(specs))
         wspec = specs[watched]
         eval_rows = load_rows(wspec.eval_path, wspec.type, wspec.labels)
         train_rows = load_rows(wspec.train_path, wspec.type, wspec.labels)
@@ -238,8 +247,10 @@ def run_demo(out: Path, quick: bool = False) -> DemoResult:
         secret = "demo-secret-" + str(rng.integers(1 << 30))
 
         def start_retrain(data: dict) -> str:
-            params = {"task": data["task"], "adapter_id": data["adapter_id"], "max_steps": settings.retrain_steps}
-            run = run_local("drift_retrain", params, out / "kfp")
+            task_file = str(specs[data["task"]].root / "task.yaml")  # the demo's copy of the task
+            params = {"task": task_file, "adapter_id": f"{data['task']}-retrained", "max_steps": settings.retrain_steps,
+                      "feature_repo": str(out / "feature_repo"), "model_repository": str(out / "model_repository")}
+            run = run_local("drift_retrain", params, out / "kfp", quiet=True)
             res.retrain["run"] = run
             return run["run_id"]
 
@@ -293,7 +304,8 @@ def _summary_table(s: dict) -> Table:
         t.add_row(name, r.get("metric", ""), f"{r.get('base', float('nan')):.3f}", f"{r.get('tuned', float('nan')):.3f}",
                   f"{r.get('merged', float('nan')):.3f}")
     g = s["gate"]
-    t.add_row("gate", g.get("method", ""), "", "", "promoted" if g.get("promote") else f"held: {g.get('failed')}")
+    t.add_row("gate", g.get("method", ""), "", "", "promoted" if g.get("promote") else f"held: {', '.join(g.get('failed', []))}")
+    t.add_row("served", "", "", "", g.get("served", ""))
     sv = s["serving"]
     t.add_row("Triton latency", "p50 / p99 ms", "", "", f"{sv.get('p50_ms', 0):.2f} / {sv.get('p99_ms', 0):.2f}")
     t.add_row("Triton vs in-process", "min cosine", "", "", f"{sv.get('min_cosine_vs_in_process', 0):.5f}")

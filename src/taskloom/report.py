@@ -33,7 +33,7 @@ TEMPLATE = """<!doctype html>
 <h2>Merge gate</h2>
 <p>Method <b>{{ gate.method }}</b>: {% if gate.promote %}<span class="ok">promoted</span>, every task kept at least
 {{ (gate.share * 100)|round|int }} % of its single-adapter gain.{% else %}<span class="bad">held back</span>; tasks below
-{{ (gate.share * 100)|round|int }} % of their gain: {{ gate.failed|join(', ') }}.{% endif %}</p>
+{{ (gate.share * 100)|round|int }} % of their gain: {{ gate.failed|join(', ') }}.{% endif %} Served: <code>{{ gate.served }}</code>.</p>
 <table><tr><th>method</th>{% for name in tasks %}<th>{{ name }}</th>{% endfor %}<th>gate</th></tr>
 {% for m, v in merge.items() %}<tr><td>{{ m }}</td>{% for name in tasks %}<td>{{ '%.3f'|format(v.merged[name]) }}</td>{% endfor %}
 <td class="{{ 'ok' if v.promote else 'bad' }}">{{ 'pass' if v.promote else 'fail' }}</td></tr>{% endfor %}</table>

@@ -188,8 +188,62 @@ def merge_step(train_dirs: list[str], out_dir: str | Path, method: str = "task_a
     return merge_adapters(spec, Path(out_dir))
 
 
-def gate_step(task_dirs: list[str], train_dirs: list[str], model_dir: str | Path, out_dir: str | Path, share: float = 0.9) -> dict:
-    """Evaluate the merged model on every task and promote it only if each task keeps `share` of its gain."""
+def model_id(model_dir: str | Path, name: str = "taskloom") -> str:
+    """`<name>-<12 hex>`: a content address of a (merged) model folder, from the digests its merge
+    report records (else from its weight files), so the same weights always get the same id."""
+    import hashlib
+
+    from taskloom.artifacts import sha256_file
+    from taskloom.merge.weights import weight_files
+
+    model_dir = Path(model_dir)
+    report = model_dir / "merge_report.json"
+    files = {}
+    if report.exists():
+        try:
+            files = dict(json.loads(report.read_text()).get("files") or {})
+        except (ValueError, TypeError, AttributeError):
+            files = {}
+    if not files:
+        found = weight_files(model_dir)
+        if not found:
+            raise UserError(f"{model_dir}: no merge_report.json and no *.safetensors weights to name the model by")
+        files = {f.name: sha256_file(f) for f in found}
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    return f"{name}-{digest[:12]}"
+
+
+def _gate_message(report: dict, model: str) -> str:
+    """One line: what was promoted, or which task failed and by how much (the previous model stays)."""
+    if report["promote"]:
+        return f"promoted {model}: every task kept at least {report['share']:.0%} of its gain"
+    parts = []
+    for task in report["failed"]:
+        row = report["tasks"][task]
+        if row["kept_share"] is not None:
+            parts.append(f"{task} kept {row['kept_share']:.0%} of its gain (needs {report['share']:.0%}; "
+                         f"base {row['base']:.4f}, single {row['single']:.4f}, merged {row['merged']:.4f})")
+        else:
+            parts.append(f"{task} scored {row['merged']:.4f} merged vs {row['single']:.4f} single "
+                         f"(no gain to keep; tolerance {report['tolerance']})")
+    return f"kept the previous model, {model} not promoted: " + "; ".join(parts)
+
+
+def gate_step(
+    task_dirs: list[str],
+    train_dirs: list[str],
+    model_dir: str | Path,
+    out_dir: str | Path,
+    share: float = 0.9,
+    feature_repo: str = "",
+    model_name: str = "taskloom",
+) -> dict:
+    """Evaluate the merged model on every task and promote it only if each task keeps `share` of its gain.
+
+    Promoted, with a Feast repository given: each task's row (base, single-adapter `tuned`, `merged`)
+    is written to the adapter_metrics view under `<model id>/<task>` (the view holds one task per id).
+    Not promoted: nothing is recorded, `message` names the failing tasks, and the pipeline's deploy
+    step does not run, so the served model stays the previous one. The report lands in out_dir/gate.json."""
     from taskloom.merge.gate import gate
     from taskloom.specs import load_task
     from taskloom.train.evaluate import evaluate_task
@@ -198,21 +252,41 @@ def gate_step(task_dirs: list[str], train_dirs: list[str], model_dir: str | Path
     for d in task_dirs:
         spec = load_task(Path(d) / TASK_FILE)
         tasks[spec.name] = spec
-    base, single, merged = {}, {}, {}
+    base, single, merged, metric = {}, {}, {}, {}
+    runs = []
     for d in train_dirs:
         f = Path(d) / "metrics.json"
         if not f.exists():
             raise UserError(f"{f}: file not found (not a training run)")
         m = json.loads(f.read_text())
+        for k in ("task", "metric", "base", "tuned"):
+            if k not in m:
+                raise UserError(f"{f}: missing field '{k}'")
         name = m["task"]
         if name not in tasks:
             raise UserError(f"{f}: task {name!r} is not among the staged tasks ({', '.join(tasks)})")
-        base[name], single[name] = float(m["base"]), float(m["tuned"])
-        merged[name] = float(evaluate_task(tasks[name], model=Path(model_dir))["value"])
+        base[name], single[name], metric[name] = float(m["base"]), float(m["tuned"]), str(m["metric"])
+        runs.append(name)
     missing = sorted(set(tasks) - set(base))
     if missing:
         raise UserError(f"gate: no training run for task(s) {', '.join(missing)}")
+    model = model_id(model_dir, model_name or "taskloom")
+    for name in runs:
+        merged[name] = float(evaluate_task(tasks[name], model=Path(model_dir))["value"])
     report = gate(base, single, merged, share=share)
+    report["model_id"] = model
+    report["message"] = _gate_message(report, model)
+    report["recorded"] = []
+    if report["promote"] and feature_repo:
+        from taskloom.store.feature_store import TaskStore
+
+        store = TaskStore(feature_repo)
+        store.apply()
+        for name, row in report["tasks"].items():
+            adapter_id = f"{model}/{name}"
+            store.write_adapter_metrics(adapter_id, name, {"metric": metric[name], "base": row["base"],
+                                                           "tuned": row["single"], "merged": row["merged"]})
+            report["recorded"].append(adapter_id)
     write_json(Path(out_dir) / "gate.json", report)
     return report
 

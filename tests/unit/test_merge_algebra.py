@@ -218,3 +218,15 @@ def test_a_nan_task_vector_is_a_user_error():
     x[1, 2] = np.nan
     with pytest.raises(UserError, match="in1: tensor w has NaN"):
         run("linear", [np.ones(SHAPE, np.float32), x], [1.0, 1.0])
+
+
+def test_trim_keeps_exactly_k_when_magnitudes_tie_and_leaves_its_input_alone():
+    x = torch.tensor([[1.0, -2.0, 2.0], [-2.0, 0.5, 2.0]])
+    before = x.clone()
+    out = sparsify.trim_by_magnitude(x, 0.5)  # k = 3 of four entries with |x| = 2: the first three by index
+    np.testing.assert_array_equal(out.numpy(), [[0, -2.0, 2.0], [-2.0, 0, 0]])
+    assert torch.equal(x, before)
+    t = torch.randn(7, 5).T  # a non-contiguous view
+    kept = sparsify.trim_by_magnitude(t, 0.4)
+    assert int((kept != 0).sum()) == 14 and torch.equal(kept[kept != 0], t[kept != 0])
+    assert float(kept.abs()[kept != 0].min()) >= float(t.abs()[kept == 0].max())

@@ -19,7 +19,7 @@ def test_cosent_is_small_when_cosines_follow_the_scores_and_large_when_reversed(
     right = cosent_loss(torch.tensor([0.0, 0.4, 0.8]), scores)
     wrong = cosent_loss(torch.tensor([0.8, 0.4, 0.0]), scores)
     # right: log(1 + e^-8 + e^-8 + e^-16); wrong: log(1 + e^8 + e^8 + e^16)
-    assert right.item() == pytest.approx(math.log(1 + 2 * math.exp(-8) + math.exp(-16)), rel=1e-5)
+    assert right.item() == pytest.approx(math.log(1 + 2 * math.exp(-8) + math.exp(-16)), rel=1e-4)
     assert wrong.item() == pytest.approx(math.log(1 + 2 * math.exp(8) + math.exp(16)), rel=1e-5)
 
 
@@ -49,7 +49,7 @@ def test_length_batches_cover_every_row_once_and_group_similar_lengths():
     batches = length_batches(lengths, batch_size=16, seed=3)
     flat = [i for b in batches for i in b]
     assert sorted(flat) == list(range(1000))
-    assert all(len(b) == 16 for b in batches[:-1]) or sum(len(b) < 16 for b in batches) <= math.ceil(1000 / 256)
+    assert sum(len(b) < 16 for b in batches) <= math.ceil(1000 / (16 * 16))  # one short batch per pool at most
     assert batches == length_batches(lengths, batch_size=16, seed=3)
     assert batches != length_batches(lengths, batch_size=16, seed=4)
     # within a batch, lengths are close: padding waste far below that of random batches

@@ -182,10 +182,10 @@ def _write_full(base, base_dir, inputs, method, params, weights, staging, max_sh
                 _finite(w0, f"base model: tensor {key}")
             if key in targeted:
                 d, norms = _merged_delta(key, w0, inputs, method, params, weights)
-                w = w0.float() + d
-                _finite(w, f"merged tensor {key} (check lambda and the weights)")
                 layers[key] = {"delta_norm": round(float(d.norm()), 6), "base_norm": round(float(w0.float().norm()), 6),
                                "input_norms": norms}
+                w = d.add_(w0.float())  # the merged Δ is the method's own new tensor: W₀ + Δ in its place
+                _finite(w, f"merged tensor {key} (check lambda and the weights)")
                 w0 = w.to(w0.dtype)
                 del d, w
             writer.write(key, w0)

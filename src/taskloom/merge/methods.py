@@ -178,11 +178,14 @@ class GeneralizedTaskArithmetic(Method):
         if p.normalize and not self.consensus and abs(sum(weights)) < 1e-12:
             raise UserError(f"{self.name}: normalize needs weights that do not sum to zero")
 
-    def _sparse(self, deltas, i, p, ctx):
+    def _sparse(self, deltas, i, p, ctx, weight: float):
+        """weight · sparsified Δᵢ, a new tensor (the task vector itself is left as it is)."""
         x = deltas[i].get()
         if self.sparsify == "magnitude":
-            return sparsify.trim_by_magnitude(x, p.density, rescale=p.rescale)
-        return sparsify.drop_at_random(x, p.density, ctx.generator(i), rescale=p.rescale)
+            x = sparsify.trim_by_magnitude(x, p.density, rescale=p.rescale)
+        else:
+            x = sparsify.drop_at_random(x, p.density, ctx.generator(i), rescale=p.rescale)
+        return x.mul_(weight)
 
     def merge(self, deltas, weights, p, ctx):
         import torch
@@ -191,32 +194,35 @@ class GeneralizedTaskArithmetic(Method):
         if not self.consensus:
             acc = torch.zeros(ctx.shape)
             for i in live:
-                acc += weights[i] * self._sparse(deltas, i, p, ctx)
+                acc += self._sparse(deltas, i, p, ctx, weights[i])
             if p.normalize:
                 acc /= sum(weights)
-            return acc * p.lambda_
+            return acc.mul_(p.lambda_)
         # Pass 1 elects the sign, pass 2 merges what agrees. Within the budget the sparsified vectors
         # of pass 1 are kept for pass 2; beyond it they are recomputed (same seeds, same result).
         keep = len(live) * math.prod(ctx.shape) * 4 <= CACHE_BYTES
         cache: dict[int, object] = {}
-        total = torch.zeros(ctx.shape)
+        acc = torch.zeros(ctx.shape)
         for i in live:
-            x = weights[i] * self._sparse(deltas, i, p, ctx)
-            total += x
+            x = self._sparse(deltas, i, p, ctx, weights[i])
+            acc += x
             if keep:
                 cache[i] = x
-        sign = sparsify.elect_sign(total)
-        del total
-        acc, divisor = torch.zeros(ctx.shape), torch.zeros(ctx.shape)
+            del x
+        positive = acc >= 0  # the elected sign (sparsify.elect_sign: 0 counts as +) as a 1-byte mask
+        acc.zero_()
+        divisor = torch.zeros(ctx.shape) if p.normalize else None
         for i in live:
-            x = cache.pop(i) if keep else weights[i] * self._sparse(deltas, i, p, ctx)
-            agree = torch.sign(x) == sign
-            acc += torch.where(agree, x, torch.zeros_like(x))
-            divisor += agree * weights[i]
-        if p.normalize:
-            divisor[divisor.abs() < 1e-12] = 1.0
+            x = cache.pop(i) if keep else self._sparse(deltas, i, p, ctx, weights[i])
+            agree = torch.where(positive, x > 0, x < 0)  # a zero entry agrees with neither sign
+            acc += x.masked_fill_(~agree, 0.0)
+            if divisor is not None:
+                divisor.add_(agree, alpha=weights[i])
+            del x, agree
+        if divisor is not None:
+            divisor.masked_fill_(divisor.abs() < 1e-12, 1.0)
             acc /= divisor
-        return acc * p.lambda_
+        return acc.mul_(p.lambda_)
 
 
 class Ties(GeneralizedTaskArithmetic):

@@ -15,7 +15,10 @@ def kept_count(numel: int, density: float) -> int:
 
 
 def trim_by_magnitude(x, density: float, rescale: bool = False):
-    """x with all but the round(density·n) largest-magnitude entries set to 0 (optionally ÷ density)."""
+    """x with all but the round(density·n) largest-magnitude entries set to 0 (optionally ÷ density).
+
+    The threshold is the k-th largest |x| (a selection, O(n), not a sort); entries equal to it are
+    kept in index order until exactly k are kept. x itself is never modified."""
     import torch
 
     n = x.numel()
@@ -23,11 +26,15 @@ def trim_by_magnitude(x, density: float, rescale: bool = False):
     if k >= n:
         out = x.clone()
     else:
-        flat = x.flatten()
-        keep = torch.zeros(n, dtype=torch.bool)
-        keep[torch.topk(flat.abs(), k, sorted=False).indices] = True
-        out = torch.where(keep, flat, torch.zeros_like(flat)).view_as(x)
-    return out / density if rescale else out
+        mag = x.abs().reshape(-1)
+        threshold = torch.kthvalue(mag, n - k + 1).values
+        keep = mag >= threshold
+        extra = int(keep.sum()) - k
+        if extra > 0:  # ties at the threshold: keep the first of them in index order, drop the last `extra`
+            keep[torch.nonzero(mag == threshold).view(-1)[-extra:]] = False
+        del mag
+        out = x.masked_fill(~keep.view(x.shape), 0.0)
+    return out.div_(density) if rescale else out
 
 
 def drop_at_random(x, density: float, generator, rescale: bool = True):
@@ -36,9 +43,8 @@ def drop_at_random(x, density: float, generator, rescale: bool = True):
 
     if density >= 1.0:
         return x.clone()
-    keep = torch.rand(x.shape, generator=generator) < density
-    out = torch.where(keep, x, torch.zeros_like(x))
-    return out / density if rescale else out
+    out = x.masked_fill(torch.rand(x.shape, generator=generator) >= density, 0.0)
+    return out.div_(density) if rescale else out
 
 
 def elect_sign(total):

@@ -13,9 +13,9 @@ and effect sizes of all tasks of that window to the alarm policy (`policy`). An 
 signed CloudEvent whose id is its idempotency key, retried on network errors with the same id.
 
 Everything it decides is in --out: windows.jsonl (one line per window and task), alarms.jsonl
-(one line per alarm, with its delivery and the retrain run it started) and drift_report.html,
-rewritten atomically after each window. Started again on the same --out it picks up where it
-stopped: recorded windows are not tested again and a delivered alarm is never sent twice.
+(one line per alarm, with its delivery and the retrain run it started), both rewritten atomically
+after each window, and drift_report.html, after each poll. Started again on the same --out it picks
+up where it stopped: recorded windows are not tested again, a delivered alarm is never sent twice.
 """
 
 from __future__ import annotations
@@ -231,9 +231,11 @@ def run_monitor(
             say(f"warning: alarm {alarm['key'][:12]} for task '{alarm['task']}' not delivered to {webhook}: "
                 f"{d['status']} ({d['error']})")
 
-    def save() -> None:
+    def save(report: bool = True) -> None:
         write_text(windows_path, _jsonl(records))
         write_text(alarms_path, _jsonl(alarms))
+        if not report:
+            return
         from taskloom.monitor.report import write_drift_report
 
         write_drift_report(report_path, records, alarms, {"method": method, "detector": detector.description,
@@ -249,6 +251,9 @@ def run_monitor(
     def test_group(group: list[Window]) -> None:
         start = group[0].start
         results, new = {}, []
+        big = [w for w in group if w.n >= min_rows]  # one encoder pass for the whole group
+        flat = embed_texts([t for w in big for t in w.texts], model_name=str(model)) if big else None
+        offsets = dict(zip((w.task for w in big), np.cumsum([0] + [w.n for w in big])))
         for w in group:
             ref = refs.load(w.task)  # re-read: a retrain may have refreshed it
             rec = {"task": w.task, "start": w.start, "end": w.end, "start_iso": iso(w.start), "n": w.n,
@@ -259,7 +264,7 @@ def run_monitor(
                 summary["too_small"] += 1
                 say(f"window {iso(w.start)} of task '{w.task}': {w.n} requests, below --min-rows {min_rows}: not tested")
             else:
-                emb = embed_texts(w.texts, model_name=str(model))
+                emb = flat[offsets[w.task]:offsets[w.task] + w.n]
                 sample = labeler(w.task, emb) if labeler else emb
                 from taskloom.monitor.drift import drift_embeddings
 
@@ -289,7 +294,7 @@ def run_monitor(
                 + (f", run {alarm['delivery']['run_id']}" if alarm["delivery"].get("run_id") else ""))
         records.extend(new)
         summary["windows"] += len(new)
-        save()
+        save(report=False)  # decisions and deliveries on disk before the next window: never sent twice
 
     # -- the loop ----------------------------------------------------------------------------
     reader = LogReader(log)
@@ -317,6 +322,8 @@ def run_monitor(
                                 f"'{big.task}' at {iso(big.start)}); use a longer --window or a smaller --min-rows")
         for start in sorted({w.start for w in closed}):
             test_group([w for w in closed if w.start == start])
+        if closed:
+            save()
         summary["late"] = win.late
         polls += 1
         if once or (max_polls is not None and polls >= max_polls):

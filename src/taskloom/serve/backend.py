@@ -8,13 +8,16 @@ with texts sorted by token length and cut into chunks that waste little on paddi
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
 from taskloom.errors import UserError
+from taskloom.serve.adapters import BASE
 
 MAX_TEXT_CHARS = 100_000
+PRECISIONS = ("fp32", "bf16", "int8")
 CHUNK_OVERHEAD_TOKENS = 192  # a forward pass costs about as much as this many extra padded tokens
 
 
@@ -58,112 +61,212 @@ def decode_texts(array) -> list[str]:
 
 
 class EncoderBackend:
-    """Tokenizer + encoder (+ classification head) loaded once per Triton model instance."""
+    """Tokenizer + encoder (+ classification heads, + LoRA adapters) loaded once per Triton model instance.
+
+    Adapters stay unmerged beside one copy of the base (PEFT multi-adapter): each request names its
+    adapter (or none, the base), and one forward pass serves a chunk mixing adapters, PEFT applying
+    each adapter's LoRA delta to its own rows only (`adapter_names`).
+    """
 
     def __init__(self, weights_dir, head_dir=None, max_length: int = 128, threads: int | None = None,
-                 chunk_overhead: int = CHUNK_OVERHEAD_TOKENS, verify: bool = True):
+                 chunk_overhead: int = CHUNK_OVERHEAD_TOKENS, verify: bool = True,
+                 adapters: dict | None = None, precision: str = "fp32"):
         import torch
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         from taskloom.artifacts import verify_digest
+        from taskloom.train.heads import has_head, load_head
 
         hf_logging.disable_progress_bar()
         weights_dir = Path(weights_dir)
+        if not any(weights_dir.glob("*.safetensors")):
+            raise UserError(f"{weights_dir}: no safetensors weights")
         if verify:
             for f in sorted(weights_dir.glob("*.safetensors")):
                 if f.with_name(f.name + ".sha256").exists() and not verify_digest(f):
                     raise UserError(f"{f}: sha256 does not match {f.name}.sha256 (corrupted or replaced file)")
+        if precision not in PRECISIONS:
+            raise UserError(f"precision {precision!r}: use one of {list(PRECISIONS)}")
         if threads:
             torch.set_num_threads(threads)
         self.max_length = max_length
         self.chunk_overhead = chunk_overhead
+        self.precision = precision
         self.tok = AutoTokenizer.from_pretrained(weights_dir)
-        self.model = AutoModel.from_pretrained(weights_dir).eval()
-        self.dim = int(self.model.config.hidden_size)
+        model = AutoModel.from_pretrained(weights_dir).eval()
+        self.dim = int(model.config.hidden_size)
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
-        self.head, self.labels = None, None
+        self.multi = adapters is not None
+        self.adapters = sorted(adapters or {})
+        self.heads: dict = {}  # adapter name (None: the base) -> (Linear, labels)
         if head_dir:
-            from taskloom.train.heads import load_head
+            self.heads[None] = load_head(head_dir)
+        if self.adapters:
+            from peft import PeftModel
 
-            self.head, self.labels = load_head(head_dir)
-            self.head.eval()
+            first, *rest = self.adapters
+            model = PeftModel.from_pretrained(model, str(adapters[first]), adapter_name=first)
+            for name in rest:
+                model.load_adapter(str(adapters[name]), adapter_name=name)
+            model.eval()
+            for name in self.adapters:
+                if has_head(adapters[name]):
+                    self.heads[name] = load_head(adapters[name])
+        for head, _ in self.heads.values():
+            head.eval()
+        if precision == "int8":  # dynamic int8 on the frozen Linear layers; LoRA factors stay float32
+            from torch.ao.quantization import quantize_dynamic
+
+            names = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lora_" not in n}
+            model = quantize_dynamic(model, names, dtype=torch.qint8)
+        self.model = model
+        # the first forward pass of a process is slow (lazy kernels, PEFT hooks): pay it while loading,
+        # so that the first requests after a hot swap are not
+        self.embed(["warm up"] * (len(self.adapters) + 1), [None, *self.adapters])
+
+    @property
+    def head(self):
+        """The base's head (Linear) or None."""
+        return self.heads[None][0] if None in self.heads else None
+
+    @property
+    def labels(self):
+        return self.heads[None][1] if None in self.heads else None
 
     @classmethod
     def from_triton(cls, version_dir, model_config: dict) -> "EncoderBackend":
-        """Build from the model's version folder and its config.pbtxt parameters (as Triton gives them)."""
+        """Build from the model's version folder and its config.pbtxt parameters (as Triton gives them).
+
+        Every file the version's manifest lists is checked against its sha256 first: a version whose
+        files were changed after publishing fails to load (and Triton keeps serving the old one).
+        """
         params = {k: v.get("string_value", "") for k, v in (model_config.get("parameters") or {}).items()}
         version_dir = Path(version_dir)
+        verify_manifest(version_dir)
         head = params.get("head") or None
+        adapters = None
+        if params.get("adapters") is not None and (version_dir / "manifest.json").exists():
+            manifest = json.loads((version_dir / "manifest.json").read_text())
+            if manifest.get("adapters") is not None:
+                folder = version_dir / (params.get("adapters") or "adapters")
+                adapters = {name: folder / name for name in manifest["adapters"]}
         return cls(
             version_dir / params.get("weights", "weights"),
             head_dir=version_dir / head if head else None,
             max_length=int(params.get("max_length", 128)),
             threads=int(params["threads"]) if params.get("threads") else None,
             chunk_overhead=int(params.get("chunk_overhead", CHUNK_OVERHEAD_TOKENS)),
+            adapters=adapters,
+            precision=params.get("precision") or "fp32",
         )
 
-    def embed(self, texts: list[str]) -> np.ndarray:
-        """(n, dim) float32, L2-normalised; same numbers as taskloom.models.encoder.embed_texts."""
+    def check_adapter(self, adapter) -> str | None:
+        """None/"" (the base) or a served adapter name; anything else is a ValueError for that request."""
+        if adapter is None or adapter == "":
+            return None
+        if not isinstance(adapter, str):
+            raise ValueError(f"request parameter 'adapter': expected a string, got {type(adapter).__name__}")
+        if adapter not in self.adapters:
+            served = ", ".join(self.adapters) or "none"
+            raise ValueError(f"adapter {adapter!r}: not served by this model (adapters: {served}; omit it for the base)")
+        return adapter
+
+    def embed(self, texts: list[str], adapters: list | None = None) -> np.ndarray:
+        """(n, dim) float32, L2-normalised; same numbers as taskloom.models.encoder.embed_texts (and as
+        PeftModel with the row's adapter). adapters: per text an adapter name or None (the base)."""
+        import contextlib
+
         import torch
         import torch.nn.functional as F
 
         from taskloom.models.encoder import mean_pool
 
+        names = [self.check_adapter(a) for a in adapters] if adapters is not None else [None] * len(texts)
         enc = self.tok(texts, truncation=True, max_length=self.max_length)
         ids = enc["input_ids"]
         order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
         lengths = [len(ids[i]) for i in order]
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in enc]
-        with torch.inference_mode():
+        cast = torch.autocast("cpu", dtype=torch.bfloat16) if self.precision == "bf16" else contextlib.nullcontext()
+        with torch.inference_mode(), cast:
             for start, end in plan_chunks(lengths, self.chunk_overhead):
                 rows, width = order[start:end], lengths[end - 1]
                 batch = {}
                 for k in keys:
                     fill = self.pad_id if k == "input_ids" else 0
                     batch[k] = torch.tensor([enc[k][i] + [fill] * (width - len(enc[k][i])) for i in rows])
-                hidden = self.model(**batch).last_hidden_state
+                extra = {}
+                if self.adapters:
+                    extra["adapter_names"] = [names[i] if names[i] is not None else BASE for i in rows]
+                hidden = self.model(**batch, **extra).last_hidden_state.float()
                 emb = F.normalize(mean_pool(hidden, batch["attention_mask"]), dim=-1)
-                out[rows] = emb.float().numpy()
+                out[rows] = emb.numpy()
         return out
 
-    def infer(self, texts: list[str]) -> dict[str, np.ndarray]:
-        """Output tensors by Triton name: EMBEDDING, and LABEL + PROBS when a head is served."""
-        emb = self.embed(texts)
-        result = {"EMBEDDING": emb}
-        if self.head is not None:
-            import torch
+    def head_outputs(self, emb: np.ndarray, adapter: str | None) -> dict[str, np.ndarray]:
+        """LABEL + PROBS from the head of `adapter` (None: the base's); empty ones in a multi-adapter
+        model when that adapter has no head, nothing in a single model without a head."""
+        if adapter not in self.heads:
+            if not self.multi:
+                return {}
+            n = len(emb)
+            return {"LABEL": np.full((n, 1), b"", dtype=object), "PROBS": np.zeros((n, 0), dtype=np.float32)}
+        import torch
 
-            with torch.inference_mode():
-                probs = torch.softmax(self.head(torch.from_numpy(emb)), dim=-1).numpy().astype(np.float32)
-            result["PROBS"] = probs
-            result["LABEL"] = np.array([[self.labels[j].encode("utf-8")] for j in probs.argmax(1)], dtype=object)
-        return result
+        head, labels = self.heads[adapter]
+        with torch.inference_mode():
+            probs = torch.softmax(head(torch.from_numpy(emb)), dim=-1).numpy().astype(np.float32)
+        return {"PROBS": probs,
+                "LABEL": np.array([[labels[j].encode("utf-8")] for j in probs.argmax(1)], dtype=object).reshape(-1, 1)}
 
-    def execute(self, inputs: list) -> list:
-        """One Triton batch: a TEXT array per request → per request a dict of outputs, or an error str.
+    def infer(self, texts: list[str], adapter: str | None = None) -> dict[str, np.ndarray]:
+        """Output tensors by Triton name: EMBEDDING, and LABEL + PROBS when the adapter (or base) has a head."""
+        adapter = self.check_adapter(adapter)
+        emb = self.embed(texts, [adapter] * len(texts))
+        return {"EMBEDDING": emb, **self.head_outputs(emb, adapter)}
 
-        A bad request fails alone; the others in the same dynamic batch still get their answers.
+    def execute(self, inputs: list, adapters: list | None = None) -> list:
+        """One Triton batch: a TEXT array (+ an adapter name) per request → per request a dict of
+        outputs, or an error str. A bad request fails alone; the others in the same dynamic batch
+        still get their answers, all computed in as few forward passes as the lengths allow.
         """
+        adapters = adapters if adapters is not None else [None] * len(inputs)
         results: list = [None] * len(inputs)
-        texts, spans = [], []
+        texts, names, spans = [], [], []
         for r, array in enumerate(inputs):
             try:
+                adapter = self.check_adapter(adapters[r])
                 rows = decode_texts(array)
             except ValueError as e:
                 results[r] = str(e)
                 continue
-            spans.append((r, len(texts), len(texts) + len(rows)))
+            spans.append((r, adapter, len(texts), len(texts) + len(rows)))
             texts.extend(rows)
+            names.extend([adapter] * len(rows))
         if texts:
             try:
-                out = self.infer(texts)
+                emb = self.embed(texts, names)
+                for r, adapter, a, b in spans:
+                    results[r] = {"EMBEDDING": emb[a:b], **self.head_outputs(emb[a:b], adapter)}
             except Exception as e:  # the model itself failed: every request of the batch gets the reason
-                for r, _, _ in spans:
+                for r, _, _, _ in spans:
                     results[r] = f"inference failed: {type(e).__name__}: {e}"
-                return results
-            for r, a, b in spans:
-                results[r] = {k: v[a:b] for k, v in out.items()}
         return results
 
+
+def verify_manifest(version_dir: Path) -> None:
+    """Every file listed in version_dir/manifest.json must exist with its recorded sha256."""
+    from taskloom.artifacts import sha256_file
+
+    path = Path(version_dir) / "manifest.json"
+    if not path.exists():
+        return
+    files = json.loads(path.read_text()).get("files") or {}
+    for rel, digest in sorted(files.items()):
+        f = Path(version_dir) / rel
+        if not f.is_file():
+            raise UserError(f"{f}: listed in manifest.json but missing")
+        if sha256_file(f) != digest:
+            raise UserError(f"{f}: sha256 does not match manifest.json (corrupted or replaced file): refused")

@@ -126,12 +126,17 @@ class TritonClient:
             self._outputs = [o["name"] for o in self.metadata().get("outputs", [])]
         return self._outputs
 
-    def infer(self, texts: list[str] | str) -> dict:
-        """{"embedding": (n, dim) float32, "label": list[str] | None, "probs": (n, k) float32 | None}."""
+    def infer(self, texts: list[str] | str, adapter: str | None = None) -> dict:
+        """{"embedding": (n, dim) float32, "label": list[str] | None, "probs": (n, k) float32 | None}.
+
+        adapter: a LoRA adapter the model serves (the `adapter` request parameter); None = the base.
+        """
         if isinstance(texts, str):
             texts = [texts]
         if not texts or not all(isinstance(t, str) for t in texts):
             raise UserError("texts: expected a non-empty list of strings")
+        if adapter is not None and not isinstance(adapter, str):
+            raise UserError(f"adapter {adapter!r}: expected a name")
         data = np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_)
         inp = self._lib.InferInput("TEXT", list(data.shape), "BYTES")
         inp.set_data_from_numpy(data)
@@ -140,13 +145,28 @@ class TritonClient:
             outputs = [self._lib.InferRequestedOutput(n, binary_data=True) for n in names]
         else:
             outputs = [self._lib.InferRequestedOutput(n) for n in names]
-        res = self._call(f"model {self.model}", self._client.infer, self.model, [inp], outputs=outputs)
+        params = {"adapter": adapter} if adapter else None
+        res = self._call(f"model {self.model}" + (f" adapter {adapter}" if adapter else ""), self._client.infer,
+                         self.model, [inp], outputs=outputs, parameters=params)
         labels = res.as_numpy("LABEL") if "LABEL" in names else None
-        return {
-            "embedding": res.as_numpy("EMBEDDING"),
-            "label": None if labels is None else [b.decode("utf-8") if isinstance(b, bytes) else str(b) for b in labels.reshape(-1)],
-            "probs": res.as_numpy("PROBS") if "PROBS" in names else None,
-        }
+        probs = res.as_numpy("PROBS") if "PROBS" in names else None
+        if labels is not None:
+            labels = [b.decode("utf-8") if isinstance(b, bytes) else str(b) for b in labels.reshape(-1)]
+            if not any(labels):  # a multi-adapter model: this adapter (or the base) has no head
+                labels, probs = None, None
+        return {"embedding": res.as_numpy("EMBEDDING"), "label": labels,
+                "probs": None if probs is None or probs.size == 0 else probs}
+
+    def infer_batched(self, texts: list[str], adapter: str | None = None, batch_size: int = 32) -> dict:
+        """`infer` over any number of texts, `batch_size` per request (keep it <= the model's max_batch_size)."""
+        if not texts:
+            raise UserError("texts: expected a non-empty list of strings")
+        if batch_size < 1:
+            raise UserError(f"batch_size {batch_size}: must be at least 1")
+        parts = [self.infer(texts[i:i + batch_size], adapter) for i in range(0, len(texts), batch_size)]
+        labels = None if parts[0]["label"] is None else [lab for p in parts for lab in p["label"]]
+        probs = None if parts[0]["probs"] is None else np.concatenate([p["probs"] for p in parts])
+        return {"embedding": np.concatenate([p["embedding"] for p in parts]), "label": labels, "probs": probs}
 
 
 def measure_latency(client: TritonClient, texts: list[str], warmup: int = 3) -> dict:
@@ -163,3 +183,55 @@ def measure_latency(client: TritonClient, texts: list[str], warmup: int = 3) -> 
     ms = np.asarray(times)
     return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
             "mean_ms": float(ms.mean()), "n": len(times)}
+
+
+def read_texts(path, field: str = "text") -> list[str]:
+    """Texts from a JSONL file (one object per line, `field` a non-empty string); errors name the row."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    texts = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise UserError(f"{path}: row {i}: not valid JSON ({e.args[0] if e.args else e})") from None
+            value = row.get(field) if isinstance(row, dict) else None
+            if not isinstance(value, str) or not value.strip():
+                raise UserError(f"{path}: row {i}: field {field!r}: expected a non-empty string")
+            texts.append(value)
+    if not texts:
+        raise UserError(f"{path}: no rows")
+    return texts
+
+
+def infer_texts(url: str, texts: list[str] | None = None, file=None, *, field: str = "text", model: str = "taskloom",
+                protocol: str = "http", adapter: str | None = None, batch_size: int = 32, timeout: float = 30,
+                embeddings: bool = True) -> dict:
+    """`taskloom infer`: texts given or read from a JSONL file → {"model", "adapter", "n", "results": [...]}."""
+    texts = list(texts or [])
+    if file is not None:
+        texts += read_texts(file, field)
+    if not texts:
+        raise UserError("give texts as arguments or --file FILE.jsonl")
+    for i, t in enumerate(texts):
+        if not t.strip():
+            raise UserError(f"text {i}: empty")
+    with TritonClient(url, model=model, protocol=protocol, timeout=timeout) as client:
+        out = client.infer_batched(texts, adapter=adapter, batch_size=batch_size)
+    results = []
+    for i, text in enumerate(texts):
+        row = {"text": text}
+        if out["label"] is not None:
+            row["label"] = out["label"][i]
+            row["probs"] = [round(float(p), 6) for p in out["probs"][i]]
+        if embeddings:
+            row["embedding"] = [round(float(x), 6) for x in out["embedding"][i]]
+        results.append(row)
+    return {"model": model, "adapter": adapter, "n": len(texts), "dim": int(out["embedding"].shape[1]), "results": results}

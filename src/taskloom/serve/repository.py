@@ -1,31 +1,41 @@
-"""Export a model folder as a Triton model repository served by the python backend.
+"""Export a model folder (and LoRA adapters) as a Triton model repository served by the python backend.
 
 Layout written (atomically: a staging folder renamed into place, so Triton never sees half a model):
 
-    <repo>/<name>/config.pbtxt        backend python, dynamic batching, TEXT → EMBEDDING (+ LABEL, PROBS)
-    <repo>/<name>/1/model.py          copy of serving/model.py (delegates to taskloom.serve.backend)
-    <repo>/<name>/1/weights/          the Hugging Face folder (config, safetensors, tokenizer), each
+    <repo>/<name>/config.pbtxt        backend python, dynamic batching, TEXT → EMBEDDING (+ LABEL, PROBS),
+                                      version_policy naming the one version served
+    <repo>/<name>/versions.json       every version on disk, which one serves, the deploy history
+    <repo>/<name>/<v>/model.py        copy of serving/model.py (delegates to taskloom.serve.backend)
+    <repo>/<name>/<v>/weights/        the Hugging Face folder (config, safetensors, tokenizer), each
                                       safetensors file with its .sha256 beside it
-    <repo>/<name>/1/head/             head.safetensors + head.json, when a classification head is served
-    <repo>/<name>/1/manifest.json     source, head, labels and the sha256 of every file served
+    <repo>/<name>/<v>/head/           head.safetensors + head.json, when the base's classification head is served
+    <repo>/<name>/<v>/adapters/<a>/   each LoRA adapter (PEFT files + its head), selected per request
+    <repo>/<name>/<v>/manifest.json   source, heads, adapters, serving options and the sha256 of every file
+
+`build_repository` writes version 1; `taskloom.serve.deploy` adds versions beside it and switches the
+served one through Triton's model-control API (old versions stay on disk for rollback).
 
     python -c "from taskloom.serve.repository import build_repository as b; print(b('minilm', 'repo'))"
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import re
+import os
 import shutil
+import time
 from pathlib import Path
 
 from taskloom.artifacts import publish_dir, sha256_file, staging_dir, write_digest, write_json, write_text
 from taskloom.errors import UserError
+from taskloom.serve.adapters import NAME_RE, SERVED_FILES, check_adapter, check_name
+from taskloom.serve.backend import PRECISIONS
 
 SERVING_MODEL_PY = Path(__file__).resolve().parents[3] / "serving" / "model.py"
 NOT_SERVED = (".bin", ".pt", ".pth", ".pkl", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf", ".sha256")
-NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 VERSION = "1"
+VERSIONS_FILE = "versions.json"
 
 
 def model_py_source() -> str:
@@ -63,6 +73,26 @@ def available_heads(model_path: Path) -> list[str]:
     return sorted(p.name for p in heads.iterdir() if (p / "head.safetensors").exists()) if heads.is_dir() else []
 
 
+def serving_options(max_batch_size: int = 64, instances: int = 1, max_queue_delay_us: int = 0,
+                    max_length: int = 128, threads: int | None = None, precision: str = "fp32") -> dict:
+    """The knobs of one served version, checked in one place."""
+    if not 1 <= int(max_batch_size) <= 4096:
+        raise UserError(f"max_batch_size {max_batch_size}: must be between 1 and 4096")
+    if int(instances) < 1:
+        raise UserError(f"instances {instances}: must be at least 1")
+    if not 0 <= int(max_queue_delay_us) <= 10_000_000:
+        raise UserError(f"max_queue_delay_us {max_queue_delay_us}: must be between 0 and 10000000")
+    if not 8 <= int(max_length) <= 8192:
+        raise UserError(f"max_length {max_length}: must be between 8 and 8192 tokens")
+    if threads is not None and not 1 <= int(threads) <= 256:
+        raise UserError(f"threads {threads}: must be between 1 and 256")
+    if precision not in PRECISIONS:
+        raise UserError(f"precision {precision!r}: use one of {list(PRECISIONS)}")
+    return {"max_batch_size": int(max_batch_size), "instances": int(instances),
+            "max_queue_delay_us": int(max_queue_delay_us), "max_length": int(max_length),
+            "threads": None if threads is None else int(threads), "precision": precision}
+
+
 def config_pbtxt(
     name: str,
     dim: int,
@@ -71,25 +101,156 @@ def config_pbtxt(
     parameters: dict[str, str],
     instances: int = 1,
     max_queue_delay_us: int = 0,
+    *,
+    version: int | None = None,
+    multi: bool = False,
 ) -> str:
-    """Triton's model configuration, in protobuf text format."""
+    """Triton's model configuration, in protobuf text format.
+
+    multi: the model serves adapters, whose heads differ: LABEL and PROBS are always declared and
+    PROBS has a variable width (0 for a request whose adapter has no head).
+    """
     outputs = [("EMBEDDING", "TYPE_FP32", dim)]
-    if labels:
+    if multi:
+        outputs += [("LABEL", "TYPE_STRING", 1), ("PROBS", "TYPE_FP32", -1)]
+    elif labels:
         outputs += [("LABEL", "TYPE_STRING", 1), ("PROBS", "TYPE_FP32", len(labels))]
     out_txt = ",\n".join(f'  {{ name: "{n}" data_type: {t} dims: [ {d} ] }}' for n, t, d in outputs)
     param_txt = "\n".join(
         f'parameters: {{ key: "{k}" value: {{ string_value: {json.dumps(str(v))} }} }}' for k, v in parameters.items()
     )
+    policy = f"version_policy: {{ specific: {{ versions: [ {version} ] }} }}\n" if version is not None else ""
     return (
         f'name: "{name}"\n'
         'backend: "python"\n'
         f"max_batch_size: {max_batch_size}\n"
+        f"{policy}"
         f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}\n"
         'input [\n  { name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] }\n]\n'
         f"output [\n{out_txt}\n]\n"
         f"instance_group [ {{ kind: KIND_CPU count: {instances} }} ]\n"
         f"{param_txt}\n"
     )
+
+
+def config_for(manifest: dict, version: int, name: str | None = None) -> str:
+    """config.pbtxt serving `version`, derived from that version's manifest (so a rollback is exact)."""
+    opts = manifest.get("serving") or serving_options()  # exports older than serving options: the defaults
+    params = {"weights": "weights", "head": "head" if manifest.get("labels") else "",
+              "adapters": "adapters" if manifest.get("adapters") else "", "max_length": str(opts["max_length"]),
+              "precision": opts["precision"], "revision": manifest["revision"]}
+    if opts.get("threads"):
+        params["threads"] = str(opts["threads"])
+    return config_pbtxt(name or manifest["name"], manifest["dim"], manifest.get("labels"), opts["max_batch_size"],
+                        params, opts["instances"], opts["max_queue_delay_us"], version=version,
+                        multi=manifest.get("adapters") is not None)
+
+
+def _place(src: Path, dst: Path, link: bool) -> None:
+    """Hard-link files of an older version of the same repository (never rewritten in place), else copy."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if link:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copyfile(src, dst)
+
+
+def _inside(path: Path, root: Path | None) -> bool:
+    if root is None:
+        return False
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def write_version(version_dir: Path, src: Path, *, name: str, version: int, head_dir: Path | None = None,
+                  head_task: str | None = None, adapters: dict[str, Path] | None = None,
+                  options: dict | None = None, repo_root: Path | None = None) -> dict:
+    """Fill the empty folder `version_dir` with one servable version; returns its manifest.
+
+    src: a model folder (config.json + safetensors); head_dir: a folder holding head.safetensors +
+    head.json for the base; adapters: {name: adapter folder}, each checked (sha256 included) first.
+    Files already inside `repo_root` (older versions) are hard-linked, not copied.
+    """
+    from taskloom.train.heads import has_head, load_head
+
+    options = options or serving_options()
+    dim = hidden_size(src)
+    labels = None
+    if head_dir is not None:
+        if not has_head(head_dir):
+            raise UserError(f"{head_dir}: no classification head (head.safetensors + head.json)")
+        head, labels = load_head(head_dir)
+        if head.in_features != dim:
+            raise UserError(f"{head_dir}/head.safetensors: head expects {head.in_features} inputs, model gives {dim}")
+    checked = {}
+    for a_name, a_path in (adapters or {}).items():
+        checked[check_name(a_name)] = check_adapter(a_path, name=a_name, dim=dim)
+    digests: dict[str, str] = {}
+    weights = version_dir / "weights"
+    weights.mkdir(parents=True)
+    link = _inside(src, repo_root)
+    for f in sorted(src.iterdir()):
+        if f.is_file() and not f.name.startswith(".") and not f.name.endswith(NOT_SERVED):
+            _place(f, weights / f.name, link)
+            if f.name.endswith(".safetensors"):
+                write_digest(weights / f.name)
+    if labels is not None:
+        for f in ("head.safetensors", "head.json"):
+            _place(head_dir / f, version_dir / "head" / f, _inside(head_dir, repo_root))
+        write_digest(version_dir / "head" / "head.safetensors")
+    for a_name, info in checked.items():
+        a_src = Path(info["path"])
+        for f in SERVED_FILES:
+            if (a_src / f).exists():
+                _place(a_src / f, version_dir / "adapters" / a_name / f, _inside(a_src, repo_root))
+                if f.endswith(".safetensors"):
+                    write_digest(version_dir / "adapters" / a_name / f)
+    write_text(version_dir / "model.py", model_py_source(), digest=False)
+    for p in sorted(version_dir.rglob("*")):
+        if p.is_file() and not p.name.endswith(".sha256"):
+            side = p.with_name(p.name + ".sha256")
+            digests[str(p.relative_to(version_dir))] = side.read_text().split()[0] if side.exists() else sha256_file(p)
+    manifest = {
+        "name": name,
+        "version": version,
+        "source": str(src),
+        "head_task": head_task,
+        "labels": labels,
+        "dim": dim,
+        "adapters": None if adapters is None else {
+            k: {"source": v["path"], "task": v["task"], "labels": v["labels"], "rank": v["rank"]} for k, v in checked.items()
+        },
+        "serving": options,
+        "revision": sha256_file_list(digests),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "files": digests,
+    }
+    write_json(version_dir / "manifest.json", manifest)
+    return manifest
+
+
+def read_manifest(version_dir: Path) -> dict:
+    from taskloom.artifacts import verify_digest
+
+    path = Path(version_dir) / "manifest.json"
+    if not path.exists():
+        raise UserError(f"{path}: missing (not a version written by taskloom)")
+    if path.with_name("manifest.json.sha256").exists() and not verify_digest(path):
+        raise UserError(f"{path}: sha256 does not match manifest.json.sha256 (corrupted or edited)")
+    return json.loads(path.read_text())
+
+
+def version_numbers(model_folder: Path) -> list[int]:
+    """The numeric version folders on disk, ascending."""
+    if not model_folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_folder.iterdir() if p.is_dir() and p.name.isdigit())
 
 
 def build_repository(
@@ -99,67 +260,50 @@ def build_repository(
     head_task: str | None = None,
     max_batch_size: int = 64,
     *,
+    adapters: dict | None = None,
     instances: int = 1,
     max_queue_delay_us: int = 0,
     max_length: int = 128,
+    threads: int | None = None,
+    precision: str = "fp32",
 ) -> Path:
-    """Write <repo_dir>/<name>/ for Triton (replacing an older one whole); returns repo_dir.
+    """Write <repo_dir>/<name>/ for Triton (version 1, replacing an older export whole); returns repo_dir.
 
     model_dir: a catalog name or a (merged) model folder; head_task picks model_dir/heads/<task>/.
+    adapters: {name: adapter folder}: one model serves the base and every adapter, chosen per request
+    by the `adapter` request parameter (none = the base). A folder that already holds deployed
+    versions is refused: `taskloom deploy` adds versions without losing any.
     """
-    from taskloom.train.heads import has_head, load_head
-
     if not NAME_RE.match(name):
         raise UserError(f"model name {name!r}: use letters, digits, '_', '-', '.' (at most 64)")
-    if not 1 <= max_batch_size <= 4096:
-        raise UserError(f"max_batch_size {max_batch_size}: must be between 1 and 4096")
-    if instances < 1:
-        raise UserError(f"instances {instances}: must be at least 1")
+    options = serving_options(max_batch_size, instances, max_queue_delay_us, max_length, threads, precision)
     src = resolve_model_dir(model_dir)
-    dim = hidden_size(src)
-    labels = None
+    head_dir = None
     if head_task is not None:
-        head_src = src / "heads" / head_task
-        if not has_head(head_src):
+        head_dir = src / "heads" / head_task
+        if not (head_dir / "head.safetensors").exists():
             have = available_heads(src)
-            raise UserError(f"{head_src}: no classification head (heads in this model: {have or 'none'})")
-        head, labels = load_head(head_src)
-        if head.in_features != dim:
-            raise UserError(f"{head_src}/head.safetensors: head expects {head.in_features} inputs, model gives {dim}")
+            raise UserError(f"{head_dir}: no classification head (heads in this model: {have or 'none'})")
+    if adapters is not None and not isinstance(adapters, dict):
+        raise UserError("adapters: expected {name: adapter folder}")
     repo_dir = Path(repo_dir)
     final = repo_dir / name
+    deployed = [v for v in version_numbers(final) if v != 1]
+    if deployed:
+        raise UserError(f"{final}: holds deployed versions {deployed}; publish with `taskloom deploy` "
+                        "(or remove the folder to export afresh)")
     stage = staging_dir(final)
     try:
-        version = stage / VERSION
-        weights = version / "weights"
-        weights.mkdir(parents=True)
-        for f in sorted(src.iterdir()):
-            if f.is_file() and not f.name.startswith(".") and not f.name.endswith(NOT_SERVED):
-                shutil.copyfile(f, weights / f.name)
-                if f.name.endswith(".safetensors"):
-                    write_digest(weights / f.name)
-        if labels is not None:
-            (version / "head").mkdir()
-            for f in ("head.safetensors", "head.json"):
-                shutil.copyfile(head_src / f, version / "head" / f)
-            write_digest(version / "head" / "head.safetensors")
-        write_text(version / "model.py", model_py_source(), digest=False)
-        files = {
-            str(p.relative_to(version)): sha256_file(p)
-            for p in sorted(version.rglob("*"))
-            if p.is_file() and not p.name.endswith(".sha256")
-        }
-        revision = sha256_file_list(files)
-        write_json(
-            version / "manifest.json",
-            {"name": name, "source": str(src), "head_task": head_task, "labels": labels, "dim": dim,
-             "revision": revision, "files": files},
-        )
-        params = {"weights": "weights", "head": "head" if labels else "", "max_length": str(max_length),
-                  "revision": revision}
-        write_text(stage / "config.pbtxt",
-                   config_pbtxt(name, dim, labels, max_batch_size, params, instances, max_queue_delay_us),
-                   digest=False)
+        manifest = write_version(stage / VERSION, src, name=name, version=1, head_dir=head_dir, head_task=head_task,
+                                 adapters=None if adapters is None else {k: Path(v) for k, v in adapters.items()},
+                                 options=options)
+        write_text(stage / "config.pbtxt", config_for(manifest, 1), digest=False)
+        write_json(stage / VERSIONS_FILE, {
+            "name": name,
+            "serving": 1,
+            "versions": {"1": version_record(manifest, "serving")},
+            "history": [{"ts": manifest["created"], "action": "build", "version": 1, "result": "serving"}],
+        })
         publish_dir(stage, final)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
@@ -167,10 +311,17 @@ def build_repository(
     return repo_dir
 
 
+def version_record(manifest: dict, status: str, reason: str | None = None) -> dict:
+    rec = {"status": status, "created": manifest["created"], "source": manifest["source"],
+           "head_task": manifest.get("head_task"), "revision": manifest["revision"],
+           "adapters": sorted(manifest["adapters"]) if manifest.get("adapters") is not None else None}
+    if reason:
+        rec["reason"] = reason
+    return rec
+
+
 def sha256_file_list(files: dict[str, str]) -> str:
     """One digest over every served file: changes whenever any file does (forces a Triton reload)."""
-    import hashlib
-
     return hashlib.sha256("".join(f"{k}:{v}\n" for k, v in sorted(files.items())).encode()).hexdigest()[:16]
 
 

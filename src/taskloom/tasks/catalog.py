@@ -185,11 +185,21 @@ def build_task(name: str) -> tuple[dict, Rows, Rows]:
     return BUILDERS[name]()
 
 
-def export_task(name: str, out_dir: str | Path) -> Path:
+def _sample(rows: Rows, n: int | None, seed: int) -> Rows:
+    """A seeded subset of at most `n` rows, in their original order (None keeps all)."""
+    if n is None or n >= len(rows):
+        return rows
+    keep = sorted(random.Random(seed).sample(range(len(rows)), n))
+    return [rows[i] for i in keep]
+
+
+def export_task(
+    name: str, out_dir: str | Path, max_train_rows: int | None = None, max_eval_rows: int | None = None
+) -> Path:
     """Write `task.yaml` + train.jsonl + eval.jsonl into `out_dir`; returns the task.yaml path.
 
     Each file is written atomically (sha256 beside it); task.yaml comes last, so it never points
-    at data that is not there yet.
+    at data that is not there yet. `max_*_rows` keep a seeded subset (short runs, e.g. tests).
     """
     import yaml
 
@@ -197,6 +207,7 @@ def export_task(name: str, out_dir: str | Path) -> Path:
     from taskloom.data.rows import write_rows
 
     spec, train, eval_ = build_task(name)
+    train, eval_ = _sample(train, max_train_rows, seed=1), _sample(eval_, max_eval_rows, seed=2)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")

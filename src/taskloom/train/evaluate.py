@@ -88,8 +88,9 @@ def score_encoder(task, tok, model, *, rows: list[dict] | None = None, head=None
         if head is None:
             head = fit_probe_head(task, tok, model, train_rows if train_rows is not None else load_split(task, "train"))
         x = torch.as_tensor(embed(tok, model, [r["text"] for r in rows]))
-        with torch.no_grad():
-            pred = head.float().cpu()(x).argmax(1).numpy()
+        with torch.no_grad():  # the head is only read: it stays where (and as what) the caller keeps it
+            logits = torch.nn.functional.linear(x, head.weight.detach().float().cpu(), head.bias.detach().float().cpu())
+        pred = logits.argmax(1).numpy()
         gold = np.array([task.labels.index(r["label"]) for r in rows])
         result["value"] = float((pred == gold).mean())
     elif task.type == "pair_similarity":

@@ -102,6 +102,15 @@ def fit_probe(embeddings: np.ndarray, targets: np.ndarray, n_labels: int, seed: 
     """A Linear head fitted on frozen embeddings: L2 strength picked by `folds`-fold CV, then refit."""
     import torch
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a small problem: thread hand-offs would cost more than they save
+    try:
+        return _fit_probe(torch, embeddings, targets, n_labels, seed, folds)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_probe(torch, embeddings, targets, n_labels: int, seed: int, folds: int):
     x = torch.as_tensor(np.asarray(embeddings), dtype=torch.float64)
     y = torch.as_tensor(np.asarray(targets), dtype=torch.long)
     n = len(y)

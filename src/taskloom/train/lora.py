@@ -17,6 +17,7 @@ import random
 import re
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +175,7 @@ def train_adapter(task, out, spec, progress: bool = True) -> dict:
                         loss = info_nce_loss(q, d, positive)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], MAX_GRAD_NORM)
+                lr = optimizer.param_groups[0]["lr"]  # the rate this step used
                 optimizer.step()
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -183,7 +185,7 @@ def train_adapter(task, out, spec, progress: bool = True) -> dict:
                     "step": step,
                     "epoch": epoch,
                     "loss": round(losses[-1], 6),
-                    "lr": optimizer.param_groups[0]["lr"],
+                    "lr": lr,
                     "examples_per_s": round(len(rows) / seconds, 2),
                 }
                 log.write(json.dumps(record) + "\n")
@@ -218,6 +220,7 @@ def train_adapter(task, out, spec, progress: bool = True) -> dict:
             "batch_size": spec.batch_size,
             "max_length": spec.max_length,
             "trainable_params": trainable,
+            "lora_layers": len(targets),
             "seed": spec.seed,
             "device": device,
         }
@@ -226,7 +229,9 @@ def train_adapter(task, out, spec, progress: bool = True) -> dict:
                 metrics[f"base_{extra}"] = round(base_scores[extra], 6)
                 metrics[f"tuned_{extra}"] = round(tuned_scores[extra], 6)
 
-        model.save_pretrained(str(stage))
+        with warnings.catch_warnings():  # transformers' own deprecation notice inside PEFT's save
+            warnings.simplefilter("ignore", FutureWarning)
+            model.save_pretrained(str(stage))
         write_digest(stage / "adapter_model.safetensors")
         write_digest(stage / "adapter_config.json")
         if head is not None:

@@ -1,0 +1,80 @@
+"""LoRA adapters as taskloom serves them: a PEFT folder (+ optional head), checked before it is published.
+
+An adapter is served only with the sha256 its trainer wrote beside `adapter_model.safetensors` (and
+beside `head.safetensors` when it has a head): a missing or mismatching digest is refused here, before
+anything reaches the model repository, so the running version keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from taskloom.errors import UserError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+BASE = "__base__"  # what PEFT calls "no adapter" in a mixed batch; not a valid adapter name
+SERVED_FILES = ("adapter_config.json", "adapter_model.safetensors", "head.safetensors", "head.json", "task.json")
+
+
+def check_name(name: str, what: str = "adapter name") -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name) or name == BASE:
+        raise UserError(f"{what} {name!r}: use letters, digits, '_', '-', '.' (at most 64, not {BASE!r})")
+    return name
+
+
+def default_name(path: Path) -> str:
+    """task.json's task, else the folder's name (its parent's when the folder is called `adapter`)."""
+    task = path / "task.json"
+    if task.exists():
+        try:
+            name = json.loads(task.read_text()).get("task")
+        except (OSError, ValueError):
+            name = None
+        if isinstance(name, str) and NAME_RE.match(name):
+            return name
+    return path.parent.name if path.name == "adapter" else path.name
+
+
+def check_adapter(path, name: str | None = None, dim: int | None = None) -> dict:
+    """Validate one adapter folder; returns {"name", "path", "labels", "task", "rank"}. Never writes."""
+    from taskloom.artifacts import verify_digest
+
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{path}: no such adapter folder")
+    cfg_path = path / "adapter_config.json"
+    if not cfg_path.exists():
+        raise UserError(f"{path}: not a LoRA adapter folder (no adapter_config.json)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except ValueError as e:
+        raise UserError(f"{cfg_path}: not valid JSON ({e})") from None
+    if str(cfg.get("peft_type", "LORA")).upper() != "LORA":
+        raise UserError(f"{cfg_path}: peft_type {cfg.get('peft_type')!r}: only LoRA adapters are served")
+    weights = path / "adapter_model.safetensors"
+    if not weights.exists():
+        raise UserError(f"{path}: no adapter_model.safetensors (adapters are served as safetensors only)")
+    for f in (weights, path / "head.safetensors"):
+        if not f.exists():
+            continue
+        if not f.with_name(f.name + ".sha256").exists():
+            raise UserError(f"{f}: no {f.name}.sha256 beside it: adapters are served only with their digest")
+        if not verify_digest(f):
+            raise UserError(f"{f}: sha256 does not match {f.name}.sha256 (corrupted or replaced file): refused")
+    labels = None
+    if (path / "head.safetensors").exists() or (path / "head.json").exists():
+        from taskloom.train.heads import load_head
+
+        head, labels = load_head(path)
+        if dim is not None and head.in_features != dim:
+            raise UserError(f"{path}/head.safetensors: head expects {head.in_features} inputs, the model gives {dim}")
+    name = check_name(name if name is not None else default_name(path))
+    task = None
+    if (path / "task.json").exists():
+        try:
+            task = json.loads((path / "task.json").read_text()).get("task")
+        except ValueError as e:
+            raise UserError(f"{path / 'task.json'}: not valid JSON ({e})") from None
+    return {"name": name, "path": str(path.resolve()), "labels": labels, "task": task, "rank": cfg.get("r")}
