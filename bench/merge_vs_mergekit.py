@@ -110,8 +110,10 @@ def measure(cmd: list[str], log: Path) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024  # Linux: KiB
 
 
-def compare(a_dir: Path, b_dir: Path, base_dir: Path) -> dict:
-    """Per tensor: max |a − b|, and the merged Δ's largest entry for scale; one tensor at a time."""
+def compare(a_dir: Path, b_dir: Path, base_dir: Path, inputs: list[Path], density: float) -> dict:
+    """Per tensor: max |a − b| and the merged Δ's largest entry for scale, one tensor at a time. Where
+    the two differ, count the differing entries whose |Δᵢ| of some input sits exactly at that input's
+    trim threshold (a tie at the k-th largest magnitude, which the two tools break differently)."""
     import torch
     from safetensors import safe_open
 
@@ -122,15 +124,27 @@ def compare(a_dir: Path, b_dir: Path, base_dir: Path) -> dict:
                 out.update({k: f for k in h.keys()})
         return out
 
+    def read(where: dict, key: str):
+        with safe_open(str(where[key]), "pt") as h:
+            return h.get_tensor(key).float()
+
     ia, ib, i0 = index(a_dir), index(b_dir), index(base_dir)
+    ins = [index(p) for p in inputs]
     rows, missing = [], sorted(set(i0) - set(ia) | set(i0) - set(ib))
     for key in sorted(set(ia) & set(ib) & set(i0)):
-        with safe_open(str(ia[key]), "pt") as fa, safe_open(str(ib[key]), "pt") as fb, safe_open(str(i0[key]), "pt") as f0:
-            a, b, w0 = fa.get_tensor(key).float(), fb.get_tensor(key).float(), f0.get_tensor(key).float()
-        diff = (a - b).abs()
+        a, b, w0 = read(ia, key), read(ib, key), read(i0, key)
+        diff = (a - b).abs().view(-1)
         d = b - w0
-        rows.append({"tensor": key, "numel": a.numel(), "max_abs_diff": float(diff.max()),
-                     "differing": int((diff > 1e-6).sum()), "delta_max": float(d.abs().max()),
+        bad = torch.nonzero(diff > 1e-6).view(-1)
+        at_tie = torch.zeros(len(bad), dtype=torch.bool)
+        if len(bad):
+            for where in ins:
+                m = (read(where, key) - w0).abs().view(-1)
+                k = max(1, int(density * m.numel()))
+                threshold = torch.kthvalue(m, m.numel() - k + 1).values
+                at_tie |= (m[bad] == threshold) & (int((m == threshold).sum()) > 1)
+        rows.append({"tensor": key, "numel": a.numel(), "max_abs_diff": float(diff.max()), "differing": len(bad),
+                     "at_tie": int(at_tie.sum()), "delta_max": float(d.abs().max()),
                      "rel_fro": float((a - b).norm() / d.norm().clamp_min(1e-30))})
     return {"rows": rows, "missing": missing}
 
@@ -166,7 +180,7 @@ def main() -> None:
         peaks[tool].append(peak)
         print(f"  run {i + 1}/{len(order)} {tool:9s} {wall:7.2f} s  peak RSS {peak:7.0f} MiB", flush=True)
 
-    cmp = compare(outs["taskloom"], outs["mergekit"], paths["base"])
+    cmp = compare(outs["taskloom"], outs["mergekit"], paths["base"], [paths[n] for n in FINE_TUNES], 0.5)
     rows = cmp["rows"]
     worst = max(rows, key=lambda r: r["max_abs_diff"])
     n_diff = sum(r["differing"] for r in rows)
@@ -182,7 +196,8 @@ def main() -> None:
     print(f"outputs compared on {len(rows)} tensors ({n_all / 1e6:.1f}M values); missing on one side: {cmp['missing'] or 'none'}")
     print(f"max |taskloom − mergekit| over all tensors: {worst['max_abs_diff']:.3g} (in {worst['tensor']}; "
           f"that tensor's largest merged Δ is {worst['delta_max']:.3g})")
-    print(f"values differing by more than 1e-6: {n_diff} of {n_all} ({n_diff / n_all:.2e})")
+    print(f"values differing by more than 1e-6: {n_diff} of {n_all} ({n_diff / n_all:.2e}); of these, "
+          f"{sum(r['at_tie'] for r in rows)} lie where an input's |Δ| ties at its trim threshold")
     print(f"largest relative Frobenius difference of the merged Δ per tensor: {max(r['rel_fro'] for r in rows):.3g}")
     for r in sorted(rows, key=lambda r: -r["max_abs_diff"])[:5]:
         print(f"  {r['tensor']:45s} max diff {r['max_abs_diff']:.3g}  differing {r['differing']}/{r['numel']}")

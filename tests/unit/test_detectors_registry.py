@@ -45,14 +45,25 @@ def test_ks_pca_bh_is_simes_and_never_above_bonferroni():
         y = rng.normal(size=(70, 12)) + np.r_[np.full(3, 0.3 * seed), np.zeros(9)]
         bonf, bh = ks_pca_test(x, y, components=6), ks_pca_test(x, y, components=6, correction="bh")
         assert bh["p_value"] <= bonf["p_value"] + 1e-15
-        mean = x.mean(0)
-        vt = np.linalg.svd(x - mean, full_matrices=False)[2][:6]
+        z = np.concatenate([x, y])
+        mean = z.mean(0)
+        vt = np.linalg.svd(z - mean, full_matrices=False)[2][:6]  # the pooled sample's principal directions
         p = np.sort([ks_2samp((x - mean) @ v, (y - mean) @ v).pvalue for v in vt])
         assert bh["p_value"] == pytest.approx(min(6 * p[i] / (i + 1) for i in range(6)))
         assert bonf["p_value"] == pytest.approx(min(1.0, 6 * p[0]))
         assert bh["effect"] == bh["statistic"] == bonf["effect"]
     with pytest.raises(ValueError, match="correction"):
         ks_pca_test(x, y, correction="holm")
+
+
+def test_ks_pca_stays_calibrated_when_dimensions_outnumber_rows():
+    """Directions fitted to the reference alone overfit it: with d = 200 > n = 150 that version flagged
+    30 of these 30 no-drift windows. Pooled directions keep KS exact."""
+    rng = np.random.default_rng(0)
+    for correction in ("bonferroni", "bh"):
+        alarms = sum(ks_pca_test(rng.normal(size=(150, 200)), rng.normal(size=(150, 200)), correction=correction)["p_value"]
+                     < 0.05 for _ in range(30))
+        assert alarms <= 5, correction  # P(Binomial(30, 0.05) >= 6) = 0.016
 
 
 def test_classifier_auc_is_the_held_out_auc_and_the_test_is_calibrated():

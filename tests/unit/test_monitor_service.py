@@ -218,3 +218,34 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(world, capsys, monkeyp
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], captured.err
     assert not (tmp / "out").exists()
     assert log.read_bytes() == before
+
+
+def test_chi2_on_the_labels_of_the_model_head(world, tmp_path, capsys):
+    """--method chi2: the task's head in --model/heads/<task>/ labels the reference and each window."""
+    import torch
+
+    from taskloom.models.registry import resolve_base
+    from taskloom.train.heads import save_head
+
+    model = tmp_path / "model"
+    model.mkdir()
+    for f in resolve_base("minilm").iterdir():  # the base model's files, and a head for task rt
+        if f.is_file():
+            (model / f.name).symlink_to(f)
+    torch.manual_seed(0)
+    head = torch.nn.Linear(384, 2)
+    save_head(model / "heads" / "rt", head, ["fresh", "rotten"])
+    log = write_log(tmp_path / "requests.jsonl", world["windows"], upto=2)
+    out = tmp_path / "out"
+    assert main(["monitor", "--log", str(log), "--feature-repo", str(world["repo"]), "--out", str(out), "--once",
+                 "--task", "rt", "--method", "chi2", "--model", str(model), *FAST]) == 0
+    capsys.readouterr()
+    records = [json.loads(x) for x in (out / "windows.jsonl").read_text().splitlines()]
+    assert [r["method"] for r in records] == ["chi2", "chi2"] and all(0 < r["p_value"] <= 1 for r in records)
+    assert all(0 <= r["effect"] <= 1 for r in records)
+
+    code = main(["monitor", "--log", str(log), "--feature-repo", str(world["repo"]), "--out", str(tmp_path / "o2"),
+                 "--once", "--task", "plain", "--method", "chi2", "--model", str(model), *FAST])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "no classification head heads/plain/" in err[0]
+    assert not (tmp_path / "o2").exists()

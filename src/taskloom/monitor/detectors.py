@@ -63,8 +63,8 @@ DETECTORS: dict[str, Detector] = {
     d.name: d
     for d in [
         Detector("mmd", "MMD² with an RBF kernel (median bandwidth), permutation p-value", _mmd, "MMD (sqrt of MMD²)", 0.03),
-        Detector("ks_pca", "KS on the reference's top 10 principal components, Bonferroni", _ks_pca, "largest KS D", 0.1),
-        Detector("ks_pca_bh", "KS on the reference's top 10 principal components, Benjamini-Hochberg", _ks_pca_bh, "largest KS D", 0.1),
+        Detector("ks_pca", "KS on the pooled sample's top 10 principal components, Bonferroni", _ks_pca, "largest KS D", 0.1),
+        Detector("ks_pca_bh", "KS on the pooled sample's top 10 principal components, Benjamini-Hochberg", _ks_pca_bh, "largest KS D", 0.1),
         Detector("classifier", "logistic regression told apart on a held-out fold, Mann-Whitney p-value", _classifier, "AUC - 0.5", 0.03),
         Detector("chi2", "chi-squared on predicted labels (lists or argmax of probabilities)", _chi2, "Cramér's V", 0.05, "labels"),
     ]

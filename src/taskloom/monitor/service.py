@@ -78,7 +78,9 @@ class References:
         """{"adapter_id", "sample"} (sample = embeddings, or predicted labels for a labels detector)."""
         try:
             rec = self.store.read_reference_record(task)
-        except UserError:
+        except UserError as e:
+            if "no drift_reference for" not in str(e):
+                raise
             raise UserError(f"unknown task '{task}': feature store {self.repo} has no drift reference for it") from None
         emb, where = rec["embeddings"], f"feature store {self.repo}: reference of task '{task}' (adapter '{rec['adapter_id']}')"
         if not np.isfinite(emb).all():

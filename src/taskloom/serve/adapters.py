@@ -40,6 +40,7 @@ def default_name(path: Path) -> str:
 def check_adapter(path, name: str | None = None, dim: int | None = None) -> dict:
     """Validate one adapter folder; returns {"name", "path", "labels", "task", "rank"}. Never writes."""
     from taskloom.artifacts import verify_digest
+    from taskloom.serve.lora import check_config
 
     path = Path(path)
     if not path.is_dir():
@@ -51,8 +52,7 @@ def check_adapter(path, name: str | None = None, dim: int | None = None) -> dict
         cfg = json.loads(cfg_path.read_text())
     except ValueError as e:
         raise UserError(f"{cfg_path}: not valid JSON ({e})") from None
-    if str(cfg.get("peft_type", "LORA")).upper() != "LORA":
-        raise UserError(f"{cfg_path}: peft_type {cfg.get('peft_type')!r}: only LoRA adapters are served")
+    check_config(cfg, str(cfg_path))
     weights = path / "adapter_model.safetensors"
     if not weights.exists():
         raise UserError(f"{path}: no adapter_model.safetensors (adapters are served as safetensors only)")

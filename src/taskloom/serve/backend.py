@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from taskloom.errors import UserError
-from taskloom.serve.adapters import BASE
 
 MAX_TEXT_CHARS = 100_000
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -63,9 +62,9 @@ def decode_texts(array) -> list[str]:
 class EncoderBackend:
     """Tokenizer + encoder (+ classification heads, + LoRA adapters) loaded once per Triton model instance.
 
-    Adapters stay unmerged beside one copy of the base (PEFT multi-adapter): each request names its
-    adapter (or none, the base), and one forward pass serves a chunk mixing adapters, PEFT applying
-    each adapter's LoRA delta to its own rows only (`adapter_names`).
+    Adapters stay unmerged beside one copy of the base (`taskloom.serve.lora`): each request names its
+    adapter (or none, the base), and one forward pass serves a chunk mixing adapters, each adapter's
+    LoRA delta applied to its own rows only.
     """
 
     def __init__(self, weights_dir, head_dir=None, max_length: int = 128, threads: int | None = None,
@@ -102,14 +101,11 @@ class EncoderBackend:
         self.heads: dict = {}  # adapter name (None: the base) -> (Linear, labels)
         if head_dir:
             self.heads[None] = load_head(head_dir)
+        self.router = None
         if self.adapters:
-            from peft import PeftModel
+            from taskloom.serve.lora import attach
 
-            first, *rest = self.adapters
-            model = PeftModel.from_pretrained(model, str(adapters[first]), adapter_name=first)
-            for name in rest:
-                model.load_adapter(str(adapters[name]), adapter_name=name)
-            model.eval()
+            self.router = attach(model, {name: adapters[name] for name in self.adapters})
             for name in self.adapters:
                 if has_head(adapters[name]):
                     self.heads[name] = load_head(adapters[name])
@@ -197,10 +193,9 @@ class EncoderBackend:
                 for k in keys:
                     fill = self.pad_id if k == "input_ids" else 0
                     batch[k] = torch.tensor([enc[k][i] + [fill] * (width - len(enc[k][i])) for i in rows])
-                extra = {}
-                if self.adapters:
-                    extra["adapter_names"] = [names[i] if names[i] is not None else BASE for i in rows]
-                hidden = self.model(**batch, **extra).last_hidden_state.float()
+                if self.router is not None:
+                    self.router.groups = route([names[i] for i in rows])
+                hidden = self.model(**batch).last_hidden_state.float()
                 emb = F.normalize(mean_pool(hidden, batch["attention_mask"]), dim=-1)
                 out[rows] = emb.numpy()
         return out
@@ -254,6 +249,19 @@ class EncoderBackend:
                 for r, _, _, _ in spans:
                     results[r] = f"inference failed: {type(e).__name__}: {e}"
         return results
+
+
+def route(names: list) -> list:
+    """Rows of one chunk grouped by adapter: [(name, row indices)], indices None when all rows share it."""
+    import torch
+
+    if len(set(names)) == 1:
+        return [] if names[0] is None else [(names[0], None)]
+    groups: dict = {}
+    for i, name in enumerate(names):
+        if name is not None:
+            groups.setdefault(name, []).append(i)
+    return [(name, torch.tensor(rows)) for name, rows in groups.items()]
 
 
 def verify_manifest(version_dir: Path) -> None:

@@ -1,0 +1,36 @@
+"""Real LoRA adapters on the built-in tasks, trained once and shared by the merge benchmarks.
+
+Each is `taskloom.train.lora.train_adapter` with the library defaults except `max_steps` (and the
+seed), on the task exported from `taskloom.tasks.catalog`; cached in .cache/bench-adapters/ as
+`<task>-steps<N>-seed<S>/` (adapter/ + metrics.json), so a rerun starts in seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / ".cache" / "bench-adapters"
+
+
+def task_file(name: str) -> Path:
+    """The built-in task exported once to .cache/bench-adapters/tasks/<name>/task.yaml."""
+    from taskloom.tasks.catalog import export_task
+
+    path = CACHE / "tasks" / name / "task.yaml"
+    if not path.exists():
+        export_task(name, path.parent)
+    return path
+
+
+def trained(name: str, max_steps: int, seed: int = 0) -> Path:
+    """The run folder (adapter/, metrics.json) of `name` trained for `max_steps` steps; trains if missing."""
+    from taskloom.specs import TrainSpec, load_task
+    from taskloom.train.lora import train_adapter
+
+    run = CACHE / f"{name}-steps{max_steps}-seed{seed}"
+    if (run / "metrics.json").exists() and (run / "adapter" / "adapter_model.safetensors").exists():
+        return run
+    print(f"training {name} for {max_steps} steps into {run} (once)", flush=True)
+    train_adapter(load_task(task_file(name)), run, TrainSpec(max_steps=max_steps, seed=seed), progress=False)
+    return run
