@@ -148,11 +148,13 @@ def main() -> int:
 
     print("\nalarm policy (BH across tasks, 2 hits in a row, cooldown 3) on the no-drift MMD windows, "
           f"dealt to {TASKS} tasks:\n")
-    print("| min effect | false retrains | task-windows | false-retrain rate per task-window |")
-    print("|---|---|---|---|")
+    print("| min effect | false retrains | task-windows | false-retrain rate per task-window | 95 % CI (Clopper-Pearson) |")
+    print("|---|---|---|---|---|")
     for me in (0.0, DETECTORS["mmd"].min_effect):
         alarms, total = policy_false_retrains(null["mmd"], me)
-        print(f"| {me:g}{' (default)' if me else ''} | {alarms} | {total} | {alarms / total:.4f} |")
+        ci = binomtest(alarms, total).proportion_ci(0.95)
+        print(f"| {me:g}{' (default)' if me else ''} | {alarms} | {total} | {alarms / total:.4f} | "
+              f"[{ci.low:.4f}, {ci.high:.4f}] |")
     share = float(np.mean(labels[pool] == "fresh"))
     print(f"\nlabel shift (current 80 % fresh, pool {share:.0%} fresh), {args.power_windows} windows: power "
           + ", ".join(f"{n} {np.mean([p < ALPHA for p, _ in prior[n]]):.2f}" for n in prior)

@@ -1,7 +1,7 @@
 """Serving throughput: taskloom on Triton vs the Hugging Face model called in-process, one text per request.
 
-    .venv/bin/python bench/serve_throughput.py                    # fp32 + the int8 fast path
-    .venv/bin/python bench/serve_throughput.py --fast bf16 --requests 512
+    .venv/bin/python bench/serve_throughput.py                    # fp32 + the bf16 fast path
+    .venv/bin/python bench/serve_throughput.py --fast int8 --requests 512
 
 Same inputs for both (real Rotten Tomatoes reviews from `build_task("rt-sentiment")`), concurrency 1,
 4 and 16 (threads, each sending one text per request and waiting for its answer):
@@ -112,7 +112,8 @@ def baseline(texts: list[str], levels) -> tuple[dict, int, int]:
     return results, params, tokens
 
 
-def taskloom_on_triton(texts: list[str], levels, fast: str, queue_delay_us: int, threads: int | None) -> dict:
+def taskloom_on_triton(texts: list[str], levels, fast: str, queue_delay_us: int, threads: int | None,
+                       instances: int) -> dict:
     """Both models in one server: fp32 `taskloom` and the fast path; one gRPC client per thread."""
     from taskloom.serve.client import TritonClient
     from taskloom.serve.launcher import TritonServer
@@ -122,7 +123,7 @@ def taskloom_on_triton(texts: list[str], levels, fast: str, queue_delay_us: int,
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         repo = Path(tmp) / "repo"
-        opts = dict(max_batch_size=64, max_queue_delay_us=queue_delay_us, threads=threads)
+        opts = dict(max_batch_size=64, max_queue_delay_us=queue_delay_us, threads=threads, instances=instances)
         build_repository("minilm", repo, name="taskloom", **opts)
         models = ["taskloom"]
         if fast != "none":
@@ -151,9 +152,10 @@ def taskloom_on_triton(texts: list[str], levels, fast: str, queue_delay_us: int,
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=384, help="requests per concurrency level")
-    ap.add_argument("--fast", choices=["int8", "bf16", "none"], default="int8", help="the fast path to report too")
+    ap.add_argument("--fast", choices=["bf16", "int8", "none"], default="bf16", help="the fast path to report too")
     ap.add_argument("--queue-delay-us", type=int, default=2000, help="Triton dynamic batching delay")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads in the Triton model (default: torch's)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per model instance (default: torch's)")
+    ap.add_argument("--instances", type=int, default=1, help="Triton model instances (one process each)")
     args = ap.parse_args(argv)
 
     import torch
@@ -166,7 +168,7 @@ def main(argv=None) -> int:
     base, params, tokens = baseline(texts, LEVELS)
     print(f"inputs: {len(texts)} Rotten Tomatoes reviews, {tokens} real tokens ({tokens / len(texts):.1f} per text); "
           f"encoder {params / 1e6:.2f} M non-embedding parameters", flush=True)
-    served = taskloom_on_triton(texts, LEVELS, args.fast, args.queue_delay_us, args.threads)
+    served = taskloom_on_triton(texts, LEVELS, args.fast, args.queue_delay_us, args.threads, args.instances)
 
     def useful(r):  # GFLOP/s of real (non-padding) tokens through the encoder's matmuls
         return 2 * params * tokens / r["seconds"] / 1e9

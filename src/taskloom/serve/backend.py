@@ -111,6 +111,10 @@ class EncoderBackend:
                     self.heads[name] = load_head(adapters[name])
         for head, _ in self.heads.values():
             head.eval()
+        if precision == "bf16":  # Linear weights stored once in bf16; autocast (in embed) keeps LayerNorm and softmax in fp32
+            for m in model.modules():
+                if isinstance(m, torch.nn.Linear):
+                    m.to(torch.bfloat16)
         if precision == "int8":  # dynamic int8 on the frozen Linear layers; LoRA factors stay float32
             from torch.ao.quantization import quantize_dynamic
 

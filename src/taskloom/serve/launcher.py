@@ -376,6 +376,15 @@ class TritonServer:
             shutil.rmtree(self.workspace, ignore_errors=True)
             self.workspace = None
 
+    def memory(self) -> dict:
+        """RSS in bytes of the server process and of its python-backend stubs (one per model instance)."""
+        if self._pid is None:
+            return {"server": 0, "stubs": {}, "total": 0}
+        stubs = {pid: process_rss(pid) for pid in group_members(self._pid)
+                 if pid != self._pid and "triton_python_backend_stub" in _cmdline(pid)}
+        server = process_rss(self._pid)
+        return {"server": server, "stubs": stubs, "total": server + sum(stubs.values())}
+
     def restart(self, timeout: float = 120) -> "TritonServer":
         """Stop and start again on the same ports (used when the server died)."""
         self.stop(grace=3)
@@ -404,6 +413,24 @@ def group_members(pgid: int) -> list[int]:
         if fields[0] != "Z" and int(fields[2]) == pgid:
             pids.append(int(stat.parent.name))
     return pids
+
+
+def process_rss(pid: int) -> int:
+    """Resident memory of one process in bytes (Linux /proc; 0 when it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _kill_group(pgid: int, wait: float = 5.0) -> None:
