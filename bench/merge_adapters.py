@@ -1,7 +1,8 @@
 """Real LoRA adapters on the built-in tasks, trained once and shared by the merge benchmarks.
 
-Each is `taskloom.train.lora.train_adapter` with the library defaults except `max_steps` (and the
-seed), on the task exported from `taskloom.tasks.catalog`; cached in .cache/bench-adapters/ as
+Each is `taskloom.train.lora.train_adapter` with the library defaults (`TrainSpec()`: 2 epochs, r=8,
+alpha=16, lr 1e-3, batch 32), or a fixed `max_steps`, on the task exported from
+`taskloom.tasks.catalog`; cached in .cache/bench-adapters/ as `<task>-default-seed<S>/` or
 `<task>-steps<N>-seed<S>/` (adapter/ + metrics.json), so a rerun starts in seconds.
 """
 
@@ -23,14 +24,15 @@ def task_file(name: str) -> Path:
     return path
 
 
-def trained(name: str, max_steps: int, seed: int = 0) -> Path:
-    """The run folder (adapter/, metrics.json) of `name` trained for `max_steps` steps; trains if missing."""
+def trained(name: str, max_steps: int | None = None, seed: int = 0) -> Path:
+    """The run folder (adapter/, metrics.json) of `name` trained with the defaults or for `max_steps`
+    steps; trains if missing."""
     from taskloom.specs import TrainSpec, load_task
     from taskloom.train.lora import train_adapter
 
-    run = CACHE / f"{name}-steps{max_steps}-seed{seed}"
+    run = CACHE / (f"{name}-steps{max_steps}-seed{seed}" if max_steps else f"{name}-default-seed{seed}")
     if (run / "metrics.json").exists() and (run / "adapter" / "adapter_model.safetensors").exists():
         return run
-    print(f"training {name} for {max_steps} steps into {run} (once)", flush=True)
+    print(f"training {name} ({f'{max_steps} steps' if max_steps else 'defaults'}) into {run} (once)", flush=True)
     train_adapter(load_task(task_file(name)), run, TrainSpec(max_steps=max_steps, seed=seed), progress=False)
     return run

@@ -1,9 +1,9 @@
 """Merge quality on the four built-in tasks: each single adapter, each merge method, one table.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/merge_quality.py        # --max-steps 30
+    OMP_NUM_THREADS=1 .venv/bin/python bench/merge_quality.py        # --max-steps N for a shorter run
 
-One LoRA adapter per task (`train_adapter`, library defaults: r=8, alpha=16, lr 1e-3, batch 32, but
-`max_steps` fixed, 30 by default, so the run fits a small CPU budget), cached in .cache/bench-adapters/.
+One LoRA adapter per task (`train_adapter` with the library defaults: 2 epochs, r=8, alpha=16,
+lr 1e-3, batch 32; or `--max-steps N`), cached in .cache/bench-adapters/.
 Every row is a full model written by `taskloom.merge.merge_adapters` and scored with
 `taskloom.train.evaluate.evaluate_task` on every task's EVAL split (classification through the head
 trained with that task's adapter, copied into the merged model):
@@ -13,7 +13,7 @@ trained with that task's adapter, copied into the merged model):
   score on train-split probe rows (64 per task, seed 0, the rows self_positioning learns on), ties and
   dare_ties (density 0.5), delta_guided (γ = 1), self_positioning (coefficients learned from that λ).
 The last column runs the promotion gate (each task keeps ≥ 90 % of its adapter's gain). Scores are
-cached in .cache/bench-adapters/quality-steps<N>.json: a rerun only evaluates what is new.
+cached in .cache/bench-adapters/quality-<default|stepsN>.json: a rerun only evaluates what is new.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def probe_score(model: Path, probes) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--max-steps", type=int, default=30, help="training steps of every adapter")
+    ap.add_argument("--max-steps", type=int, default=0, help="training steps of every adapter (0: the defaults, 2 epochs)")
     args = ap.parse_args()
     t_start = time.perf_counter()
     load0 = os.getloadavg()[0]
@@ -80,16 +80,17 @@ def main() -> None:
     from taskloom.merge.gate import gate
     from taskloom.merge.search import load_probes
 
-    runs = {t: trained(t, args.max_steps) for t in TASKS}
+    runs = {t: trained(t, args.max_steps or None) for t in TASKS}
     metrics = {t: json.loads((runs[t] / "metrics.json").read_text()) for t in TASKS}
     adapters = [runs[t] / "adapter" for t in TASKS]
     base = {t: float(metrics[t]["base"]) for t in TASKS}
     tuned = {t: float(metrics[t]["tuned"]) for t in TASKS}
     t_trained = time.perf_counter()
 
-    cache_file = CACHE / f"quality-steps{args.max_steps}.json"
+    tag = f"steps{args.max_steps}" if args.max_steps else "default"
+    cache_file = CACHE / f"quality-{tag}.json"
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
-    work = CACHE / f"quality-steps{args.max_steps}-models"
+    work = CACHE / f"quality-{tag}-models"
     work.mkdir(parents=True, exist_ok=True)
 
     def row(key: str, build) -> dict:
@@ -138,7 +139,9 @@ def main() -> None:
 
     heads = {"rt-sentiment": "rt-sentiment (acc)", "chatterbot-qa": "chatterbot-qa (MRR)",
              "lee-similarity": "lee-similarity (Pearson)", "chatterbot-topic": "chatterbot-topic (acc)"}
-    print(f"adapters: {args.max_steps} steps each (batch 32, r=8); gains of each adapter on its own task: "
+    steps = ", ".join(f"{t} {metrics[t]['steps']}" for t in TASKS)
+    print(f"adapters: {'taskloom defaults (2 epochs)' if not args.max_steps else f'{args.max_steps} steps each'}, batch 32, r=8; steps: {steps}")
+    print(f"gains of each adapter on its own task: "
           + ", ".join(f"{t} {tuned[t] - base[t]:+.3f}" for t in TASKS))
     print("joint multi-task training: not offered by taskloom.train (train_adapter trains one task); no row")
     print(f"task_arithmetic λ grid, mean probe score on train rows: {grid} → λ = {lam}")

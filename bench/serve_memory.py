@@ -7,7 +7,8 @@ Each Triton python-backend model instance is its own process holding torch and a
 encoder, so the naive layout (a model per adapter) pays that N times; taskloom serves every adapter
 beside one base in one process. Both layouts run on the bundled tritonserver with the same N real
 PEFT LoRA adapters (rank 8 on MiniLM's attention, random non-zero weights); memory is the resident
-set (RSS, /proc) of the server and of its stub processes after loading and one request per adapter.
+set (RSS, /proc) of the server and of its stub processes after loading and one request per adapter
+(PSS too: shared library pages split between the processes that share them).
 Both must give the same embedding per adapter (cosine >= 0.999). Last line: `ratio: X`, the
 separate models' total RSS over taskloom's.
 """
@@ -69,7 +70,7 @@ def measure(repo: Path, requests: list[tuple[str, str | None]], log_dir: Path) -
         for model, adapter in requests:
             with TritonClient(server.grpc_url, model=model, protocol="grpc", timeout=120) as c:
                 embs.append(c.infer([TEXT], adapter=adapter)["embedding"][0])
-        return server.memory(), embs
+        return {"rss": server.memory("Rss"), "pss": server.memory("Pss")}, embs
 
 
 def main(argv=None) -> int:
@@ -93,13 +94,16 @@ def main(argv=None) -> int:
     cos = min(float(a @ b) for a, b in zip(emb_one, emb_many))
     for label, mem in ((f"taskloom: 1 model, {args.adapters} adapters", mem_one),
                        (f"naive: {args.adapters} models, 1 adapter each", mem_many)):
-        stubs = sorted(mem["stubs"].values())
-        print(f"{label:<34} processes {1 + len(stubs):>2}  server {mem['server'] / mib:7.0f} MiB  "
-              f"stubs {sum(stubs) / mib:7.0f} MiB ({', '.join(f'{s / mib:.0f}' for s in stubs)})  "
-              f"total {mem['total'] / mib:7.0f} MiB", flush=True)
+        for kind in ("rss", "pss"):
+            m = mem[kind]
+            stubs = sorted(m["stubs"].values())
+            print(f"{label:<34} {kind.upper()}  processes {1 + len(stubs):>2}  server {m['server'] / mib:5.0f} MiB  "
+                  f"stubs {sum(stubs) / mib:6.0f} MiB ({', '.join(f'{s / mib:.0f}' for s in stubs)})  "
+                  f"total {m['total'] / mib:6.0f} MiB", flush=True)
     print(f"min cosine per adapter, one model vs separate models: {cos:.6f} (need >= 0.999)")
     print(f"load average at end {os.getloadavg()[0]:.2f}")
-    print(f"ratio: {mem_many['total'] / mem_one['total']:.2f}")
+    print(f"PSS ratio (shared library pages counted once): {mem_many['pss']['total'] / mem_one['pss']['total']:.2f}")
+    print(f"ratio: {mem_many['rss']['total'] / mem_one['rss']['total']:.2f}")
     return 0 if cos >= 0.999 else 1
 
 

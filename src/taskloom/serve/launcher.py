@@ -376,13 +376,14 @@ class TritonServer:
             shutil.rmtree(self.workspace, ignore_errors=True)
             self.workspace = None
 
-    def memory(self) -> dict:
-        """RSS in bytes of the server process and of its python-backend stubs (one per model instance)."""
+    def memory(self, field: str = "Rss") -> dict:
+        """Memory in bytes (`field` Rss or Pss) of the server process and of its python-backend stubs
+        (one process per model instance)."""
         if self._pid is None:
             return {"server": 0, "stubs": {}, "total": 0}
-        stubs = {pid: process_rss(pid) for pid in group_members(self._pid)
+        stubs = {pid: process_rss(pid, field) for pid in group_members(self._pid)
                  if pid != self._pid and "triton_python_backend_stub" in _cmdline(pid)}
-        server = process_rss(self._pid)
+        server = process_rss(self._pid, field)
         return {"server": server, "stubs": stubs, "total": server + sum(stubs.values())}
 
     def restart(self, timeout: float = 120) -> "TritonServer":
@@ -415,11 +416,12 @@ def group_members(pgid: int) -> list[int]:
     return pids
 
 
-def process_rss(pid: int) -> int:
-    """Resident memory of one process in bytes (Linux /proc; 0 when it is gone)."""
+def process_rss(pid: int, field: str = "Rss") -> int:
+    """Memory of one process in bytes (Linux /proc/PID/smaps_rollup; 0 when it is gone). field "Rss":
+    resident pages; "Pss": the same with each shared page split between the processes sharing it."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass

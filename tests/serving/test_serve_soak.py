@@ -1,0 +1,82 @@
+"""Soak: 16 clients against one server (the base + two adapters) for 10 minutes: no error, memory flat.
+
+    .venv/bin/python -m pytest -q -s -m slow tests/serving/test_serve_soak.py
+    TASKLOOM_SOAK_SECONDS=60 .venv/bin/python -m pytest -q -s -m slow tests/serving/test_serve_soak.py
+
+Real review texts, one per request, adapters in rotation; every answer must be a finite unit-norm
+embedding. Memory is the RSS of the server and its stub process, first after a warm-up (a tenth of
+the run, so the allocator has seen every batch shape), then at the end: growth must stay under 5 %.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from taskloom.serve.client import TritonClient
+from taskloom.serve.launcher import TritonServer
+from taskloom.serve.repository import build_repository
+from taskloom.tasks.catalog import build_task
+
+from serve_helpers import make_adapter
+
+CONCURRENCY = 16
+
+
+@pytest.mark.slow
+def test_soak_no_errors_and_flat_memory(tmp_path):
+    seconds = float(os.environ.get("TASKLOOM_SOAK_SECONDS", 600))
+    texts = [r["text"] for r in build_task("rt-sentiment")[2][:500]]
+    adapters = {"senti": make_adapter(tmp_path, "senti", 1, ["fresh", "rotten"]), "qa": make_adapter(tmp_path, "qa", 2)}
+    repo = build_repository("minilm", tmp_path / "repo", adapters=adapters, max_queue_delay_us=1000)
+    rotation = [None, "senti", "qa"]
+    counts = {"ok": 0, "bad": 0}
+    errors: list[str] = []
+    lock, stop = threading.Lock(), threading.Event()
+
+    def client_loop(k):
+        with TritonClient(server.grpc_url, protocol="grpc", timeout=60) as c:
+            i = k
+            while not stop.is_set():
+                try:
+                    emb = c.infer([texts[i % len(texts)]], adapter=rotation[i % 3])["embedding"]
+                    good = emb.shape == (1, 384) and np.isfinite(emb).all() and abs(float(np.linalg.norm(emb)) - 1) < 1e-3
+                    key = "ok" if good else "bad"
+                except Exception as e:  # counted and reported below
+                    key = "bad"
+                    errors.append(repr(e))
+                with lock:
+                    counts[key] += 1
+                i += CONCURRENCY
+
+    with TritonServer(repo, log_dir=tmp_path / "logs") as server:
+        threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(CONCURRENCY)]
+        start = time.monotonic()
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(max(10.0, seconds / 10))
+            warm = server.memory()["total"]
+            peak = warm
+            while time.monotonic() - start < seconds:
+                time.sleep(5)
+                peak = max(peak, server.memory()["total"])
+            end = server.memory()["total"]
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        elapsed = time.monotonic() - start
+    growth = (end - warm) / warm
+    print("\nsoak " + json.dumps({"seconds": round(elapsed, 1), "concurrency": CONCURRENCY, "requests": counts["ok"],
+                                  "errors": counts["bad"], "rps": round(counts["ok"] / elapsed, 1),
+                                  "rss_warm_mib": round(warm / 2**20, 1), "rss_end_mib": round(end / 2**20, 1),
+                                  "rss_peak_mib": round(peak / 2**20, 1), "growth_pct": round(100 * growth, 2)}))
+    assert counts["bad"] == 0, errors[:3]
+    assert counts["ok"] > CONCURRENCY
+    assert growth < 0.05
