@@ -9,9 +9,10 @@ Every row is a full model written by `taskloom.merge.merge_adapters` and scored 
 trained with that task's adapter, copied into the merged model):
 - base: the metrics.json `base` of each run (MiniLM; a probe head for classification);
 - single <task>: W₀ + Δ of that adapter alone (task_arithmetic, weight 1 for it and 0 for the rest);
-- linear (mean of the task vectors), task_arithmetic with λ chosen from a small grid by the mean
-  score on train-split probe rows (64 per task, seed 0, the rows self_positioning learns on), ties and
-  dare_ties (density 0.5), delta_guided (γ = 1), self_positioning (coefficients learned from that λ).
+- linear (mean of the task vectors); task_arithmetic and delta_guided (γ = 1), each with λ chosen
+  from a small grid by the mean score on train-split probe rows (64 per task, seed 0, the rows
+  self_positioning learns on); ties and dare_ties (density 0.5, λ = 1); self_positioning
+  (coefficients learned from task_arithmetic's λ, each task's loss relative to its start).
 The last column runs the promotion gate (each task keeps ≥ 90 % of its adapter's gain). Scores are
 cached in .cache/bench-adapters/quality-<default|stepsN>.json: a rerun only evaluates what is new.
 """
@@ -108,20 +109,25 @@ def main() -> None:
         onehot = [1.0 if j == i else 0.0 for j in range(n)]
         results.append((f"single: {t}", row(f"single:{t}", lambda oh=onehot, t=t: merge(f"single-{t}", "task_arithmetic", adapters, oh, work))))
 
-    # task arithmetic: λ from the grid by the mean probe score on train rows
-    key = "ta-grid"
-    if key not in cache:
-        probes = load_probes([task_file(t) for t in TASKS],
-                             [SimpleNamespace(task=t, folder=a) for t, a in zip(TASKS, adapters)], PROBE_ROWS, PROBE_SEED)
-        grid = {}
-        for lam in LAMBDAS:
-            folder = merge(f"ta-probe-{lam}", "task_arithmetic", adapters, [1.0] * n, work, parameters={"lambda": lam})
-            grid[str(lam)] = round(probe_score(folder, probes), 6)
-            shutil.rmtree(folder, ignore_errors=True)
-        cache[key] = grid
-        cache_file.write_text(json.dumps(cache, indent=1))
-    grid = cache[key]
-    lam = float(max(grid, key=lambda k: grid[k]))
+    # task_arithmetic and delta_guided: λ from the grid by the mean probe score on train rows
+    probes = None
+    grids = {}
+    for method in ("task_arithmetic", "delta_guided"):
+        key = f"{method}-grid"
+        if key not in cache:
+            if probes is None:
+                probes = load_probes([task_file(t) for t in TASKS],
+                                     [SimpleNamespace(task=t, folder=a) for t, a in zip(TASKS, adapters)], PROBE_ROWS, PROBE_SEED)
+            grid = {}
+            for lam in LAMBDAS:
+                folder = merge(f"probe-{method}-{lam}", method, adapters, [1.0] * n, work, parameters={"lambda": lam})
+                grid[str(lam)] = round(probe_score(folder, probes), 6)
+                shutil.rmtree(folder, ignore_errors=True)
+            cache[key] = grid
+            cache_file.write_text(json.dumps(cache, indent=1))
+        grids[method] = cache[key]
+    lam = float(max(grids["task_arithmetic"], key=lambda k: grids["task_arithmetic"][k]))
+    lam_dg = float(max(grids["delta_guided"], key=lambda k: grids["delta_guided"][k]))
 
     results.append(("linear (mean of task vectors)", row("linear", lambda: merge("linear", "linear", adapters, [1.0] * n, work))))
     results.append((f"task_arithmetic (λ={lam}, from probes)",
@@ -129,8 +135,9 @@ def main() -> None:
     results.append(("ties (density 0.5)", row("ties", lambda: merge("ties", "ties", adapters, [1.0] * n, work, parameters={"density": 0.5}))))
     results.append(("dare_ties (density 0.5)",
                     row("dare_ties", lambda: merge("dare_ties", "dare_ties", adapters, [1.0] * n, work, parameters={"density": 0.5}))))
-    results.append(("delta_guided (γ=1)", row("delta_guided", lambda: merge("dg", "delta_guided", adapters, [1.0] * n, work))))
-    sp_key = f"self_positioning:{lam}"
+    results.append((f"delta_guided (γ=1, λ={lam_dg}, from probes)", row(f"delta_guided:{lam_dg}", lambda: merge(
+        "dg", "delta_guided", adapters, [1.0] * n, work, parameters={"lambda": lam_dg}))))
+    sp_key = f"self_positioning:{lam}:relative-losses"
     sp = row(sp_key, lambda: merge("sp", "self_positioning", adapters, [lam] * n, work, tasks=[task_file(t) for t in TASKS]))
     if "coefficients" not in sp:
         sp["coefficients"] = json.loads((work / "sp.search.json").read_text())
@@ -144,7 +151,8 @@ def main() -> None:
     print(f"gains of each adapter on its own task: "
           + ", ".join(f"{t} {tuned[t] - base[t]:+.3f}" for t in TASKS))
     print("joint multi-task training: not offered by taskloom.train (train_adapter trains one task); no row")
-    print(f"task_arithmetic λ grid, mean probe score on train rows: {grid} → λ = {lam}")
+    for method, chosen in (("task_arithmetic", lam), ("delta_guided", lam_dg)):
+        print(f"{method} λ grid, mean probe score on train rows: {grids[method]} → λ = {chosen}")
     print(f"self_positioning coefficients (from {lam} each): "
           + ", ".join(f"{t} {c:.3f}" for t, c in zip(TASKS, sp["coefficients"])))
     print()

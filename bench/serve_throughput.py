@@ -30,8 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
+# OMP_WAIT_POLICY=PASSIVE for the baseline too (the launcher sets it for the server): on a busy machine
+# spinning OpenMP threads slow torch down many times over, and the comparison is about serving, not that
 for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-               "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
+               "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false",
+               "OMP_WAIT_POLICY": "PASSIVE"}.items():
     os.environ.setdefault(_k, _v)
 
 LEVELS = (1, 4, 16)
@@ -153,14 +156,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=384, help="requests per concurrency level")
     ap.add_argument("--fast", choices=["bf16", "int8", "none"], default="bf16", help="the fast path to report too")
-    ap.add_argument("--queue-delay-us", type=int, default=2000, help="Triton dynamic batching delay")
+    ap.add_argument("--queue-delay-us", type=int, default=1000, help="Triton dynamic batching delay")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per model instance (default: torch's)")
     ap.add_argument("--instances", type=int, default=1, help="Triton model instances (one process each)")
     args = ap.parse_args(argv)
 
     import torch
 
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads; "
+    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; "
           f"load average at start {os.getloadavg()[0]:.2f}", flush=True)
     texts = review_texts(args.requests)
     peak = matmul_peak()

@@ -114,7 +114,7 @@ class TrainSpec(BaseModel):
     alpha: float = Field(default=16.0, gt=0, description="LoRA alpha (scaling = alpha / r)")
     lr: float = Field(default=1e-3, gt=0, description="AdamW learning rate")
     batch_size: int = Field(default=32, ge=1)
-    max_length: int = Field(default=128, ge=8, description="tokens per text, truncated beyond")
+    max_length: int = Field(default=64, ge=8, description="tokens per text in training, truncated beyond (eval uses 128)")
     max_train_rows: int | None = Field(default=None, ge=1, description="subsample the training rows (seeded)")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"

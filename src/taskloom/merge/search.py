@@ -9,9 +9,9 @@ the eval split the promotion gate scores, so the gate stays an honest held-out c
 
 - greedy_soup (Wortsman et al., 2022): rank the inputs by their own probe score, start a soup with
   the best, add each next one only if the soup's mean probe score does not drop.
-- self_positioning: W(λ) = W₀ + Σ λᵢΔᵢ with λ learned by Adam on the summed task losses over a
-  probe set balanced across tasks (the training objectives of taskloom.train), starting from the
-  weights given in merge.yaml. Task vectors of the touched tensors are held in memory for this
+- self_positioning: W(λ) = W₀ + Σ λᵢΔᵢ with λ learned by Adam on the task losses over a probe set
+  balanced across tasks (the training objectives of taskloom.train), each relative to its value at
+  the start so every task weighs the same, starting from the weights given in merge.yaml. Task vectors of the touched tensors are held in memory for this
   search (fine for adapters on encoders; the final write still streams).
 """
 
@@ -173,14 +173,32 @@ def _task_loss(probe: Probe, rows: list[dict], model, params, tok, max_length: i
     return info_nce_loss(q, d, torch.tensor([docs.index(r["positive"]) for r in rows]))
 
 
+def _reference_losses(probes: list[Probe], model, params, tok, p) -> dict[str, float]:
+    """Each task's loss at the starting coefficients: its mean over the probe rows in batches of
+    `batch_rows` (the batch size of the search, so in-batch negatives count the same)."""
+    import torch
+
+    out = {}
+    with torch.no_grad():
+        for probe in probes:
+            chunks = [probe.rows[i : i + p.batch_rows] for i in range(0, len(probe.rows), p.batch_rows)]
+            chunks = [c for c in chunks if len(c) >= 2] or [probe.rows]
+            out[probe.task.name] = sum(float(_task_loss(probe, c, model, params, tok, p.max_length)) for c in chunks) / len(chunks)
+    return out
+
+
 def self_positioning(tv: TaskVectors, tok, model, probes: list[Probe], init: list[float], p) -> tuple[list[float], dict]:
-    """(learned coefficients λ, a record of the loss and λ per step)."""
+    """(learned coefficients λ, a record of the loss and λ per step).
+
+    The objective is the mean over tasks of each task's loss relative to its loss at the start, so a
+    task whose objective has a larger scale (InfoNCE, CoSENT) does not outvote a classification task."""
     import torch
 
     model.eval()  # no dropout: the loss is a function of λ alone
     frozen = {k: v.detach() for k, v in model.named_parameters()}
     frozen.update({k: v for k, v in model.named_buffers()})
     lam = torch.tensor(init, dtype=torch.float32, requires_grad=True)
+    reference = _reference_losses(probes, model, {**frozen, **tv.state(lam.detach())}, tok, p)
     opt = torch.optim.Adam([lam], lr=p.lr)
     rng = random.Random(p.seed)
     history = []
@@ -190,13 +208,13 @@ def self_positioning(tv: TaskVectors, tok, model, probes: list[Probe], init: lis
         for probe in probes:  # balanced: the same number of rows from every task, each task's mean loss
             rows = rng.sample(probe.rows, min(p.batch_rows, len(probe.rows)))
             losses[probe.task.name] = _task_loss(probe, rows, model, params, tok, p.max_length)
-        loss = sum(losses.values()) / len(losses)
+        loss = sum(v / max(reference[k], 1e-8) for k, v in losses.items()) / len(losses)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        history.append({"step": step, "loss": float(loss), "lambda": [round(float(x), 6) for x in lam.detach()],
-                        "task_losses": {k: float(v) for k, v in losses.items()}})
-    return [float(x) for x in lam.detach()], {"init": list(init), "steps": history}
+        history.append({"step": step, "loss": float(loss.detach()), "lambda": [round(float(x), 6) for x in lam.detach()],
+                        "task_losses": {k: float(v.detach()) for k, v in losses.items()}})
+    return [float(x) for x in lam.detach()], {"init": list(init), "reference_losses": reference, "steps": history}
 
 
 def run_search(method, spec, inputs, base, base_dir, params, score: Scorer | None) -> tuple[list[float], dict]:

@@ -17,7 +17,6 @@ from taskloom.errors import UserError
 
 MAX_TEXT_CHARS = 100_000
 PRECISIONS = ("fp32", "bf16", "int8")
-TRIM_EVERY = 200  # executions between two malloc_trim calls (~1 ms each)
 CHUNK_OVERHEAD_TOKENS = 192  # a forward pass costs about as much as this many extra padded tokens
 
 
@@ -122,7 +121,6 @@ class EncoderBackend:
             names = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lora_" not in n}
             model = quantize_dynamic(model, names, dtype=torch.qint8)
         self.model = model
-        self.executions = 0
         # the first forward pass of a process is slow (lazy kernels, PEFT hooks): pay it while loading,
         # so that the first requests after a hot swap are not
         self.embed(["warm up"] * (len(self.adapters) + 1), [None, *self.adapters])
@@ -234,9 +232,6 @@ class EncoderBackend:
         still get their answers, all computed in as few forward passes as the lengths allow.
         """
         adapters = adapters if adapters is not None else [None] * len(inputs)
-        self.executions += 1
-        if self.executions % TRIM_EVERY == 0:
-            release_free_memory()
         results: list = [None] * len(inputs)
         texts, names, spans = [], [], []
         for r, array in enumerate(inputs):
@@ -258,17 +253,6 @@ class EncoderBackend:
                 for r, _, _, _ in spans:
                     results[r] = f"inference failed: {type(e).__name__}: {e}"
         return results
-
-
-def release_free_memory() -> None:
-    """Hand memory freed by earlier batches back to the OS (glibc malloc_trim): batches of ever new
-    shapes otherwise leave the heap fragmented and the resident size creeping up under steady load."""
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def route(names: list) -> list:

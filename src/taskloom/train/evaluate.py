@@ -12,6 +12,7 @@ model, a PEFT model) and, for classification, a head; `evaluate_task` loads thos
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -94,8 +95,10 @@ def score_encoder(task, tok, model, *, rows: list[dict] | None = None, head=None
         gold = np.array([task.labels.index(r["label"]) for r in rows])
         result["value"] = float((pred == gold).mean())
     elif task.type == "pair_similarity":
-        a = embed(tok, model, [r["text_a"] for r in rows])
-        b = embed(tok, model, [r["text_b"] for r in rows])
+        texts = list(dict.fromkeys([r["text_a"] for r in rows] + [r["text_b"] for r in rows]))  # each text once
+        where = {t: i for i, t in enumerate(texts)}
+        e = embed(tok, model, texts)
+        a, b = e[[where[r["text_a"]] for r in rows]], e[[where[r["text_b"]] for r in rows]]
         cos = (a * b).sum(1)
         gold = np.array([float(r["score"]) for r in rows])
         result["value"] = _pearson(cos, gold)
@@ -134,7 +137,9 @@ def load_adapter_model(base: str, adapter: Path, device: str = "cpu"):
     if weights.with_name(weights.name + ".sha256").exists() and not verify_digest(weights):
         raise UserError(f"{weights}: sha256 does not match (corrupted adapter?)")
     tok, model = load_encoder(base)
-    model = PeftModel.from_pretrained(model, str(adapter)).to(device)
+    with warnings.catch_warnings():  # a transformers deprecation notice raised inside PEFT
+        warnings.simplefilter("ignore", FutureWarning)
+        model = PeftModel.from_pretrained(model, str(adapter)).to(device)
     model.eval()
     return tok, model
 

@@ -111,7 +111,9 @@ def train_adapter(task, out, spec, progress: bool = True) -> dict:
 
     # ---- 3. LoRA on the encoder; the optimizer; the schedule -----------------------------------
     config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=LORA_DROPOUT, target_modules=TARGET_MODULES, bias="none")
-    model = get_peft_model(model, config)
+    with warnings.catch_warnings():  # a transformers deprecation notice raised inside PEFT
+        warnings.simplefilter("ignore", FutureWarning)
+        model = get_peft_model(model, config)
     groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": spec.lr}]
     if head is not None:
         head.to(device)
@@ -165,8 +167,10 @@ def train_adapter(task, out, spec, progress: bool = True) -> dict:
                         gold = torch.tensor([task.labels.index(r["label"]) for r in rows], device=emb.device)
                         loss = classification_loss(head(emb.float()), gold)
                     elif task.type == "pair_similarity":
-                        emb = encode(model, tok, [r["text_a"] for r in rows] + [r["text_b"] for r in rows], spec.max_length)
-                        a, b = emb[: len(rows)].float(), emb[len(rows) :].float()
+                        texts = list(dict.fromkeys([r["text_a"] for r in rows] + [r["text_b"] for r in rows]))
+                        emb = encode(model, tok, texts, spec.max_length).float()  # each text once per batch
+                        a = emb[[texts.index(r["text_a"]) for r in rows]]
+                        b = emb[[texts.index(r["text_b"]) for r in rows]]
                         gold = torch.tensor([float(r["score"]) for r in rows], device=emb.device)
                         loss = cosent_loss((a * b).sum(-1), gold)
                     else:  # retrieval: the batch's positives, then its rows' own negatives
