@@ -22,6 +22,7 @@ for _k, _v in {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    "OMP_WAIT_POLICY": "PASSIVE",  # idle OpenMP threads spin and slow every other process on the machine
 }.items():
     os.environ.setdefault(_k, _v)
 
@@ -152,7 +153,9 @@ def serve(
     log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="keep tritonserver.log here (default: a temp workspace)"),
     timeout: float = typer.Option(180, "--timeout", help="seconds to wait for the server to be ready"),
 ) -> None:
-    """Run the bundled Triton server on loopback in the foreground (Ctrl-C stops it cleanly)."""
+    """Run the bundled Triton server on loopback in the foreground (Ctrl-C stops it cleanly).
+
+    Explicit model control (`taskloom deploy` swaps versions, no restart); metrics on --metrics-port."""
     from taskloom.serve.launcher import serve_foreground
 
     raise typer.Exit(serve_foreground(path, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,

@@ -85,7 +85,7 @@ def test_adapter_folder_is_peft_with_head_card_and_digests(rt_run):
     assert json.loads((adapter / "head.json").read_text())["labels"] == ["fresh", "rotten"]
     assert json.loads((adapter / "task.json").read_text())["task"] == "rt-sentiment"
     config = json.loads((adapter / "adapter_config.json").read_text())
-    assert config["r"] == 8 and config["peft_type"] == "LORA"
+    assert config["r"] == 8 and config["peft_type"] == "LORA" and config["base_model_name_or_path"] == "minilm"
     card = (adapter / "README.md").read_text()
     assert "rt-sentiment" in card and f"{m['tuned']:.4f}" in card and f"{m['base']:.4f}" in card
 
@@ -153,23 +153,23 @@ def test_same_seed_same_loss_curve_other_seed_other_curve(tmp_path):
     assert w[0] == w[1]
 
 
-def test_pair_similarity_training_does_not_lose_to_the_base(tmp_path):
+def test_pair_similarity_training_does_not_lose_to_the_cosine_of_the_base(tmp_path):
     from taskloom.train.lora import train_adapter
 
     task = load_task(slice_task(tmp_path / "task", "lee-similarity", 240, 105))
     m = train_adapter(task, tmp_path / "run", TrainSpec(max_steps=15, batch_size=16, max_length=64, seed=0), progress=False)
     print({k: m[k] for k in ("base", "tuned", "base_spearman", "tuned_spearman")})
     assert m["metric"] == "pearson" and 0.4 < m["base"] < 0.9
-    assert m["tuned"] >= m["base"] - 0.01
+    assert m["tuned"] >= m["base"]
     assert "base_spearman" in m and "tuned_spearman" in m
     assert not (tmp_path / "run" / "adapter" / "head.safetensors").exists()
 
 
-def test_retrieval_training_does_not_lose_to_the_base(tmp_path):
+def test_retrieval_training_improves_mrr_over_the_base(tmp_path):
     from taskloom.train.lora import train_adapter
 
     task = load_task(slice_task(tmp_path / "task", "chatterbot-qa", 240, 120))
     m = train_adapter(task, tmp_path / "run", TrainSpec(max_steps=15, batch_size=16, max_length=32, seed=0), progress=False)
     print({k: m[k] for k in ("base", "tuned", "base_recall_at_1", "tuned_recall_at_1")})
     assert m["metric"] == "mrr" and 0.2 < m["base"] < 0.95
-    assert m["tuned"] >= m["base"] - 0.01
+    assert m["tuned"] >= m["base"] + 0.01

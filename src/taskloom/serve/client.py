@@ -2,6 +2,9 @@
 
     client = TritonClient("http://127.0.0.1:8000")            # or TritonClient("127.0.0.1:8001", protocol="grpc")
     out = client.infer(["a fine film", "a dull film"])       # {"embedding": (2, 384), "label": [...], "probs": ...}
+    out = client.infer(["a fine film"], adapter="rt-sentiment")  # one of the model's LoRA adapters
+
+    taskloom infer "a fine film" --url http://127.0.0.1:8000 --adapter rt-sentiment
 
 TEXT goes as BYTES (an object array of UTF-8 bytes, shape [n, 1]). A server that is not (yet)
 reachable is retried with backoff; any other failure becomes a one-line UserError naming the model.

@@ -6,7 +6,8 @@ assembled in a private workspace, readiness is awaited with a timeout (a broken 
 in "loading" rather than exit), and stopping leaves no process, no shared-memory file, no workspace.
 
     with TritonServer(build_repository("minilm", "repo")) as server:
-        print(server.http_url, server.grpc_url)
+        print(server.http_url, server.grpc_url, server.metrics_url)   # metrics: Prometheus text
+        print(server.memory())                                         # RSS of the server and its stubs
 """
 
 from __future__ import annotations

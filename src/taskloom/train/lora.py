@@ -33,6 +33,7 @@ WEIGHT_DECAY = 0.01
 WARMUP_SHARE = 0.06
 HEAD_LR_SCALE = 1.0  # the head starts from the fitted probe, so it moves at the adapter's pace
 MAX_GRAD_NORM = 1.0
+PAIR_OBJECTIVE = "cosent"
 
 
 def _lengths(task_type: str, rows: list[dict]) -> list[int]:
@@ -79,7 +80,7 @@ def train_adapter(task, out, spec, progress: bool = True) -> dict:
     from taskloom.train.device import autocast, resolve_device
     from taskloom.train.evaluate import check_trainable_type, fit_probe_head, load_split, score_encoder
     from taskloom.train.heads import save_head
-    from taskloom.train.objectives import classification_loss, cosent_loss, info_nce_loss
+    from taskloom.train.objectives import classification_loss, cosent_loss, cosine_mse_loss, info_nce_loss
 
     # ---- 1. check every input before anything is written --------------------------------------
     out = Path(out)
@@ -114,6 +115,7 @@ def train_adapter(task, out, spec, progress: bool = True) -> dict:
     with warnings.catch_warnings():  # a transformers deprecation notice raised inside PEFT
         warnings.simplefilter("ignore", FutureWarning)
         model = get_peft_model(model, config)
+    model.peft_config["default"].base_model_name_or_path = base  # the name taskloom resolves, not this machine's path
     groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": spec.lr}]
     if head is not None:
         head.to(device)
@@ -126,6 +128,7 @@ def train_adapter(task, out, spec, progress: bool = True) -> dict:
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup))
     )
+    PAIR_LOSSES = {"cosent": cosent_loss, "cosine_mse": cosine_mse_loss}
     batches = _epoch_batches(_lengths(task.type, train_rows), spec.batch_size, spec.seed)
 
     # ---- 4. the loop (everything lands in hidden files inside `out` until it is published) ------
@@ -172,7 +175,7 @@ def train_adapter(task, out, spec, progress: bool = True) -> dict:
                         a = emb[[texts.index(r["text_a"]) for r in rows]]
                         b = emb[[texts.index(r["text_b"]) for r in rows]]
                         gold = torch.tensor([float(r["score"]) for r in rows], device=emb.device)
-                        loss = cosent_loss((a * b).sum(-1), gold)
+                        loss = PAIR_LOSSES[PAIR_OBJECTIVE]((a * b).sum(-1), gold)
                     else:  # retrieval: the batch's positives, then its rows' own negatives
                         docs = list(dict.fromkeys([r["positive"] for r in rows] + [n for r in rows for n in r.get("negatives") or []]))
                         q = encode(model, tok, [r["query"] for r in rows], spec.max_length)

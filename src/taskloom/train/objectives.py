@@ -1,7 +1,8 @@
 """Training objectives, one per task type, each a plain function of embeddings and targets.
 
 - classification: cross-entropy of a linear head over the pooled, L2-normalised embedding;
-- pair_similarity: CoSENT (Su, 2022): every pair whose gold score is higher must get a higher cosine;
+- pair_similarity: CoSENT (Su, 2022): every pair whose gold score is higher must get a higher cosine,
+  or cosine-MSE: the cosine must equal the gold score;
 - retrieval: InfoNCE with in-batch negatives (plus the rows' own negatives) at a low temperature.
 """
 
@@ -27,6 +28,12 @@ def cosent_loss(cosines, scores, scale: float = COSENT_SCALE):
     diff = diff[wrong]
     zero = torch.zeros(1, device=diff.device, dtype=diff.dtype)
     return torch.logsumexp(torch.cat([zero, diff]), dim=0)
+
+
+def cosine_mse_loss(cosines, scores):
+    """Mean squared distance between each pair's cosine and its gold score: the cosine itself becomes
+    the calibrated similarity, which is what a Pearson correlation rewards."""
+    return ((cosines.float() - scores.float()) ** 2).mean()
 
 
 def info_nce_loss(queries, documents, positives, temperature: float = INFONCE_TEMPERATURE):
