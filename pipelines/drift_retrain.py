@@ -44,8 +44,11 @@ def drift_retrain(
     model_name: str = "taskloom",
     feature_repo: str = FEATURE_REPO,
     model_repository: str = MODEL_REPOSITORY,
+    server_url: str = "",
 ) -> Outputs:
-    """`adapter_id`: the id the new adapter's metrics and drift reference are stored under ("" = the task name)."""
+    """`adapter_id`: the id the new adapter's metrics and drift reference are stored under ("" = the task name).
+    `server_url`: the running Triton (e.g. http://taskloom-triton:8000) to hot-load the promoted model into,
+    with canary and rollback; "" writes the model repository only."""
     names = on_cpu(offline(task_list(tasks=task)), memory="1Gi").set_display_name("tasks")
     with dsl.ParallelFor(names.output, name="per-task") as item:
         staged = on_cpu(offline(export_task(task=item))).set_display_name("export")
@@ -73,7 +76,7 @@ def drift_retrain(
     with dsl.If(gated.outputs["Output"] == True, name="promoted"):  # noqa: E712 (a KFP condition, not Python)
         deployed = deploy_model(
             merged=folded.outputs["merged"], model_name=model_name, head_task=head_task,
-            model_repository=model_repository,
+            model_repository=model_repository, server_url=server_url,
         )
         with_shared_volume(on_gpu(offline(deployed))).set_display_name("deploy").set_caching_options(False)
     return Outputs(promoted=gated.outputs["Output"], gate=gated.outputs["report"], merged=folded.outputs["merged"])

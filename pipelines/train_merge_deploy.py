@@ -44,8 +44,11 @@ def train_merge_deploy(
     model_name: str = "taskloom",
     feature_repo: str = FEATURE_REPO,
     model_repository: str = MODEL_REPOSITORY,
+    server_url: str = "",
 ) -> Outputs:
-    """`tasks`: comma-separated built-in names or task.yaml paths. 0 or "" means the default."""
+    """`tasks`: comma-separated built-in names or task.yaml paths. 0 or "" means the default.
+    `server_url`: the running Triton (e.g. http://taskloom-triton:8000) to hot-load the promoted model into,
+    with canary and rollback; "" writes the model repository only."""
     names = on_cpu(offline(task_list(tasks=tasks)), memory="1Gi").set_display_name("tasks")
     with dsl.ParallelFor(names.output, name="per-task") as task:
         staged = on_cpu(offline(export_task(task=task))).set_display_name("export")
@@ -75,7 +78,7 @@ def train_merge_deploy(
     with dsl.If(gated.outputs["Output"] == True, name="promoted"):  # noqa: E712 (a KFP condition, not Python)
         deployed = deploy_model(
             merged=merged.outputs["merged"], model_name=model_name, head_task=head_task,
-            model_repository=model_repository,
+            model_repository=model_repository, server_url=server_url,
         )
         with_shared_volume(on_gpu(offline(deployed))).set_display_name("deploy").set_caching_options(False)
     return Outputs(promoted=gated.outputs["Output"], gate=gated.outputs["report"], merged=merged.outputs["merged"])

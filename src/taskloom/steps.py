@@ -302,14 +302,30 @@ def deploy_step(
     name: str = "taskloom",
     head_task: str = "",
     publish_to: str = "",
+    server_url: str = "",
 ) -> dict:
-    """Build the Triton model repository for a full model into `repo_dir`; given `publish_to` (the
-    repository Triton serves), swap each model folder in whole, so Triton never sees half a model.
-    The classifier head served is `head_task`, or the model's only head when it carries exactly one."""
-    from taskloom.serve.repository import build_repository
+    """Publish a full model for Triton. The classifier head served is `head_task`, or the model's only
+    head when it carries exactly one.
 
+    With `server_url` (a running Triton, explicit model control) the model goes out through
+    `taskloom.serve.deploy.deploy` as the next version in `publish_to` (else `repo_dir`): loaded as a
+    canary, smoke-tested, switched to, rolled back on failure; clients are never cut off, and a refused
+    version raises DeployError while the previous one keeps serving. `repo_dir` then holds deploy.json.
+    Without it (local runs) the repository is built into `repo_dir` and, given `publish_to`, each
+    model folder is swapped in whole, so a server picking it up never sees half a model."""
     model_dir, repo_dir = Path(model_dir), Path(repo_dir)
     head = head_task or _only_head(model_dir)
+    if server_url:
+        from taskloom.serve.deploy import deploy
+
+        served = Path(publish_to) if publish_to else repo_dir
+        report = deploy(served, server_url, model_dir, name=name, head_task=head or None)
+        if served != repo_dir:
+            write_json(repo_dir / "deploy.json", report)
+        return {"model": name, "head_task": head or "", "repository": str(served),
+                "published": [str(served / name)], "version": report["version"], "deploy": report}
+    from taskloom.serve.repository import build_repository
+
     built = build_repository(model_dir, repo_dir, name=name, head_task=head)
     published = []
     if publish_to:

@@ -46,8 +46,8 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def render(*sets: str, namespace: str = "default") -> list[dict]:
     args = ["template", "taskloom", str(CHART), "--namespace", namespace]
-    for s in sets:
-        args += ["--set", s]
+    for s in sets:  # "json:key=0.1" goes through --set-json (plain --set reads 0.1 as a string)
+        args += ["--set-json", s[5:]] if s.startswith("json:") else ["--set", s]
     return [d for d in yaml.safe_load_all(helm(*args).stdout) if d]
 
 
@@ -103,7 +103,7 @@ def test_render_has_every_part(docs):
     ])
 
 
-@pytest.mark.parametrize("sets", [(), ("triton.gpus=0", "triton.modelControlMode=explicit", "kfp.pipelineId=p1",
+@pytest.mark.parametrize("sets", [(), ("triton.gpus=0", "json:monitor.config.minEffect=0.1", "kfp.pipelineId=p1",
                                        "kfp.experimentId=e1", "events.webhook.authSecret.name=hook-token")])
 def test_builtin_kinds_validate_strictly(sets):
     for obj in render(*sets):
@@ -147,7 +147,10 @@ def test_triton_runs_on_a_gpu_node_with_health_probes(docs):
     assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    assert container["command"] == ["tritonserver"]
     assert "--model-repository=/mnt/taskloom/model_repository" in container["args"]
+    assert {"--model-control-mode=explicit", "--load-model=*"} <= set(container["args"])
+    assert {e["name"]: e.get("value") for e in container["env"]}["OMP_WAIT_POLICY"] == "PASSIVE"
     claim = next(v for v in pod["volumes"] if v["name"] == "shared")["persistentVolumeClaim"]["claimName"]
     assert claim == "taskloom-shared"  # the claim the pipeline steps mount (pipelines/placement.py)
     service = next(d for d in by_kind(docs, "Service") if d["metadata"]["name"] == "taskloom-triton")
@@ -180,6 +183,12 @@ def test_monitor_signs_with_a_referenced_secret_that_the_chart_never_creates(doc
     assert env["TASKLOOM_WEBHOOK_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "taskloom-webhook", "key": "secret"}
     assert env["TASKLOOM_EVENTS_URL"]["value"] == "http://taskloom-drift-eventsource-svc.default.svc:12000/taskloom/drift"
     assert container["command"] == ["taskloom", "monitor"]
+    assert container["args"] == [
+        "--log=/mnt/taskloom/requests/requests.jsonl", "--feature-repo=/mnt/taskloom/feature_repo",
+        "--out=/mnt/taskloom/monitor", "--model=minilm", "--method=mmd", "--alpha=0.05", "--window=300",
+        "--min-rows=50", "--consecutive=2", "--cooldown=3", "--permutations=200", "--poll=5",
+        "--webhook=http://taskloom-drift-eventsource-svc.default.svc:12000/taskloom/drift",
+    ]
     source = by_kind(docs, "EventSource")[0]["spec"]
     assert source["webhook"]["drift"] == {"port": "12000", "endpoint": "/taskloom/drift", "method": "POST",
                                           "maxPayloadSize": 1048576}
@@ -246,11 +255,30 @@ def test_sensor_starts_drift_retrain_with_the_body_kfp_client_sends():
     assert (dep["eventSourceName"], dep["eventName"]) == ("taskloom-drift", "drift")
 
 
+def test_monitor_args_follow_the_values_and_parse_as_the_real_cli():
+    import typer
+
+    from taskloom.cli import app
+
+    (monitor,) = [d for d in render("json:monitor.config.minEffect=0.2", "monitor.config.windowSeconds=60",
+                                    "monitor.extraArgs={--task,rt-sentiment}")
+                  if d["kind"] == "Deployment" and d["metadata"]["name"] == "taskloom-monitor"]
+    (container,) = monitor["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert "--min-effect=0.2" in args and "--window=60" in args and args[-2:] == ["--task", "rt-sentiment"]
+    command = typer.main.get_command(app).commands[container["command"][1]]
+    ctx = command.make_context("monitor", list(args), resilient_parsing=False)
+    assert ctx.params["min_effect"] == 0.2 and ctx.params["window"] == 60.0 and ctx.params["task"] == ["rt-sentiment"]
+    assert ctx.params["webhook"].endswith(":12000/taskloom/drift") and str(ctx.params["log"]).endswith("requests.jsonl")
+
+
 @pytest.mark.parametrize(
     "bad, field",
     [
         ("triton.gpus=two", "gpus"),                       # a string where a number goes
-        ("triton.modelControlMode=sometimes", "modelControlMode"),
+        ("triton.modelControlMode=poll", "modelControlMode"),  # the deploy step needs explicit model control
+        ("monitor.config.method=energy", "method"),
+        ("monitor.config.windowSize=500", "windowSize"),        # the monitor reads seconds, not rows
         ("triton.ports.http=70000", "http"),
         ("triton.gpu=1", "gpu"),                           # a misspelt key
         ("kfp.host=ml-pipeline:8888", "host"),             # not a URL

@@ -176,3 +176,39 @@ def test_deploy_builds_and_swaps_the_published_model_whole(tmp_path):
     config = (served / "encoder" / "config.pbtxt").read_text()
     assert 'name: "encoder"' in config and "EMBEDDING" in config and "LABEL" not in config
     assert (served / "encoder" / "1" / "weights" / "model.safetensors").stat().st_size > 80_000_000
+
+
+def test_deploy_to_an_unreachable_server_publishes_nothing(tmp_path):
+    from taskloom.errors import UserError
+    from taskloom.serve.launcher import free_port
+
+    served = tmp_path / "served"
+    with pytest.raises(UserError):
+        deploy_model.python_func(
+            merged=Model(uri="minilm"), model_name="encoder", head_task="", model_repository=str(served),
+            repository=Model(uri=str(tmp_path / "repo")), server_url=f"http://127.0.0.1:{free_port()}",
+        )
+    assert not (served / "encoder").exists() or not any((served / "encoder").iterdir())
+
+
+@pytest.mark.slow
+def test_deploy_hot_loads_versions_into_a_running_triton(tmp_path):
+    from taskloom.serve.client import TritonClient
+    from taskloom.serve.launcher import TritonServer
+
+    served = tmp_path / "served"
+    served.mkdir()
+    with TritonServer(served, model_control="explicit", models=["*"], log_dir=tmp_path / "logs") as server:
+        for i in (1, 2):
+            repo = Model(uri=str(tmp_path / f"repo{i}"))
+            deploy_model.python_func(
+                merged=Model(uri="minilm"), model_name="taskloom", head_task="", model_repository=str(served),
+                repository=repo, server_url=server.http_url,
+            )
+            assert repo.metadata["version"] == i
+            assert json.loads((tmp_path / f"repo{i}" / "deploy.json").read_text())["status"] == "serving"
+        with TritonClient(server.http_url) as c:
+            ready = [m for m in c.repository_index() if m["name"] == "taskloom" and m.get("state") == "READY"]
+            emb = c.infer(["a fine film"])["embedding"]
+    assert [int(m["version"]) for m in ready] == [2]
+    assert emb.shape == (1, 384) and abs(float((emb ** 2).sum()) - 1) < 1e-3
