@@ -46,7 +46,7 @@ Embeddings are mean-pooled over real tokens and L2-normalised (`taskloom.models.
 
 OBJECTIVES = {
     "classification": "cross-entropy of a linear head over the normalised embedding (head initialised from the probe)",
-    "pair_similarity": "CoSENT ranking loss on the cosine of each pair",
+    "pair_similarity": "cosine-MSE: the cosine of each pair regressed onto its gold score",
     "retrieval": "InfoNCE with in-batch and given negatives, temperature 0.05",
 }
 

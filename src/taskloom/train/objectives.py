@@ -44,3 +44,7 @@ def info_nce_loss(queries, documents, positives, temperature: float = INFONCE_TE
 
     logits = queries.float() @ documents.float().T / temperature
     return F.cross_entropy(logits, positives)
+
+
+# pair_similarity objectives by name (lora.PAIR_OBJECTIVE picks one)
+PAIR_LOSSES = {"cosine_mse": cosine_mse_loss, "cosent": cosent_loss}
