@@ -219,7 +219,9 @@ def run_demo(out: Path, quick: bool = False) -> DemoResult:
 
         with TritonServer(repo, log_dir=out / "logs") as server:
             res.timings["triton_ready_s"] = time.perf_counter() - t0
-            client = TritonClient(server.grpc_url, model="taskloom", protocol="grpc")
+            # every served text goes to the request log `taskloom monitor` reads in a deployment
+            client = TritonClient(server.grpc_url, model="taskloom", protocol="grpc",
+                                  request_log=out / "requests.jsonl", task=watched)
             check = in_domain[:32]
             served = client.infer(check)["embedding"]
             local = embed_texts(check, model=enc, tok=tok)

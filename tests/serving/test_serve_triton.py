@@ -5,6 +5,7 @@ One server (two models: plain MiniLM and MiniLM + a random 2-label head) is shar
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -111,6 +112,19 @@ def test_measure_latency_reports_percentiles(server):
     with TritonClient(server.grpc_url, model="minilm", protocol="grpc") as c:
         lat = measure_latency(c, TEXTS * 2)
     assert lat["n"] == 10 and 0 < lat["p50_ms"] <= lat["p99_ms"]
+
+
+def test_served_texts_land_in_the_request_log_the_monitor_reads(server, tmp_path):
+    from taskloom.monitor.requestlog import LogReader
+
+    log = tmp_path / "requests.jsonl"
+    with TritonClient(server.grpc_url, model="minilm", protocol="grpc", request_log=log, task="rt-sentiment") as c:
+        c.infer(TEXTS[:3])
+        c.infer(TEXTS[3])
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["text"] for r in rows] == TEXTS[:4]
+    assert {r["task"] for r in rows} == {"rt-sentiment"}
+    assert len(LogReader(log).poll(final=True)) == 4
 
 
 def test_unreachable_server_is_one_clear_error():

@@ -35,11 +35,14 @@ class TritonClient:
     """Infer texts on one Triton model; also health, metadata and model control (explicit mode)."""
 
     def __init__(self, url: str, model: str = "taskloom", protocol: str = "http", timeout: float = 30,
-                 retries: int = 2, backoff: float = 0.2):
+                 retries: int = 2, backoff: float = 0.2, request_log=None, task: str | None = None):
+        """request_log: append every served text to this JSONL log (what `taskloom monitor` reads), under
+        `task` (default: the adapter asked for, else the model name)."""
         if protocol not in PROTOCOLS:
             raise UserError(f"protocol {protocol!r}: use one of {list(PROTOCOLS)}")
         self.url, self.model, self.protocol, self.timeout = _host_port(url), model, protocol, float(timeout)
         self.retries, self.backoff = retries, backoff
+        self.request_log, self.task = request_log, task
         if protocol == "http":
             import tritonclient.http as lib
 
@@ -151,6 +154,10 @@ class TritonClient:
         params = {"adapter": adapter} if adapter else None
         res = self._call(f"model {self.model}" + (f" adapter {adapter}" if adapter else ""), self._client.infer,
                          self.model, [inp], outputs=outputs, parameters=params)
+        if self.request_log is not None:
+            from taskloom.monitor import requestlog
+
+            requestlog.append(self.request_log, self.task or adapter or self.model, texts)
         labels = res.as_numpy("LABEL") if "LABEL" in names else None
         probs = res.as_numpy("PROBS") if "PROBS" in names else None
         if labels is not None:
