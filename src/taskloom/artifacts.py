@@ -5,6 +5,7 @@ A reader never sees a half-written file, and every artifact can be checked again
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -29,22 +30,29 @@ def _umask_mode(base: int = 0o666) -> int:
     return base & ~mask
 
 
-def write_bytes(path: str | os.PathLike, data: bytes, *, digest: bool = True) -> Path:
-    """Write `data` to `path` atomically; with `digest`, also write `path.sha256`."""
-    path = Path(path)
+@contextlib.contextmanager
+def _replacing(path: Path):
+    """Yield a temp path beside `path`; on success give it the usual mode and rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes, *, digest: bool = True) -> Path:
+    """Write `data` to `path` atomically; with `digest`, also write `path.sha256`."""
+    path = Path(path)
+    with _replacing(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     if digest:
         write_digest(path)
     return path
@@ -78,17 +86,8 @@ def save_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict | No
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with _replacing(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     write_digest(path)
     return path
 

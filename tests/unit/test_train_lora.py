@@ -46,7 +46,6 @@ def rt_run(tmp_path_factory):
 
 def test_training_beats_the_linear_probe_on_held_out_reviews(rt_run):
     _task, _run, m = rt_run
-    print({k: m[k] for k in ("base", "tuned", "final_loss", "train_seconds")})
     assert m["metric"] == "accuracy" and m["type"] == "classification"
     assert 0.6 < m["base"] < 0.85  # a probe on frozen MiniLM: far above chance, not perfect
     assert m["tuned"] >= m["base"] + 0.03
@@ -158,7 +157,6 @@ def test_pair_similarity_training_does_not_lose_to_the_cosine_of_the_base(tmp_pa
 
     task = load_task(slice_task(tmp_path / "task", "lee-similarity", 240, 105))
     m = train_adapter(task, tmp_path / "run", TrainSpec(max_steps=15, batch_size=16, max_length=64, seed=0), progress=False)
-    print({k: m[k] for k in ("base", "tuned", "base_spearman", "tuned_spearman")})
     assert m["metric"] == "pearson" and 0.4 < m["base"] < 0.9
     assert m["tuned"] >= m["base"]
     assert "base_spearman" in m and "tuned_spearman" in m
@@ -170,6 +168,5 @@ def test_retrieval_training_improves_mrr_over_the_base(tmp_path):
 
     task = load_task(slice_task(tmp_path / "task", "chatterbot-qa", 240, 120))
     m = train_adapter(task, tmp_path / "run", TrainSpec(max_steps=15, batch_size=16, max_length=32, seed=0), progress=False)
-    print({k: m[k] for k in ("base", "tuned", "base_recall_at_1", "tuned_recall_at_1")})
     assert m["metric"] == "mrr" and 0.2 < m["base"] < 0.95
     assert m["tuned"] >= m["base"] + 0.01

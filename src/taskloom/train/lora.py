@@ -59,6 +59,13 @@ def _check_rank(model, rank: int) -> list[str]:
     return names
 
 
+def _say(line: str) -> None:
+    """A progress line on stderr (stdout stays for the metrics JSON)."""
+    from rich.console import Console
+
+    Console(stderr=True).print(line, highlight=False)
+
+
 def _epoch_batches(lengths: list[int], batch_size: int, seed: int):
     """Batches of row indices forever, epoch after epoch, each epoch reshuffled from (seed, epoch)."""
     from taskloom.train.batching import length_batches
@@ -111,6 +118,9 @@ def train_adapter(task, out, spec, progress: bool = True) -> dict:
     if task.type == "classification":
         head = fit_probe_head(task, tok, model, train_rows, seed=spec.seed)  # baseline AND the head's start
     base_scores = score_encoder(task, tok, model, rows=eval_rows, head=head)
+    say = _say if progress else (lambda *_: None)
+    probe = " (linear probe on the frozen encoder)" if head is not None else ""
+    say(f"{task.name}: base {base_scores['metric']} {base_scores['value']:.4f} on {len(eval_rows)} eval rows{probe}")
 
     # ---- 3. LoRA on the encoder; the optimizer; the schedule -----------------------------------
     config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=LORA_DROPOUT, target_modules=TARGET_MODULES, bias="none")
@@ -210,6 +220,7 @@ def train_adapter(task, out, spec, progress: bool = True) -> dict:
         # ---- 5. the tuned model on the eval split; publish ------------------------------------
         model.eval()
         tuned_scores = score_encoder(task, tok, model, rows=eval_rows, head=head)
+        say(f"{task.name}: tuned {tuned_scores['metric']} {tuned_scores['value']:.4f} after {total_steps} steps")
         metrics = {
             "task": task.name,
             "type": task.type,
@@ -241,7 +252,7 @@ def train_adapter(task, out, spec, progress: bool = True) -> dict:
 
         with warnings.catch_warnings():  # transformers' own deprecation notice inside PEFT's save
             warnings.simplefilter("ignore", FutureWarning)
-            model.save_pretrained(str(stage))
+            model.save_pretrained(str(stage), save_embedding_layers=False)  # embeddings are never adapted
         write_digest(stage / "adapter_model.safetensors")
         write_digest(stage / "adapter_config.json")
         if head is not None:
