@@ -13,15 +13,14 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import Artifact, Model
 
-from components.deploy import deploy_model
 from components.export import export_task
-from components.gate import gate_model
 from components.merge import merge_adapters
 from components.profile import profile_task
 from components.task_list import task_list
 from components.train import train_adapter
 from components.validate import validate_task
 from pipelines.placement import FEATURE_REPO, MODEL_REPOSITORY, offline, on_cpu, on_gpu, with_shared_volume
+from pipelines.release import gate_then_deploy
 
 Outputs = NamedTuple("Outputs", promoted=bool, gate=Artifact, merged=Model)
 
@@ -64,19 +63,8 @@ def drift_retrain(
         trained.after(checked)
     folded = merge_adapters(adapters=dsl.Collected(trained.outputs["model"]), method="linear", parameters="")
     on_cpu(offline(folded), cpu="2", memory="8Gi").set_display_name("fold")
-    gated = gate_model(
-        datasets=dsl.Collected(staged.outputs["dataset"]),
-        adapters=dsl.Collected(trained.outputs["model"]),
-        merged=folded.outputs["merged"],
-        share=share,
-        feature_repo=feature_repo,
-        model_name=model_name,
+    gated = gate_then_deploy(
+        staged, trained, folded, share=share, feature_repo=feature_repo, model_name=model_name,
+        head_task=head_task, model_repository=model_repository, server_url=server_url,
     )
-    with_shared_volume(on_gpu(offline(gated))).set_display_name("gate").set_caching_options(False)
-    with dsl.If(gated.outputs["Output"] == True, name="promoted"):  # noqa: E712 (a KFP condition, not Python)
-        deployed = deploy_model(
-            merged=folded.outputs["merged"], model_name=model_name, head_task=head_task,
-            model_repository=model_repository, server_url=server_url,
-        )
-        with_shared_volume(on_gpu(offline(deployed))).set_display_name("deploy").set_caching_options(False)
     return Outputs(promoted=gated.outputs["Output"], gate=gated.outputs["report"], merged=folded.outputs["merged"])
