@@ -1,4 +1,7 @@
-"""Train one LoRA adapter on the staged task; base vs tuned on the eval split become Metrics."""
+"""Train one LoRA adapter on the staged task; base vs tuned on the eval split become Metrics.
+
+nodes x gpus_per_node > 1 hands the run to the Kubeflow Trainer (a TrainJob this step creates and waits
+for); `run_id` is the KFP run's id (dsl.PIPELINE_JOB_ID_PLACEHOLDER), which labels that TrainJob."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
@@ -19,12 +22,16 @@ def train_adapter(
     adapter_id: str,
     model: Output[Model],
     metrics: Output[Metrics],
+    nodes: int = 1,
+    gpus_per_node: int = 0,
+    run_id: str = "",
 ):
     from taskloom.steps import train_step
 
     result = train_step(
         dataset.path, model.path, max_steps=max_steps, epochs=epochs, rank=rank, base=base,
         device=device, seed=seed, feature_repo=feature_repo, adapter_id=adapter_id,
+        nodes=nodes, gpus_per_node=gpus_per_node, run_id=run_id,
     )
     model.metadata.update({k: result[k] for k in ("task", "type", "metric") if k in result})
     for k, v in result.items():

@@ -44,10 +44,14 @@ def train_merge_deploy(
     feature_repo: str = FEATURE_REPO,
     model_repository: str = MODEL_REPOSITORY,
     server_url: str = "",
+    nodes: int = 1,
+    gpus_per_node: int = 1,
 ) -> Outputs:
     """`tasks`: comma-separated built-in names or task.yaml paths. 0 or "" means the default.
     `server_url`: the running Triton (e.g. http://taskloom-triton:8000) to hot-load the promoted model into,
-    with canary and rollback; "" writes the model repository only."""
+    with canary and rollback; "" writes the model repository only.
+    `nodes`, `gpus_per_node`: the training step trains on its own GPU when both are 1; more hands each
+    task's training to the Kubeflow Trainer as a TrainJob (torchrun on every node; the chart's runtime)."""
     names = on_cpu(offline(task_list(tasks=tasks)), memory="1Gi").set_display_name("tasks")
     with dsl.ParallelFor(names.output, name="per-task") as task:
         staged = on_cpu(offline(export_task(task=task))).set_display_name("export")
@@ -58,6 +62,7 @@ def train_merge_deploy(
         trained = train_adapter(
             dataset=staged.outputs["dataset"], max_steps=max_steps, epochs=epochs, rank=rank, base=base,
             device=device, seed=seed, feature_repo=feature_repo, adapter_id="",
+            nodes=nodes, gpus_per_node=gpus_per_node, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         )
         with_shared_volume(on_gpu(offline(trained))).set_display_name("train").set_caching_options(False)
         trained.after(checked)

@@ -75,37 +75,51 @@ def validate(
 
 @app.command()
 def train(
-    task: Path = typer.Argument(..., help="the task.yaml to train on"),
+    tasks: list[Path] = typer.Argument(..., help="the task.yaml to train on; several train ONE adapter on all of them"),
     out: Path = typer.Option(..., "--out", help="run folder: adapter/, metrics.json, steps.jsonl"),
-    base: Optional[str] = typer.Option(None, "--base", help="base model: catalog name (minilm) or local folder"),
+    base: Optional[str] = typer.Option(None, "--base", help="base model: catalog name (minilm, smollm2) or local folder"),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="passes over the training data"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="stop after this many optimizer steps"),
     rank: Optional[int] = typer.Option(None, "--rank", help="LoRA rank r"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="learning rate"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="rows per optimizer step"),
-    max_length: Optional[int] = typer.Option(None, "--max-length", help="tokens per text in training, truncated beyond"),
-    max_train_rows: Optional[int] = typer.Option(None, "--max-train-rows", help="train on a seeded sample of this many rows"),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="LoRA alpha (scaling = alpha / r)"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="learning rate (default: 1e-3)"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="rows per optimizer step (global, under torchrun)"),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="tokens per text in training (encoder 64, causal LM 128)"),
+    max_train_rows: Optional[int] = typer.Option(None, "--max-train-rows", help="train on a seeded sample of this many rows per task"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto | fp32 | bf16 (auto: bf16 on CUDA, fp32 on CPU)"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="several tasks: sample task i with p ∝ n_i^(1/T) (default 2)"),
+    mixing: Optional[str] = typer.Option(None, "--mixing", help="several tasks: task (one task per step, default) | mixed"),
+    key_weight: Optional[float] = typer.Option(None, "--key-weight", help="generation: loss weight of the answer's key tokens (default 1: off)"),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="checkpoint every N steps (default 50; 0: never)"),
+    dropout: bool = typer.Option(True, "--dropout/--no-dropout", help="--no-dropout: none in the base or LoRA "
+                                 "(runs on any number of processes then follow the same loss curve)"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its newest checkpoint in --out"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (auto: cuda when a GPU is visible)"),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """Fine-tune a LoRA adapter and measure base vs tuned on the eval split.
+    """Fine-tune a LoRA adapter and measure base vs tuned on each eval split.
 
-    Writes DIR/adapter/ (PEFT LoRA + model card; classification also head.safetensors + head.json),
-    DIR/steps.jsonl (one line per step) and DIR/metrics.json (base and tuned on the eval split)."""
+    Writes DIR/adapter/ (PEFT LoRA + model card; classification heads as head.safetensors + head.json,
+    or heads/<task>/ for several tasks), DIR/steps.jsonl (one line per step: loss, lr, tokens/s) and
+    DIR/metrics.json (base and tuned on the eval split). Checkpoints land in DIR/checkpoints/ while the
+    run is going; after a crash or kill, the same command with --resume carries on. Data parallel:
+    `torchrun --nproc-per-node N -m taskloom train ...` (rank 0 writes)."""
     from pydantic import ValidationError
 
     from taskloom.specs import TrainSpec, load_task
-    from taskloom.train.lora import train_adapter
+    from taskloom.train.lora import train_tasks
 
-    given = dict(base=base, epochs=epochs, max_steps=max_steps, rank=rank, lr=lr, batch_size=batch_size,
-                 max_length=max_length, max_train_rows=max_train_rows)
+    given = dict(base=base, epochs=epochs, max_steps=max_steps, rank=rank, alpha=alpha, lr=lr, batch_size=batch_size,
+                 max_length=max_length, max_train_rows=max_train_rows, precision=precision, temperature=temperature,
+                 mixing=mixing, key_weight=key_weight, checkpoint_every=checkpoint_every)
     try:
-        spec = TrainSpec(device=device, seed=seed, **{k: v for k, v in given.items() if v is not None})
+        spec = TrainSpec(device=device, seed=seed, dropout=dropout, **{k: v for k, v in given.items() if v is not None})
     except ValidationError as e:
         err = e.errors()[0]
         raise UserError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
-    metrics = train_adapter(load_task(task), out, spec)
-    _print_json(metrics)
+    metrics = train_tasks([load_task(t) for t in tasks], out, spec, resume=resume)
+    if metrics:  # under torchrun, rank 0 alone reports
+        _print_json(metrics)
 
 
 @app.command("eval")

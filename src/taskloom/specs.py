@@ -104,7 +104,8 @@ def load_task(path: str | Path) -> TaskSpec:
 
 
 class TrainSpec(BaseModel):
-    """How to train one LoRA adapter. Defaults train a ~1,000-row task well on 2 CPU cores."""
+    """How to train one LoRA adapter (one task or a mix). Defaults train a ~1,000-row task well on 2 CPU
+    cores; `None` means the base kind's default (encoder or causal LM, see train/lora.py)."""
 
     model_config = ConfigDict(extra="forbid")
     base: str | None = Field(default=None, description="override the task's base model")
@@ -112,12 +113,23 @@ class TrainSpec(BaseModel):
     max_steps: int | None = Field(default=None, ge=1, description="stop after this many optimizer steps")
     rank: int = Field(default=8, ge=1, description="LoRA rank r")
     alpha: float = Field(default=16.0, gt=0, description="LoRA alpha (scaling = alpha / r)")
-    lr: float = Field(default=1e-3, gt=0, description="AdamW learning rate")
-    batch_size: int = Field(default=32, ge=1)
-    max_length: int = Field(default=64, ge=8, description="tokens per text in training, truncated beyond (eval uses 128)")
-    max_train_rows: int | None = Field(default=None, ge=1, description="subsample the training rows (seeded)")
+    lr: float | None = Field(default=None, gt=0, description="AdamW learning rate (encoder 1e-3, causal LM 1e-3)")
+    batch_size: int = Field(default=32, ge=1, description="rows per optimizer step (the global batch under torchrun)")
+    max_length: int | None = Field(default=None, ge=8, description="tokens per text in training, truncated beyond "
+                                   "(encoder 64, causal LM 128; encoder eval uses 128)")
+    max_train_rows: int | None = Field(default=None, ge=1, description="subsample each task's training rows (seeded)")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field(default="auto", description="auto: bf16 autocast on CUDA, "
+                                                       "float32 on CPU; bf16: autocast on CPU too")
+    temperature: float = Field(default=2.0, gt=0, description="multi-task: sample task i with p ∝ n_i^(1/T)")
+    mixing: Literal["task", "mixed"] = Field(default="task", description="multi-task: one task per step, or "
+                                             "every task in every step")
+    key_weight: float = Field(default=1.0, gt=0, description="generation: loss weight of the answer's key tokens "
+                              "(1 = every answer token alike)")
+    dropout: bool = Field(default=True, description="False: no dropout in the base or LoRA, so runs with any "
+                          "number of processes follow the same loss curve")
+    checkpoint_every: int = Field(default=50, ge=0, description="write a resumable checkpoint every N steps (0: never)")
 
 
 class AdapterRef(BaseModel):

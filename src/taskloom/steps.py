@@ -118,13 +118,22 @@ def train_step(
     seed: int = 0,
     feature_repo: str = "",
     adapter_id: str = "",
+    nodes: int = 1,
+    gpus_per_node: int = 0,
+    run_id: str = "",
+    trainjob: dict | None = None,
 ) -> dict:
     """Train one LoRA adapter into `out_dir` (adapter/, metrics.json); 0 or "" means the default.
-    Given a Feast repository, the adapter's metrics are written there under `adapter_id` (default: the task name)."""
+    Given a Feast repository, the adapter's metrics are written there under `adapter_id` (default: the task name).
+
+    `nodes` x `gpus_per_node` workers: one trains here, in this process. More than one, in a cluster, run
+    as a Kubeflow Trainer TrainJob (`torchrun` on every node, see taskloom.train.trainjob) that this step
+    creates, waits for and reads back; `run_id` (the KFP run) labels it; `trainjob` holds overrides for
+    `train_on_trainer` (api, namespace, shared_dir, timeout_s, poll_s)."""
     from pydantic import ValidationError
 
     from taskloom.specs import TrainSpec, load_task
-    from taskloom.train.lora import train_adapter
+    from taskloom.train.trainjob import train_on_trainer, use_trainer
 
     given = dict(max_steps=max_steps or None, epochs=epochs or None, rank=rank or None, base=base or None)
     try:
@@ -133,7 +142,15 @@ def train_step(
         err = e.errors()[0]
         raise UserError(f"train {err['loc'][0]}: {err['msg']}") from None
     task = load_task(Path(task_dir) / TASK_FILE)
-    metrics = train_adapter(task, Path(out_dir), spec, progress=False)
+    if use_trainer(nodes, gpus_per_node):
+        args = [a for k, v in given.items() if v is not None for a in (f"--{k.replace('_', '-')}", str(v))]
+        args += ["--seed", str(seed), "--device", device if device != "auto" else ("cuda" if gpus_per_node else "cpu")]
+        metrics = train_on_trainer(task_dir, out_dir, task=task.name, nodes=nodes, gpus_per_node=gpus_per_node,
+                                   train_args=args, run_id=run_id, **(trainjob or {}))
+    else:
+        from taskloom.train.lora import train_adapter
+
+        metrics = train_adapter(task, Path(out_dir), spec, progress=False)
     if feature_repo:
         from taskloom.store.feature_store import TaskStore
 

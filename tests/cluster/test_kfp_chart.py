@@ -94,10 +94,11 @@ def test_helm_lint_strict_passes():
 def test_render_has_every_part(docs):
     kinds = sorted((d["kind"], d["metadata"]["name"]) for d in docs)
     assert kinds == sorted([
-        ("ConfigMap", "taskloom-config"),
+        ("ClusterTrainingRuntime", "taskloom-torch-distributed"), ("ConfigMap", "taskloom-config"),
         ("Deployment", "taskloom-feast"), ("Deployment", "taskloom-monitor"), ("Deployment", "taskloom-triton"),
         ("EventSource", "taskloom-drift"), ("NetworkPolicy", "taskloom-webhook"),
         ("PersistentVolumeClaim", "taskloom-shared"), ("Role", "taskloom-deployer"), ("RoleBinding", "taskloom-deployer"),
+        ("Role", "taskloom-trainjobs"), ("RoleBinding", "taskloom-trainjobs"),
         ("Sensor", "taskloom-retrain"), ("Service", "taskloom-feast"), ("Service", "taskloom-triton"),
         *[("ServiceAccount", f"taskloom-{c}") for c in ("eventsource", "feast", "monitor", "sensor", "triton")],
     ])
@@ -107,7 +108,7 @@ def test_render_has_every_part(docs):
                                        "kfp.experimentId=e1", "events.webhook.authSecret.name=hook-token")])
 def test_builtin_kinds_validate_strictly(sets):
     for obj in render(*sets):
-        if obj["apiVersion"].startswith("argoproj.io/"):
+        if obj["apiVersion"].startswith(("argoproj.io/", "trainer.kubeflow.org/")):  # test_trainjob.py checks the latter
             continue
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)  # raises on unknown or mistyped fields
 
@@ -167,12 +168,17 @@ def test_workloads_hold_no_api_token_and_rbac_is_scoped(docs):
         assert pod["automountServiceAccountToken"] is False
         assert pod["serviceAccountName"] == dep["metadata"]["name"]
         assert pod["securityContext"]["runAsNonRoot"] is True
-    (role,) = by_kind(docs, "Role")
-    assert all("*" not in r["verbs"] and "*" not in r["resources"] for r in role["rules"])
-    deployments = next(r for r in role["rules"] if r["resources"] == ["deployments"])
+    roles = {r["metadata"]["name"]: r for r in by_kind(docs, "Role")}
+    assert sorted(roles) == ["taskloom-deployer", "taskloom-trainjobs"]
+    for role in roles.values():
+        assert all("*" not in r["verbs"] and "*" not in r["resources"] for r in role["rules"])
+    deployments = next(r for r in roles["taskloom-deployer"]["rules"] if r["resources"] == ["deployments"])
     assert deployments["resourceNames"] == ["taskloom-triton"] and deployments["verbs"] == ["get", "patch"]
-    (binding,) = by_kind(docs, "RoleBinding")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}]
+    assert roles["taskloom-trainjobs"]["rules"] == [
+        {"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainjobs"], "verbs": ["create", "get", "delete"]}]
+    for binding in by_kind(docs, "RoleBinding"):
+        assert binding["roleRef"]["name"] == binding["metadata"]["name"]
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}]
 
 
 def test_monitor_signs_with_a_referenced_secret_that_the_chart_never_creates(docs):
@@ -293,8 +299,9 @@ def test_values_schema_rejects_bad_values(bad, field):
 
 def test_parts_can_be_switched_off():
     kinds = {(d["kind"], d["metadata"]["name"]) for d in render("triton.enabled=false", "events.enabled=false",
-                                                                 "persistence.create=false")}
-    assert not any(k in ("EventSource", "Sensor", "NetworkPolicy", "PersistentVolumeClaim", "Role") for k, _ in kinds)
+                                                                 "persistence.create=false", "trainer.enabled=false")}
+    assert not any(k in ("EventSource", "Sensor", "NetworkPolicy", "PersistentVolumeClaim", "Role",
+                         "ClusterTrainingRuntime") for k, _ in kinds)
     assert ("Deployment", "taskloom-triton") not in kinds and ("Deployment", "taskloom-monitor") in kinds
 
 

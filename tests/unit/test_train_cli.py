@@ -72,7 +72,7 @@ def test_empty_train_split_exit_2(task, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_generation_task_exit_2(tmp_path, capsys):
+def test_generation_task_on_an_encoder_base_exit_2(tmp_path, capsys):
     folder = tmp_path / "gen"
     write_rows(folder / "train.jsonl", [{"prompt": "Say hi", "response": "hi"}])
     write_rows(folder / "eval.jsonl", [{"prompt": "Say bye", "response": "bye"}])
@@ -80,9 +80,15 @@ def test_generation_task_exit_2(tmp_path, capsys):
                                                       "data": {"train": "train.jsonl", "eval": "eval.jsonl"}}))
     out = tmp_path / "run"
     assert main(["train", str(folder / "task.yaml"), "--out", str(out)]) == 2
-    assert capsys.readouterr().err.strip() == "error: generation needs a causal LM base (not yet supported)"
+    assert capsys.readouterr().err.strip() == "error: task g: a generation task needs a causal LM base (e.g. smollm2), not 'minilm'"
     assert not out.exists()
-    assert main(["eval", str(folder / "task.yaml")]) == 2
+
+
+def test_classification_task_on_a_causal_base_exit_2(task, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", str(task), "--base", "smollm2", "--out", str(out)]) == 2
+    assert "needs an encoder base" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_out_that_is_a_file_is_refused_and_kept(task, tmp_path, capsys):

