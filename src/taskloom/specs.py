@@ -113,10 +113,10 @@ class TrainSpec(BaseModel):
     max_steps: int | None = Field(default=None, ge=1, description="stop after this many optimizer steps")
     rank: int = Field(default=8, ge=1, description="LoRA rank r")
     alpha: float = Field(default=16.0, gt=0, description="LoRA alpha (scaling = alpha / r)")
-    lr: float | None = Field(default=None, gt=0, description="AdamW learning rate (encoder 1e-3, causal LM 1e-3)")
+    lr: float | None = Field(default=None, gt=0, description="AdamW learning rate (encoder 1e-3, causal LM 2e-3)")
     batch_size: int = Field(default=32, ge=1, description="rows per optimizer step (the global batch under torchrun)")
     max_length: int | None = Field(default=None, ge=8, description="tokens per text in training, truncated beyond "
-                                   "(encoder 64, causal LM 128; encoder eval uses 128)")
+                                   "(encoder 64, causal LM 96; encoder eval uses 128)")
     max_train_rows: int | None = Field(default=None, ge=1, description="subsample each task's training rows (seeded)")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -23,7 +23,7 @@ def built():
 
 
 def test_names_match_the_contract():
-    assert TASK_NAMES == ["rt-sentiment", "chatterbot-topic", "chatterbot-qa", "lee-similarity"]
+    assert TASK_NAMES == ["rt-sentiment", "chatterbot-topic", "chatterbot-qa", "lee-similarity", "chatterbot-gen"]
 
 
 def test_sizes_and_types(built):
@@ -50,6 +50,20 @@ def test_sizes_and_types(built):
     scores = [r["score"] for r in train + eval_]
     assert min(scores) >= 0.2 and max(scores) <= 1.0 and 0.25 < sum(scores) / len(scores) < 0.45
 
+    spec, train, eval_ = built["chatterbot-gen"]
+    assert (spec["type"], spec["base_model"], "labels" in spec) == ("generation", "smollm2", False)
+    assert (len(train), len(eval_)) == (539, 180)
+    assert all(set(r) == {"prompt", "response"} and r["prompt"].strip() and r["response"].strip() for r in train + eval_)
+
+
+def test_generation_pairs_are_the_qa_pairs_and_split(built):
+    _s, qa_train, qa_eval = built["chatterbot-qa"]
+    _s, train, eval_ = built["chatterbot-gen"]
+    assert train == [{"prompt": r["query"], "response": r["positive"]} for r in qa_train]
+    assert eval_ == [{"prompt": r["query"], "response": r["positive"]} for r in qa_eval]
+    qa_train_texts = {_key(r[f]) for r in qa_train for f in ("query", "positive")}
+    assert not {_key(r["prompt"]) for r in eval_} & qa_train_texts  # multi-task training cannot leak gen eval
+
 
 def test_splits_are_fixed(built):
     for name in TASK_NAMES:
@@ -59,7 +73,12 @@ def test_splits_are_fixed(built):
 @pytest.mark.parametrize("name", TASK_NAMES)
 def test_no_eval_text_in_train(built, name):
     spec, train, eval_ = built[name]
-    fields = {"classification": ["text"], "retrieval": ["query", "positive"], "pair_similarity": ["text_a", "text_b"]}
+    fields = {
+        "classification": ["text"],
+        "retrieval": ["query", "positive"],
+        "pair_similarity": ["text_a", "text_b"],
+        "generation": ["prompt", "response"],
+    }
     fields = fields[spec["type"]]
     train_texts = {_key(r[f]) for r in train for f in fields}
     eval_texts = {_key(r[f]) for r in eval_ for f in fields}
@@ -84,12 +103,13 @@ def test_descriptions_are_words(built):
 
 
 def test_export_round_trip(tmp_path, built):
-    for name in ("chatterbot-topic", "lee-similarity"):
+    for name in ("chatterbot-topic", "lee-similarity", "chatterbot-gen"):
         path = export_task(name, tmp_path / name)
         assert path == tmp_path / name / "task.yaml" and verify_digest(path)
         task = load_task(path)
         spec, train, eval_ = built[name]
         assert (task.name, task.type, task.labels, task.description) == (name, spec["type"], spec.get("labels"), spec["description"])
+        assert task.base_model == spec["base_model"]
         assert task.data.train.as_posix() == "train.jsonl" and task.data.eval.as_posix() == "eval.jsonl"
         assert load_rows(task.train_path, task.type, task.labels) == train
         assert load_rows(task.eval_path, task.type, task.labels) == eval_
@@ -106,13 +126,13 @@ def test_cli_export_and_list(tmp_path, capsys):
     out = capsys.readouterr().out
     for name in TASK_NAMES:
         assert name in out
-    assert "3000" in out and "1000" in out and "595" in out and "105" in out
+    assert "3000" in out and "1000" in out and "595" in out and "105" in out and "539" in out and "180" in out
 
 
 def test_cli_export_unknown_name(tmp_path, capsys):
     assert main(["tasks", "export", "imdb", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "error: unknown task 'imdb': use one of [rt-sentiment, chatterbot-topic, chatterbot-qa, lee-similarity]"
+    assert err == "error: unknown task 'imdb': use one of [rt-sentiment, chatterbot-topic, chatterbot-qa, lee-similarity, chatterbot-gen]"
     assert not (tmp_path / "x").exists()
 
 

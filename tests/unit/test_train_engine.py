@@ -173,3 +173,21 @@ def test_a_full_disk_mid_checkpoint_keeps_the_previous_one(rt, straight, tmp_pat
     assert done.returncode == 0, done.stderr
     resumed, whole = json.loads((keep / "metrics.json").read_text()), json.loads((straight / "metrics.json").read_text())
     assert resumed["tuned"] == pytest.approx(whole["tuned"], abs=1e-5)
+
+
+# ---- generation on SmolLM2 through the same loop -------------------------------------------------
+def test_generation_adapter_lowers_the_held_out_answer_loss(tmp_path):
+    from taskloom.train.evaluate import evaluate_task
+    from taskloom.train.lora import train_adapter
+
+    task = load_task(slice_task(tmp_path / "gen", "chatterbot-gen", 48, 16))
+    spec = TrainSpec(max_steps=8, batch_size=8, max_length=64, precision="bf16", seed=0, checkpoint_every=0)
+    m = train_adapter(task, tmp_path / "run", spec, progress=False)
+    assert m["type"] == "generation" and m["metric"] == "answer_loss" and m["base_model"] == "smollm2"
+    assert m["higher_is_better"] is False
+    assert m["tuned"] < m["base"] and m["gain"] == pytest.approx(m["base"] - m["tuned"], abs=1e-6) and m["drop"] > 0
+    assert m["tokens"] > 0
+    adapter = tmp_path / "run" / "adapter"
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == "smollm2"
+    again = evaluate_task(task, adapter=adapter, device="cpu")
+    assert again["value"] == pytest.approx(m["tuned"], abs=1e-4)

