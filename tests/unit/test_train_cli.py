@@ -43,6 +43,11 @@ def variant(task: Path, tmp: Path, **changes) -> Path:
         (["--rank", "1000"], "--rank 1000: larger than the adapted layers' dimension (384)"),
         (["--lr", "-1"], "--lr"),
         (["--device", "tpu"], "--device"),
+        (["--mixing", "shuffled"], "--mixing"),
+        (["--precision", "fp8"], "--precision"),
+        (["--temperature", "0"], "--temperature"),
+        (["--checkpoint-every", "-1"], "--checkpoint-every"),
+        (["--key-weight", "0"], "--key-weight"),
         (["--base", "no-such-model"], "unknown base model 'no-such-model'"),
     ],
 )
