@@ -84,13 +84,30 @@ def test_density_one_without_sign_election_is_task_arithmetic(xs, data):
 @given(xs=vectors, data=st.data())
 def test_delta_guided_is_a_per_parameter_convex_combination(xs, data):
     ws = data.draw(st.lists(weight, min_size=len(xs), max_size=len(xs)))
-    out = run("delta_guided", xs, ws)
+    normalize, gamma = data.draw(st.booleans()), data.draw(st.sampled_from([1.0, 2.0]))
+    out = run("delta_guided", xs, ws, normalize=normalize, gamma=gamma)
     stack = np.stack(xs).astype(np.float64)
     assert np.all(out >= stack.min(0) - 1e-5) and np.all(out <= stack.max(0) + 1e-5)
-    a = np.stack([w * np.abs(x) for w, x in zip(ws, stack)])
+    # each |Δᵢ| in units of its RMS over the tensor (normalize) or as it is
+    rms = [np.sqrt((x**2).mean()) if normalize and (x**2).mean() > 0 else 1.0 for x in stack]
+    a = np.stack([w * (np.abs(x) / r) ** gamma for w, x, r in zip(ws, stack, rms)])
     den = a.sum(0)
     ref = np.where(den > 0, (a * stack).sum(0) / np.where(den > 0, den, 1), 0)
     np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_delta_guided_normalize_stops_the_largest_input_claiming_every_entry():
+    """b moved every entry far more than a did overall. In column 0, a moved the weight by twice its own
+    RMS and b by 2 % of its own: raw magnitudes give the entry to b (|−2| > |1|), normalised ones to a."""
+    a = np.array([[1.0, 0.01, 0.01, 0.01]] * 3, dtype=np.float32)
+    b = np.array([[-2.0, 100.0, 100.0, 100.0]] * 3, dtype=np.float32)
+    raw = run("delta_guided", [a, b], [1.0, 1.0], normalize=False)
+    np.testing.assert_allclose(raw[:, 0], (1 * 1 + 2 * -2) / 3, atol=1e-6)  # αᵢ ∝ |Δᵢ|: −1
+    normed = run("delta_guided", [a, b], [1.0, 1.0])
+    ra, rb = np.sqrt((1 + 3e-4) / 4), np.sqrt((4 + 3e4) / 4)
+    want = (1 / ra * 1 + 2 / rb * -2) / (1 / ra + 2 / rb)  # ≈ 0.955
+    np.testing.assert_allclose(normed[:, 0], want, rtol=1e-5)
+    assert normed[0, 0] > 0.9
 
 
 @settings(max_examples=40, deadline=None)

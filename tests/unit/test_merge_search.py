@@ -54,9 +54,11 @@ def test_self_positioning_learns_coefficients_on_balanced_probes(tmp_path):
     tasks = [export_task(n, tmp_path / "tasks" / n) for n in ("rt-sentiment", "lee-similarity")]
     cfg = write_merge_yaml(tmp_path / "m.yaml", "self_positioning", [(sent, 0.5), (sim, 0.5)],
                            tasks=[str(t) for t in tasks],
-                           parameters={"steps": 4, "probe_rows": 16, "batch_rows": 8, "max_length": 32, "lr": 0.2})
+                           parameters={"steps": 4, "probe_rows": 16, "batch_rows": 8, "max_length": 32, "lr": 0.2,
+                                       "objective": "task_loss", "granularity": "task"})
     rep = merge_from_config(cfg, tmp_path / "out")
     steps = rep["search"]["steps"]
+    assert rep["search"]["objective"] == "task_loss" and list(rep["search"]["coefficients"]) == ["all"]
     assert len(steps) == 4 and set(steps[0]["task_losses"]) == {"rt-sentiment", "lee-similarity"}
     assert all(np.isfinite(s["loss"]) for s in steps)
     lam = rep["search"]["weights"]
@@ -70,3 +72,48 @@ def test_search_methods_need_tasks(tmp_path, three, capsys):
     cfg = write_merge_yaml(tmp_path / "m.yaml", "self_positioning", [(p, 1.0) for p in three])
     assert main(["merge", str(cfg), "--out", str(tmp_path / "out")]) == 2
     assert "list the task.yaml files" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_self_positioning_distills_each_adapter_with_a_coefficient_per_tensor(tmp_path):
+    """One coefficient per input and tensor (the default), learned so that on each task's probe texts
+    the merge embeds like that task's adapter; the written model is W₀ + Σ λᵢ,ₖΔᵢ tensor by tensor.
+    With only rt-sentiment's texts to match, its adapter's coefficients grow and the other's shrink."""
+    from taskloom.tasks.catalog import export_task
+
+    sent = make_adapter(tmp_path / "sent", 3, task="rt-sentiment")  # no head needed to distill
+    other = make_adapter(tmp_path / "other", 4, task="lee-similarity", targets=("query", "key"))
+    task = export_task("rt-sentiment", tmp_path / "tasks" / "rt-sentiment")
+    cfg = write_merge_yaml(tmp_path / "m.yaml", "self_positioning", [(sent, 0.5), (other, 0.5)], tasks=[str(task)],
+                           parameters={"steps": 8, "probe_rows": 12, "batch_rows": 8, "max_length": 32, "lr": 0.1,
+                                       "objective": "distill"})
+    rep = merge_from_config(cfg, tmp_path / "out")
+    search = rep["search"]
+    assert search["objective"] == "distill" and search["granularity"] == "tensor"
+    coeffs = search["coefficients"]
+    assert len(coeffs) == 18  # query, key, value of 6 layers
+    steps = search["steps"]
+    assert steps[-1]["loss"] < 0.6 * steps[0]["loss"]  # relative distance to rt-sentiment's own adapter
+    assert search["weights"][0] > 0.7 and search["weights"][1] < 0.3  # means over the tensors
+    base, da, db = base_state(), lora_deltas(sent), lora_deltas(other)
+    got = load_file(str(tmp_path / "out" / "model.safetensors"))
+    for key in set(da) | set(db):
+        ca, cb = coeffs["encoder." + key] if "encoder." + key in coeffs else coeffs[key]
+        want = base[key].astype(np.float64) + ca * da.get(key, 0.0) + cb * db.get(key, 0.0)
+        assert np.abs(got[key] - want).max() < 1e-5, key
+    untouched = "encoder.layer.0.output.dense.weight"
+    assert np.array_equal(got[untouched], base[untouched])
+
+
+def test_distill_needs_an_adapter_for_every_probed_task(tmp_path, three, capsys):
+    from taskloom.tasks.catalog import export_task
+
+    task = export_task("lee-similarity", tmp_path / "tasks" / "lee-similarity")  # none of `three` was trained on it
+    cfg = write_merge_yaml(tmp_path / "m.yaml", "self_positioning", [(p, 1.0) for p in three], tasks=[str(task)],
+                           parameters={"objective": "distill", "probe_rows": 4})
+    assert main(["merge", str(cfg), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "lee-similarity: no input adapter was trained on it" in err and not (tmp_path / "out").exists()
+    cfg = write_merge_yaml(tmp_path / "m2.yaml", "self_positioning", [(p, 1.0) for p in three], tasks=[str(task)],
+                           parameters={"objective": "nope"})
+    assert main(["merge", str(cfg), "--out", str(tmp_path / "out")]) == 2
+    assert "parameters.objective" in capsys.readouterr().err

@@ -69,5 +69,12 @@ class FineTunedModel:
             return None
         return self.weights.get(key).float() - w0.float()
 
+    def delta_rows(self, base_key: str, w0_rows, start: int, stop: int):
+        """Rows start:stop of `delta(base_key, W₀)`, read alone (`w0_rows` = W₀[start:stop])."""
+        key = self.source.get(base_key)
+        if key is None:
+            return None
+        return self.weights.get_rows(key, start, stop).float() - w0_rows.float()
+
     def describe(self) -> dict:
         return {"kind": self.kind, "missing_tensors": self.missing, "ignored_tensors": self.ignored}

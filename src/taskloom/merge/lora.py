@@ -174,6 +174,22 @@ class LoraAdapter:
             return self.weights.get(key).float() - w0.float()
         return None
 
+    def delta_rows(self, base_key: str, w0_rows, start: int, stop: int):
+        """Rows start:stop of `delta(base_key, W₀)`, computed from those rows alone (`w0_rows` = W₀[start:stop])."""
+        f = self.targets.get(base_key)
+        if f is not None:
+            b = self.weights.get(f.b_key).float()
+            if f.kind == "bias":
+                return b[start:stop] * f.scaling
+            a = self.weights.get(f.a_key).float()
+            if f.transpose:  # rows of (B·A)ᵀ are columns of B·A
+                return ((b @ a[:, start:stop]) * f.scaling).T.contiguous()
+            return (b[start:stop] @ a) * f.scaling
+        key = self.replaced.get(base_key)
+        if key is not None:
+            return self.weights.get_rows(key, start, stop).float() - w0_rows.float()
+        return None
+
     def describe(self) -> dict:
         cfg = self.config
         return {

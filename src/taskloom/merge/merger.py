@@ -1,5 +1,6 @@
 """The streaming merge: walk the base model one tensor at a time, ask the method for the merged Δ of
 that tensor from every input's task vector, write W₀ + Δ (or its LoRA factors), publish atomically.
+A tensor larger than BLOCK_BYTES is read, merged and written in blocks of rows (full output).
 
     taskloom merge merge.yaml --out runs/merged
 
@@ -39,6 +40,9 @@ from taskloom.models.registry import resolve_base
 from taskloom.specs import MergeSpec, load_merge
 
 REPORT = "merge_report.json"
+# A tensor larger than this (as float32) is merged in blocks of rows of about this size, by the
+# methods that allow it: the peak memory is then a few blocks, not a few copies of the tensor.
+BLOCK_BYTES = 16 << 20
 HEAD_FILES = ("head.safetensors", "head.json", "task.json")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -84,11 +88,12 @@ def merge_adapters(spec: MergeSpec, out: Path, *, max_shard_bytes: int = 2 << 30
                 if inp.kind != "lora":
                     raise UserError(f"{inp.label}: output: adapter needs LoRA adapters as inputs, this is a full model")
 
-        search = None
+        search, per_tensor = None, None
         if getattr(method, "searches", False):
             from taskloom.merge.search import run_search
 
             chosen, search = run_search(method, spec, inputs, base, base_dir, params, score)
+            per_tensor = search.pop("tensor_weights", None)
             search = {"final_method": method.final, "weights": chosen, **search}
             final = get_method(method.final)
             final_params = final.parameters({})
@@ -98,10 +103,11 @@ def merge_adapters(spec: MergeSpec, out: Path, *, max_shard_bytes: int = 2 << 30
 
         staging = staging_dir(out)
         try:
+            weights_of = (lambda key: per_tensor.get(key, chosen)) if per_tensor else (lambda key: chosen)
             if spec.output == "full":
-                layers, extra = _write_full(base, base_dir, inputs, final, final_params, chosen, staging, max_shard_bytes)
+                layers, extra = _write_full(base, base_dir, inputs, final, final_params, weights_of, staging, max_shard_bytes)
             else:
-                layers, extra = _write_adapter(base, base_dir, inputs, final, final_params, chosen, staging, spec.rank)
+                layers, extra = _write_adapter(base, base_dir, inputs, final, final_params, weights_of, staging, spec.rank)
             if search is not None:
                 extra["search"] = search
             heads = _copy_heads(inputs, weights, staging)
@@ -168,20 +174,72 @@ def _finite(t, what: str) -> None:
         raise UserError(f"{what} has NaN or infinite values")
 
 
-def _write_full(base, base_dir, inputs, method, params, weights, staging, max_shard_bytes):
+def _row_blocks(shape: tuple[int, ...]) -> list[tuple[int, int]] | None:
+    """Row ranges of about BLOCK_BYTES (as float32) for a tensor too large to merge whole, else None."""
+    if len(shape) < 1 or shape[0] < 2 or math.prod(shape) * 4 <= BLOCK_BYTES:
+        return None
+    rows = max(1, BLOCK_BYTES // (4 * math.prod(shape[1:])))
+    return [(i, min(i + rows, shape[0])) for i in range(0, shape[0], rows)]
+
+
+def _merged_rows(key, base, inputs, method, params, weights, ranges, record: dict):
+    """W₀ + Δ of one large tensor, yielded block by block in the base's dtype. What the method needs
+    of each whole task vector (`tensor_stats`) is gathered first, in a pass over the blocks; `record`
+    gets the tensor's norms once the last block is out."""
+    shape = base.shape(key)
+    touching = [inp if key in inp.keys() else None for inp in inputs]
+
+    def blocks_of(inp):
+        def blocks():
+            for start, stop in ranges:
+                d = inp.delta_rows(key, base.get_rows(key, start, stop), start, stop)
+                _finite(d, f"{inp.label}: tensor {key}")
+                yield d
+        return blocks
+
+    stats = [None if inp is None else method.tensor_stats(blocks_of(inp), math.prod(shape), params) for inp in touching]
+    seed = getattr(params, "seed", 0)
+    sq_inputs, sq_delta, sq_base = [0.0] * len(inputs), 0.0, 0.0
+    for b, (start, stop) in enumerate(ranges):
+        w0 = base.get_rows(key, start, stop)
+        if is_float(base.dtype(key)):
+            _finite(w0, f"base model: tensor {key}")
+        part = tuple(w0.shape)
+        deltas = [Delta(None if t is None else partial(t.delta_rows, key, w0, start, stop), part, inp.label, key)
+                  for t, inp in zip(touching, inputs)]
+        d = method.merge(deltas, weights, params, TensorContext(key, part, seed=seed, block=b, stats=stats))
+        sq_inputs = [q + x.norm**2 for q, x in zip(sq_inputs, deltas)]
+        sq_delta += float(d.double().pow(2).sum())
+        sq_base += float(w0.double().pow(2).sum())
+        w = d.add_(w0.float())
+        del d
+        _finite(w, f"merged tensor {key} (check lambda and the weights)")
+        yield w.to(w0.dtype)
+        del w, w0, deltas
+    record.update({"delta_norm": round(math.sqrt(sq_delta), 6), "base_norm": round(math.sqrt(sq_base), 6),
+                   "input_norms": [round(math.sqrt(q), 6) for q in sq_inputs], "blocks": len(ranges)})
+
+
+def _write_full(base, base_dir, inputs, method, params, weights_of, staging, max_shard_bytes):
     """W = W₀ + Δ for every tensor an input touches; every other base tensor copied as is. Each tensor
-    goes to disk as soon as it is merged (the output keeps the base's names, dtypes and shapes)."""
+    goes to disk as soon as it is merged (the output keeps the base's names, dtypes and shapes); a
+    large one is merged and written in blocks of rows when the method allows (`blockwise`)."""
     targeted = set().union(*(inp.keys() for inp in inputs))
     plan = [(key, base.dtype(key), base.shape(key)) for key in base.keys()]
     writer = StreamingWriter(staging, plan, max_shard_bytes)
     layers = {}
     try:
         for key in base.keys():
+            ranges = _row_blocks(base.shape(key)) if key in targeted and method.blockwise else None
+            if ranges is not None:
+                layers[key] = {}
+                writer.write_rows(key, _merged_rows(key, base, inputs, method, params, weights_of(key), ranges, layers[key]))
+                continue
             w0 = base.get(key)
             if is_float(base.dtype(key)):
                 _finite(w0, f"base model: tensor {key}")
             if key in targeted:
-                d, norms = _merged_delta(key, w0, inputs, method, params, weights)
+                d, norms = _merged_delta(key, w0, inputs, method, params, weights_of(key))
                 layers[key] = {"delta_norm": round(float(d.norm()), 6), "base_norm": round(float(w0.float().norm()), 6),
                                "input_norms": norms}
                 w = d.add_(w0.float())  # the merged Δ is the method's own new tensor: W₀ + Δ in its place
@@ -197,7 +255,7 @@ def _write_full(base, base_dir, inputs, method, params, weights, staging, max_sh
     return layers, {"files": [f.name for f in files]}
 
 
-def _write_adapter(base, base_dir, inputs, method, params, weights, staging, rank):
+def _write_adapter(base, base_dir, inputs, method, params, weights_of, staging, rank):
     """The merged Δ of each LoRA-targeted tensor re-factored as B·A at one rank (exact error reported);
     modules an input saved whole are written whole (`modules_to_save`)."""
     import torch
@@ -221,7 +279,7 @@ def _write_adapter(base, base_dir, inputs, method, params, weights, staging, ran
         if key not in whole and key not in factors:
             continue
         w0 = base.get(key)
-        d, norms = _merged_delta(key, w0, inputs, method, params, weights)
+        d, norms = _merged_delta(key, w0, inputs, method, params, weights_of(key))
         _finite(d, f"merged Δ of {key} (check lambda and the weights)")
         entry = {"delta_norm": round(float(d.norm()), 6), "base_norm": round(float(w0.float().norm()), 6),
                  "input_norms": norms}

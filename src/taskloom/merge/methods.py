@@ -13,13 +13,16 @@ model, 0 where the input leaves the tensor alone), wᵢ its weight, λ `lambda`.
 - dare_ties:       DARE's drop and rescale, then TIES's sign election (and, with normalize, its mean)
 - magnitude_prune: TIES's trim without the sign election; Δ = λ·Σ wᵢΔ̃ᵢ
 - delta_guided:    per-parameter weights from how far each input moved that parameter relative to the
-                   others (CoDiEmb): αᵢ = wᵢ|Δᵢ|^γ / Σⱼ wⱼ|Δⱼ|^γ, Δ = λ·Σ αᵢΔᵢ
+                   others (CoDiEmb): αᵢ = wᵢ(|Δᵢ|/rmsᵢ)^γ / Σⱼ wⱼ(|Δⱼ|/rmsⱼ)^γ, Δ = λ·Σ αᵢΔᵢ, rmsᵢ the RMS
+                   of Δᵢ over the tensor (1 with normalize: false)
 - greedy_soup, self_positioning: choose the weights on probe rows first (merge/search.py), then
                    write `linear` / `task_arithmetic` with them
 
 `normalize` (ties, dare_*, magnitude_prune) divides by the summed weights as mergekit does. The methods
 stream over the inputs (TIES-like ones in two passes), so memory is a few tensors for any number of
-inputs. `Delta.get()` recomputes a task vector; random drops are seeded by (seed, tensor name, input)
+inputs. A tensor larger than the merger's block size is merged in blocks of rows by the `blockwise`
+methods (all but DARE's): what needs the whole tensor (TIES's trim threshold, delta_guided's RMS) is
+found first by `tensor_stats` over the blocks, and the result is the same. `Delta.get()` recomputes a task vector; random drops are seeded by (seed, tensor name, input)
 so both passes, and every run, see the same mask.
 """
 
@@ -28,7 +31,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -64,11 +67,17 @@ class Delta:
 
 @dataclass
 class TensorContext:
-    """What a method may know about the tensor beyond its task vectors."""
+    """What a method may know about the tensor beyond its task vectors.
+
+    A tensor too large to merge whole is merged in blocks of rows: `shape` is then the block's shape,
+    `block` its number, and `stats[i]` what `Method.tensor_stats` found for input i over the whole
+    tensor (None for an input that leaves it alone)."""
 
     key: str
     shape: tuple[int, ...]
     seed: int = 0
+    block: int | None = None
+    stats: list | None = None
 
     def generator(self, i: int):
         """A torch RNG for input i on this tensor: same numbers whatever the order of the walk."""
@@ -114,6 +123,8 @@ class DareParams(SparseParams):
 
 class DeltaGuidedParams(ScaledParams):
     gamma: float = Field(default=1.0, gt=0, allow_inf_nan=False, description="sharpness: αᵢ ∝ wᵢ|Δᵢ|^γ")
+    normalize: bool = Field(default=True, description="measure each |Δᵢ| in units of its own RMS over the tensor, "
+                            "so a task trained longer does not claim every parameter")
 
 
 class Method:
@@ -121,6 +132,8 @@ class Method:
 
     name: ClassVar[str]
     Params: ClassVar[type[_Params]] = LinearParams
+    # False: the method needs the whole tensor at once (e.g. a random mask drawn for its full shape)
+    blockwise: ClassVar[bool] = True
 
     def parameters(self, given: dict) -> _Params:
         """The method's parameters from the merge spec, defaults filled, or UserError naming the field."""
@@ -138,6 +151,11 @@ class Method:
 
     def check(self, weights: list[float], p) -> None:
         """Refuse weights the method cannot use (before anything is written)."""
+
+    def tensor_stats(self, blocks, numel: int, p):
+        """What `merge` needs to know about one input's whole task vector when the tensor is merged in
+        blocks; `blocks()` returns that vector's blocks of rows in order. None: nothing."""
+        return None
 
     def merge(self, deltas: list[Delta], weights: list[float], p, ctx: TensorContext):
         raise NotImplementedError
@@ -178,10 +196,15 @@ class GeneralizedTaskArithmetic(Method):
         if p.normalize and not self.consensus and abs(sum(weights)) < 1e-12:
             raise UserError(f"{self.name}: normalize needs weights that do not sum to zero")
 
+    def tensor_stats(self, blocks, numel, p):
+        return sparsify.magnitude_cut(blocks, numel, p.density) if self.sparsify == "magnitude" else None
+
     def _sparse(self, deltas, i, p, ctx, weight: float):
         """weight · sparsified Δᵢ, a new tensor (the task vector itself is left as it is)."""
         x = deltas[i].get()
-        if self.sparsify == "magnitude":
+        if self.sparsify == "magnitude" and ctx.stats is not None:
+            x = sparsify.trim_block(x, ctx.stats[i], ctx.block, p.density, rescale=p.rescale)
+        elif self.sparsify == "magnitude":
             x = sparsify.trim_by_magnitude(x, p.density, rescale=p.rescale)
         else:
             x = sparsify.drop_at_random(x, p.density, ctx.generator(i), rescale=p.rescale)
@@ -235,12 +258,14 @@ class DareLinear(GeneralizedTaskArithmetic):
     """DARE (Yu et al., 2024) with a plain weighted sum."""
 
     name, sparsify, consensus, Params = "dare_linear", "random", False, DareParams
+    blockwise = False  # the random mask is drawn for the whole shape at once
 
 
 class DareTies(GeneralizedTaskArithmetic):
     """DARE's random drop and rescale, then TIES's sign election."""
 
     name, sparsify, consensus, Params = "dare_ties", "random", True, DareParams
+    blockwise = False
 
 
 class MagnitudePrune(GeneralizedTaskArithmetic):
@@ -251,7 +276,11 @@ class MagnitudePrune(GeneralizedTaskArithmetic):
 
 class DeltaGuided(Method):
     """Per-parameter weights from each input's deviation from the base, relative to the others
-    (CoDiEmb's delta-guided fusion): a parameter comes mostly from the task that moved it most."""
+    (CoDiEmb's delta-guided fusion): a parameter comes mostly from the task that moved it most.
+
+    With `normalize` (the default) a deviation is measured against that input's RMS deviation over
+    the tensor: inputs trained for different lengths move their weights by different amounts
+    overall, and raw magnitudes would hand nearly every parameter to the one trained longest."""
 
     name = "delta_guided"
     Params = DeltaGuidedParams
@@ -259,6 +288,11 @@ class DeltaGuided(Method):
     def check(self, weights, p):
         if any(w <= 0 for w in weights):
             raise UserError("delta_guided: adapter weights must be positive")
+
+    def tensor_stats(self, blocks, numel, p):
+        if not p.normalize:
+            return None
+        return math.sqrt(sum(float(x.double().pow(2).sum()) for x in blocks()) / max(numel, 1))
 
     def merge(self, deltas, weights, p, ctx):
         import torch
@@ -268,7 +302,12 @@ class DeltaGuided(Method):
             if d.zero:
                 continue
             x = d.get()
-            a = weights[i] * x.abs().pow(p.gamma)
+            mag = x.abs()
+            if p.normalize:
+                rms = ctx.stats[i] if ctx.stats is not None else self.tensor_stats(lambda: [x], x.numel(), p)
+                if rms > 0:
+                    mag.div_(rms)
+            a = weights[i] * mag.pow_(p.gamma)
             num += a * x
             den += a
         out = torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), torch.zeros_like(num))
@@ -282,10 +321,15 @@ class GreedySoupParams(_Params):
 
 class SelfPositioningParams(_Params):
     probe_rows: int = Field(default=64, ge=2, description="train rows per task in the probe set")
-    batch_rows: int = Field(default=16, ge=2, description="rows per task per step")
-    steps: int = Field(default=30, ge=1, description="Adam steps on the coefficients")
+    batch_rows: int = Field(default=24, ge=2, description="rows (distill: texts) per task per step")
+    steps: int = Field(default=60, ge=1, description="Adam steps on the coefficients")
     lr: float = Field(default=0.05, gt=0, allow_inf_nan=False, description="Adam learning rate for λ")
     max_length: int = Field(default=64, ge=8, description="tokens per text")
+    objective: Literal["task_loss", "distill"] = Field(
+        default="task_loss", description="task_loss: each task's training objective on its probe rows; distill: on "
+        "each task's probe texts, the merged embeddings match those of that task's own adapter")
+    granularity: Literal["task", "layer", "tensor"] = Field(
+        default="tensor", description="one coefficient per input (task), per input and layer, or per input and tensor")
     seed: int = 0
 
 

@@ -9,15 +9,26 @@ the eval split the promotion gate scores, so the gate stays an honest held-out c
 
 - greedy_soup (Wortsman et al., 2022): rank the inputs by their own probe score, start a soup with
   the best, add each next one only if the soup's mean probe score does not drop.
-- self_positioning: W(λ) = W₀ + Σ λᵢΔᵢ with λ learned by Adam on the task losses over a probe set
-  balanced across tasks (the training objectives of taskloom.train), each relative to its value at
-  the start so every task weighs the same, starting from the weights given in merge.yaml. Task vectors of the touched tensors are held in memory for this
-  search (fine for adapters on encoders; the final write still streams).
+- self_positioning: W(λ) = W₀ + Σ λᵢ,g Δᵢ with λ learned by Adam on a probe set balanced across
+  tasks, starting from the weights given in merge.yaml. One coefficient per input and tensor g by
+  default (`granularity`: per input and layer, or per input). The objective is each task's loss
+  relative to its value at the start, so every task weighs the same:
+  - `task_loss` (default): the training objectives of taskloom.train on the probe rows
+    (cross-entropy through the task's head, cosine-MSE for pairs, InfoNCE for retrieval);
+  - `distill`: on the probe texts of task t, the merged model's embeddings should be those of t's
+    own adapter (squared distance of the unit vectors): keep what each adapter does on its own
+    inputs, labels unused (no classification head needed).
+  On the built-in tasks both beat task arithmetic at its probe-chosen λ, task_loss by more
+  (BENCHMARKS.md). The probe rows are train rows the adapters were fitted on, so probe scores run
+  higher than eval scores for every method.
+  Task vectors of the touched tensors are held in memory for this search (fine for adapters on
+  encoders; the final write still streams).
 """
 
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -38,8 +49,9 @@ class Probe:
     head: object | None
 
 
-def load_probes(task_paths: list[Path], inputs, rows_per_task: int, seed: int) -> list[Probe]:
-    """Probes for the merge's tasks; a classification task takes its head from the input trained on it."""
+def load_probes(task_paths: list[Path], inputs, rows_per_task: int, seed: int, heads: bool = True) -> list[Probe]:
+    """Probes for the merge's tasks; a classification task takes its head from the input trained on it
+    (`heads`: the head is required; otherwise it is taken when there is one)."""
     from taskloom.specs import load_task
     from taskloom.train.evaluate import check_trainable_type, load_split
     from taskloom.train.heads import align_head, has_head, load_head
@@ -55,6 +67,9 @@ def load_probes(task_paths: list[Path], inputs, rows_per_task: int, seed: int) -
         head = None
         if task.type == "classification":
             owner = next((inp for inp in inputs if inp.task == task.name and has_head(inp.folder)), None)
+            if owner is None and not heads:
+                probes.append(Probe(task, rows, None))
+                continue
             if owner is None:
                 raise UserError(f"{path}: classification task {task.name!r}: no input adapter has its head (task.json + head.safetensors)")
             raw, labels = load_head(owner.folder)
@@ -83,6 +98,7 @@ class TaskVectors:
         params = dict(model.named_parameters())
         matcher = KeyMatcher(params)
         keys = sorted(set().union(*(inp.keys() for inp in inputs)))
+        self.keys = keys  # base keys, in the order of `names`
         self.names, self.w0, self.deltas = [], {}, []
         for key in keys:
             name = matcher.find(key)
@@ -97,16 +113,32 @@ class TaskVectors:
                     per[name] = Delta(lambda k=key, n=name: inp.delta(k, self.w0[n]), tuple(self.w0[name].shape), inp.label, key).get()
             self.deltas.append(per)
 
-    def state(self, coeffs) -> dict:
-        """{parameter name: W₀ + Σ cᵢΔᵢ}; differentiable in `coeffs` when it is a tensor that requires grad."""
+    def state(self, coeffs, groups: dict[str, int] | None = None) -> dict:
+        """{parameter name: W₀ + Σ cᵢΔᵢ}; differentiable in `coeffs` when it is a tensor that requires grad.
+        With `groups` ({name: column}), `coeffs` is a matrix (inputs × groups) and tensor `name` uses
+        column groups[name]."""
         out = {}
         for name in self.names:
             w = self.w0[name]
             for c, per in zip(coeffs, self.deltas):
                 if name in per:
-                    w = w + c * per[name]
+                    w = w + (c if groups is None else c[groups[name]]) * per[name]
             out[name] = w
         return out
+
+    def groups(self, granularity: str) -> tuple[list[str], dict[str, int]]:
+        """(group labels, {parameter name: group index}) for one coefficient per input and group:
+        "task" one group, "layer" one per encoder layer (`layer.<i>.` in the name), "tensor" one per tensor."""
+        def label(name: str) -> str:
+            if granularity == "task":
+                return "all"
+            if granularity == "layer":
+                m = re.search(r"layers?\.(\d+)\.", name)
+                return f"layer {m.group(1)}" if m else "other"
+            return name
+
+        labels = list(dict.fromkeys(label(n) for n in self.names))
+        return labels, {n: labels.index(label(n)) for n in self.names}
 
 
 def _load(model, state: dict) -> None:
@@ -157,7 +189,12 @@ def _task_loss(probe: Probe, rows: list[dict], model, params, tok, max_length: i
     """The task's training objective on a batch of its probe rows."""
     import torch
 
-    from taskloom.train.objectives import classification_loss, cosent_loss, info_nce_loss
+    from taskloom.train.objectives import PAIR_LOSSES, classification_loss, info_nce_loss
+
+    try:  # the pair objective the trainer uses
+        from taskloom.train.encoder_task import PAIR_OBJECTIVE
+    except ImportError:
+        PAIR_OBJECTIVE = "cosine_mse"
 
     task = probe.task
     if task.type == "classification":
@@ -166,55 +203,117 @@ def _task_loss(probe: Probe, rows: list[dict], model, params, tok, max_length: i
     if task.type == "pair_similarity":
         emb = _embed(model, params, tok, [r["text_a"] for r in rows] + [r["text_b"] for r in rows], max_length)
         a, b = emb[: len(rows)], emb[len(rows) :]
-        return cosent_loss((a * b).sum(-1), torch.tensor([float(r["score"]) for r in rows]))
+        return PAIR_LOSSES[PAIR_OBJECTIVE]((a * b).sum(-1), torch.tensor([float(r["score"]) for r in rows]))
     docs = list(dict.fromkeys([r["positive"] for r in rows] + [n for r in rows for n in r.get("negatives") or []]))
     q = _embed(model, params, tok, [r["query"] for r in rows], max_length)
     d = _embed(model, params, tok, docs, max_length)
     return info_nce_loss(q, d, torch.tensor([docs.index(r["positive"]) for r in rows]))
 
 
-def _reference_losses(probes: list[Probe], model, params, tok, p) -> dict[str, float]:
-    """Each task's loss at the starting coefficients: its mean over the probe rows in batches of
-    `batch_rows` (the batch size of the search, so in-batch negatives count the same)."""
-    import torch
+def probe_texts(probe: Probe) -> list[str]:
+    """The distinct texts of a probe's rows (both sides of pairs, queries and their positives)."""
+    fields = {"classification": ("text",), "pair_similarity": ("text_a", "text_b"), "retrieval": ("query", "positive")}
+    return list(dict.fromkeys(r[f] for f in fields[probe.task.type] for r in probe.rows))
 
-    out = {}
-    with torch.no_grad():
+
+class _Distill:
+    """Objective `distill`: for task t, the mean squared distance between the merged model's unit
+    embeddings of t's probe texts and those of t's own adapter (W₀ + the Δ of the inputs trained on t)."""
+
+    def __init__(self, tv, probes, inputs, model, frozen, tok, p):
+        import torch
+
+        self.texts, self.targets, self.p, self.tok, self.model = {}, {}, p, tok, model
         for probe in probes:
-            chunks = [probe.rows[i : i + p.batch_rows] for i in range(0, len(probe.rows), p.batch_rows)]
-            chunks = [c for c in chunks if len(c) >= 2] or [probe.rows]
-            out[probe.task.name] = sum(float(_task_loss(probe, c, model, params, tok, p.max_length)) for c in chunks) / len(chunks)
-    return out
+            name = probe.task.name
+            own = [1.0 if inp.task == name else 0.0 for inp in inputs]
+            if not any(own):
+                raise UserError(f"tasks: {name}: no input adapter was trained on it (task.json), so objective "
+                                "distill has nothing to match; list only the adapters' tasks or use objective: task_loss")
+            texts = probe_texts(probe)
+            with torch.no_grad():
+                params = {**frozen, **tv.state(own)}
+                self.targets[name] = torch.cat([_embed(model, params, tok, texts[i : i + 64], p.max_length)
+                                                for i in range(0, len(texts), 64)])
+            self.texts[name] = texts
+
+    def loss(self, name: str, params, idx: list[int]):
+        e = _embed(self.model, params, self.tok, [self.texts[name][i] for i in idx], self.p.max_length)
+        return (e - self.targets[name][idx]).pow(2).sum(-1).mean()
+
+    def batches(self, name: str, rng: random.Random) -> list[int]:
+        n = len(self.texts[name])
+        return rng.sample(range(n), min(self.p.batch_rows, n))
+
+    def chunks(self, name: str) -> list[list[int]]:
+        n = len(self.texts[name])
+        return [list(range(i, min(i + self.p.batch_rows, n))) for i in range(0, n, self.p.batch_rows)]
 
 
-def self_positioning(tv: TaskVectors, tok, model, probes: list[Probe], init: list[float], p) -> tuple[list[float], dict]:
-    """(learned coefficients λ, a record of the loss and λ per step).
+class _TaskLoss:
+    """Objective `task_loss`: each task's training objective on batches of its probe rows."""
 
-    The objective is the mean over tasks of each task's loss relative to its loss at the start, so a
-    task whose objective has a larger scale (InfoNCE, CoSENT) does not outvote a classification task."""
+    def __init__(self, probes, model, tok, p):
+        self.probes, self.model, self.tok, self.p = {pr.task.name: pr for pr in probes}, model, tok, p
+
+    def loss(self, name: str, params, rows: list[dict]):
+        return _task_loss(self.probes[name], rows, self.model, params, self.tok, self.p.max_length)
+
+    def batches(self, name: str, rng: random.Random) -> list[dict]:
+        rows = self.probes[name].rows
+        return rng.sample(rows, min(self.p.batch_rows, len(rows)))
+
+    def chunks(self, name: str) -> list[list[dict]]:
+        """The probe rows in batches of `batch_rows` (the batch size of the search, so in-batch
+        negatives count the same)."""
+        rows = self.probes[name].rows
+        chunks = [rows[i : i + self.p.batch_rows] for i in range(0, len(rows), self.p.batch_rows)]
+        return [c for c in chunks if len(c) >= 2] or [rows]
+
+
+def self_positioning(tv: TaskVectors, tok, model, probes: list[Probe], init: list[float], p,
+                     inputs=None) -> tuple[list[float], dict]:
+    """(each input's mean learned coefficient, a record: the coefficients per tensor, loss per step).
+
+    The objective is the mean over tasks of each task's loss relative to its loss at the start (its
+    mean over all probe rows), so a task whose objective has a larger scale does not outvote another."""
     import torch
 
     model.eval()  # no dropout: the loss is a function of λ alone
     frozen = {k: v.detach() for k, v in model.named_parameters()}
     frozen.update({k: v for k, v in model.named_buffers()})
-    lam = torch.tensor(init, dtype=torch.float32, requires_grad=True)
-    reference = _reference_losses(probes, model, {**frozen, **tv.state(lam.detach())}, tok, p)
+    labels, groups = tv.groups(p.granularity)
+    lam = torch.tensor([[float(w)] * len(labels) for w in init], dtype=torch.float32, requires_grad=True)
+    if p.objective == "distill":
+        objective = _Distill(tv, probes, inputs, model, frozen, tok, p)
+    else:
+        objective = _TaskLoss(probes, model, tok, p)
+    names = [probe.task.name for probe in probes]
+    with torch.no_grad():
+        params = {**frozen, **tv.state(lam.detach(), groups)}
+        reference = {n: sum(float(objective.loss(n, params, c)) for c in objective.chunks(n)) / len(objective.chunks(n))
+                     for n in names}
     opt = torch.optim.Adam([lam], lr=p.lr)
     rng = random.Random(p.seed)
     history = []
     for step in range(p.steps):
-        params = {**frozen, **tv.state(lam)}
-        losses = {}
-        for probe in probes:  # balanced: the same number of rows from every task, each task's mean loss
-            rows = rng.sample(probe.rows, min(p.batch_rows, len(probe.rows)))
-            losses[probe.task.name] = _task_loss(probe, rows, model, params, tok, p.max_length)
+        params = {**frozen, **tv.state(lam, groups)}
+        # balanced: the same number of rows from every task, each task's mean loss
+        losses = {n: objective.loss(n, params, objective.batches(n, rng)) for n in names}
         loss = sum(v / max(reference[k], 1e-8) for k, v in losses.items()) / len(losses)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        history.append({"step": step, "loss": float(loss.detach()), "lambda": [round(float(x), 6) for x in lam.detach()],
+        history.append({"step": step, "loss": float(loss.detach()),
+                        "lambda": [round(float(x), 6) for x in lam.detach().mean(1)],
                         "task_losses": {k: float(v.detach()) for k, v in losses.items()}})
-    return [float(x) for x in lam.detach()], {"init": list(init), "reference_losses": reference, "steps": history}
+    final = lam.detach()
+    per_tensor = {key: [float(x) for x in final[:, groups[name]]] for key, name in zip(tv.keys, tv.names)}
+    record = {"init": list(init), "objective": p.objective, "granularity": p.granularity,
+              "reference_losses": reference, "steps": history,
+              "coefficients": {label: [round(float(x), 6) for x in final[:, g]] for g, label in enumerate(labels)},
+              "tensor_weights": per_tensor}
+    return [float(x) for x in final.mean(1)], record
 
 
 def run_search(method, spec, inputs, base, base_dir, params, score: Scorer | None) -> tuple[list[float], dict]:
@@ -231,6 +330,6 @@ def run_search(method, spec, inputs, base, base_dir, params, score: Scorer | Non
             score = probe_scorer(load_probes(spec.task_paths(), inputs, params.probe_rows, params.seed))
         with torch.no_grad():
             return greedy_soup(tv, tok, model, score)
-    probes = load_probes(spec.task_paths(), inputs, params.probe_rows, params.seed)
+    probes = load_probes(spec.task_paths(), inputs, params.probe_rows, params.seed, heads=params.objective == "task_loss")
     torch.manual_seed(params.seed)
-    return self_positioning(tv, tok, model, probes, [a.weight for a in spec.adapters], params)
+    return self_positioning(tv, tok, model, probes, [a.weight for a in spec.adapters], params, inputs)

@@ -4,9 +4,13 @@
 - `drop_at_random`: keep each entry with probability `density`, rescale the kept by 1/density so the
   expectation is unchanged (DARE "drop and rescale").
 - `elect_sign`: the sign of the sum of the (weighted) task vectors, +1 where the sum is 0 (TIES "elect").
+- `magnitude_cut` + `trim_block`: the same trim for a tensor merged in blocks of rows (one block in
+  memory at a time), with the same result entry for entry.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 
 def kept_count(numel: int, density: float) -> int:
@@ -52,3 +56,86 @@ def elect_sign(total):
     import torch
 
     return torch.where(total >= 0, torch.ones_like(total), -torch.ones_like(total))
+
+
+@dataclass
+class MagnitudeCut:
+    """`trim_by_magnitude`'s decision for a whole tensor, found block by block so a tensor too large to
+    copy is never held whole: keep |x| > `value`, and of the entries equal to it the first `equal_kept`
+    in index order. `equal_before[b]` counts the entries equal to `value` before block b (only when
+    some of them are dropped). `value` None keeps everything."""
+
+    value: float | None
+    equal_kept: int = 0
+    equal_before: list[int] | None = None
+
+
+def _magnitude_bits(x):
+    """|x| of a float tensor as int32 bit patterns, flat: for non-negative floats the integer order is
+    the value order, so the k-th largest magnitude is the k-th largest integer (a radix selection)."""
+    import torch
+
+    return x.detach().float().abs().reshape(-1).view(torch.int32)
+
+
+def _kth_bin(counts, k: int) -> tuple[int, int]:
+    """(bin holding the k-th largest entry, how many entries lie in higher bins), from bin counts."""
+    import torch
+
+    from_top = counts.flip(0).cumsum(0)
+    j = int(torch.searchsorted(from_top, torch.tensor([k], dtype=from_top.dtype)))
+    return len(counts) - 1 - j, int(from_top[j - 1]) if j > 0 else 0
+
+
+def magnitude_cut(blocks, numel: int, density: float) -> MagnitudeCut:
+    """The cut of `trim_by_magnitude(x, density)` for x given as `blocks()`, a callable returning the
+    blocks of x in index order (called two or three times). Memory: one block and two count tables.
+
+    Exact: the k-th largest |x| is selected on the float bit patterns, high 16 bits first, then the
+    low 16 bits inside the chosen high bin; entries tied with it are kept in index order as
+    `trim_by_magnitude` keeps them."""
+    import torch
+
+    k = kept_count(numel, density)
+    if k >= numel:
+        return MagnitudeCut(None)
+    high = torch.zeros(1 << 15, dtype=torch.int64)  # sign bit is 0: 15 high bits
+    for x in blocks():
+        high += torch.bincount(_magnitude_bits(x) >> 16, minlength=1 << 15)
+    hi, above = _kth_bin(high, k)
+    low = torch.zeros(1 << 16, dtype=torch.int64)
+    for x in blocks():
+        bits = _magnitude_bits(x)
+        low += torch.bincount(bits[(bits >> 16) == hi] & 0xFFFF, minlength=1 << 16)
+    need = k - above
+    lo, above_in_bin = _kth_bin(low, need)
+    value = float(torch.tensor([(hi << 16) | lo], dtype=torch.int32).view(torch.float32))
+    equal, equal_kept = int(low[lo]), need - above_in_bin
+    cut = MagnitudeCut(value, equal_kept)
+    if equal_kept < equal:  # ties at the cut: the first `equal_kept` of them in index order stay
+        cut.equal_before, seen = [], 0
+        for x in blocks():
+            cut.equal_before.append(seen)
+            seen += int((x.detach().float().abs() == value).sum())
+    return cut
+
+
+def trim_block(x, cut: MagnitudeCut, block: int, density: float, rescale: bool = False):
+    """Block number `block` of `trim_by_magnitude(whole, density, rescale)`, given the whole tensor's cut."""
+    import torch
+
+    if cut.value is None:
+        out = x.clone()
+    else:
+        mag = x.abs()
+        keep = mag > cut.value
+        equal = (mag == cut.value).view(-1)
+        if cut.equal_before is None:
+            keep.view(-1).logical_or_(equal)
+        else:
+            where = torch.nonzero(equal).view(-1)
+            allowed = min(max(cut.equal_kept - cut.equal_before[block], 0), len(where))
+            keep.view(-1)[where[:allowed]] = True
+        del mag, equal
+        out = x.masked_fill(~keep, 0.0)
+    return out.div_(density) if rescale else out

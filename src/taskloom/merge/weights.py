@@ -113,11 +113,30 @@ class ModelWeights:
         dtype = _torch_dtypes()[e["dtype"]]
         if end == start:
             return torch.empty(e["shape"], dtype=dtype)
-        buf = bytearray(end - start)
-        got = os.preadv(handle.fileno(), [buf], data_start + start)
-        if got != end - start:
+        return self._read(key, handle, data_start + start, end - start, dtype, e["shape"])
+
+    def get_rows(self, key: str, start: int, stop: int):
+        """Rows start:stop of the tensor (along its first dimension), read alone from disk."""
+        import torch
+
+        handle, data_start, e = self._where[key]
+        shape = e["shape"]
+        dtype = _torch_dtypes()[e["dtype"]]
+        row = math.prod(shape[1:]) * torch.empty((), dtype=dtype).element_size()
+        stop = min(stop, shape[0])
+        part = (max(stop - start, 0), *shape[1:])
+        if row * part[0] == 0:
+            return torch.empty(part, dtype=dtype)
+        return self._read(key, handle, data_start + e["data_offsets"][0] + start * row, row * part[0], dtype, part)
+
+    def _read(self, key, handle, offset: int, size: int, dtype, shape):
+        import torch
+
+        buf = bytearray(size)
+        got = os.preadv(handle.fileno(), [buf], offset)
+        if got != size:
             raise UserError(f"{self.label}: {key}: file ended early (truncated safetensors?)")
-        return torch.frombuffer(buf, dtype=dtype).reshape(e["shape"])
+        return torch.frombuffer(buf, dtype=dtype).reshape(shape)
 
 
 def is_float(dtype: str) -> bool:
@@ -217,15 +236,26 @@ class StreamingWriter:
         self._file = None
 
     def write(self, name: str, tensor) -> None:
+        self.write_rows(name, [tensor])
+
+    def write_rows(self, name: str, blocks) -> None:
+        """Write tensor `name` from its blocks of rows in order (each written, then dropped)."""
         import torch
 
         s, want, dtype, shape = self._order[self._pos]
-        if name != want or tuple(tensor.shape) != shape or tensor.dtype != _torch_dtypes()[dtype]:
-            raise RuntimeError(f"writer expected {want} {dtype} {shape}, got {name} {tensor.dtype} {tuple(tensor.shape)}")
-        if s != self._shard:
-            self._open(s)
-        if tensor.numel():
-            self._file.write(memoryview(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()))
+        rows = 0
+        for block in blocks:
+            if name != want or tuple(block.shape[1:]) != shape[1:] or block.dtype != _torch_dtypes()[dtype] \
+                    or (len(shape) == 0 and rows > 0) or rows + (block.shape[0] if shape else 1) > (shape[0] if shape else 1):
+                raise RuntimeError(f"writer expected {want} {dtype} {shape}, got {name} {block.dtype} "
+                                   f"{tuple(block.shape)} after {rows} rows")
+            if s != self._shard:
+                self._open(s)
+            if block.numel():
+                self._file.write(memoryview(block.detach().contiguous().reshape(-1).view(torch.uint8).numpy()))
+            rows += block.shape[0] if shape else 1
+        if name != want or rows != (shape[0] if shape else 1):
+            raise RuntimeError(f"writer expected {want} {dtype} {shape}, got {name} with {rows} rows")
         self._pos += 1
 
     def close(self) -> list[Path]:
