@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import threading
+import time
 import urllib.request
 
 import numpy as np
@@ -188,9 +189,12 @@ def test_bad_requests_fail_alone_with_clear_errors_and_metrics_count_requests(se
             c.infer(["x"] * 9, adapter="qa")
         for adapter in (None, "senti", "qa"):
             assert c.infer(["still serving"], adapter=adapter)["embedding"].shape == (1, 384)
-    after = metrics(server)
     # the three bad requests reached the model (Triton counts a python-backend error response as an
-    # executed request); the batch over the limit was rejected before it
+    # executed request); the batch over the limit was rejected before it. Triton may answer a request
+    # a moment before it counts it, so read the counters until they settle (at most 5 s).
+    deadline = time.monotonic() + 5
+    while sum((after := metrics(server)).values()) - sum(good.values()) < 6 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert sum(after.values()) - sum(good.values()) == 3 + 3
 
 

@@ -100,5 +100,5 @@ def test_refusals_name_the_folder(tmp_path):
     with pytest.raises(UserError, match="trained for a retrieval task"):
         evaluate_task(task, adapter=fake)
     gen = load_task(write_task(tmp_path / "gen", "generation", [{"prompt": "a", "response": "b"}], [{"prompt": "a", "response": "b"}]))
-    with pytest.raises(UserError, match="generation needs a causal LM base"):
+    with pytest.raises(UserError, match="not a causal language model"):
         evaluate_task(gen)

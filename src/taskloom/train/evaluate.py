@@ -124,7 +124,8 @@ def _adapter_info(adapter: Path, task) -> dict:
     info = json.loads((adapter / "task.json").read_text()) if (adapter / "task.json").exists() else {}
     types = {t["type"] for t in info.get("tasks", [])} if info.get("type") == "multitask" else {info.get("type")}
     if info.get("type") and task.type not in types:
-        raise UserError(f"--adapter {adapter}: trained for {'/'.join(sorted(types))} tasks, but {task.name} is {task.type}")
+        kinds = f"a {types.pop()} task" if len(types) == 1 else f"{'/'.join(sorted(types))} tasks"
+        raise UserError(f"--adapter {adapter}: trained for {kinds}, but {task.name} is {task.type}")
     return info
 
 
