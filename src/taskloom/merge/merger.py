@@ -42,7 +42,7 @@ from taskloom.specs import MergeSpec, load_merge
 REPORT = "merge_report.json"
 # A tensor larger than this (as float32) is merged in blocks of rows of about this size, by the
 # methods that allow it: the peak memory is then a few blocks, not a few copies of the tensor.
-BLOCK_BYTES = 16 << 20
+BLOCK_BYTES = 1 << 20
 HEAD_FILES = ("head.safetensors", "head.json", "task.json")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
