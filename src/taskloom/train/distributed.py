@@ -1,11 +1,11 @@
 """Data-parallel training under `torchrun`: each process takes its share of every global batch and the
-gradients are averaged across processes before each optimizer step.
+gradients are combined across processes before each optimizer step.
 
     torchrun --nproc-per-node 2 -m taskloom train task.yaml --out runs/rt
 
 The global batch (`--batch-size`) is the same as in one process: process r of W takes rows r, r+W, ...
 of it, so the loss curve matches a single-process run at the same global batch. Every process keeps
-the same weights (same seed, same averaged gradients, same optimizer); only rank 0 writes. gloo on
+the same weights (same seed, same combined gradients, same optimizer); only rank 0 writes. gloo on
 CPU, nccl on CUDA. Without torchrun's environment this is a world of one and nothing is initialised.
 """
 
@@ -63,16 +63,16 @@ def shard(rows: list, world: World) -> list:
     return rows[world.rank :: world.size] if world.size > 1 else rows
 
 
-def average_gradients(params: list, world: World, weight: float) -> None:
-    """Gradients become the global batch's: each process scales its own by its share of the batch
-    (`weight` = its rows / the global rows), then the sum runs over all processes in one flat buffer."""
+def sum_gradients(params: list, world: World) -> None:
+    """Gradients become the global batch's: each process's loss is already weighted by its share of
+    the batch's rows (train/loop.py), so the sum over processes, in one flat buffer, is the global gradient."""
     if world.size == 1:
         return
     import torch
     import torch.distributed as dist
 
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads]) * weight
+    flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     at = 0
     for p, g in zip(params, grads):

@@ -2,7 +2,7 @@
 
 The loop sees every task through the same five members, whatever the type: `lengths` (tokens per row,
 for length-aware batches), `units(idx)` and `tokens(idx)` (what a batch weighs, what it costs),
-`loss(model, idx)` and `score(model)`. Objectives: classification cross-entropy of a linear head over
+`loss(model, idx)` and `evaluate(model)` (the metric and the objective on the eval split). Objectives: classification cross-entropy of a linear head over
 the embedding (the head starts from the fitted linear probe, which is also the honest baseline);
 pair_similarity cosine-MSE; retrieval InfoNCE with in-batch negatives plus the rows' own negatives.
 """
@@ -22,8 +22,7 @@ class EncoderTask:
         self.rows, self.eval_rows, self.tok, self.max_length = train_rows, eval_rows, tok, max_length
         self.head = None
         # tokens per row as the model sees them (truncated): the sort key of batches and the token count
-        counts = [min(n, max_length) for n in self._token_counts(train_rows)]
-        self.lengths = counts
+        self.lengths = self._token_counts(train_rows)
 
     def _texts(self, row: dict) -> list[str]:
         if self.type == "classification":
@@ -59,12 +58,14 @@ class EncoderTask:
         return sum(self.lengths[i] for i in idx)
 
     def loss(self, model, idx: list[int]):
+        return self._loss(model, [self.rows[i] for i in idx])
+
+    def _loss(self, model, rows: list[dict]):
         import torch
 
         from taskloom.models.encoder import encode
         from taskloom.train.objectives import PAIR_LOSSES, classification_loss, info_nce_loss
 
-        rows = [self.rows[i] for i in idx]
         if self.type == "classification":
             emb = encode(model, self.tok, [r["text"] for r in rows], self.max_length)
             gold = torch.tensor([self.task.labels.index(r["label"]) for r in rows], device=emb.device)
@@ -83,19 +84,18 @@ class EncoderTask:
         positive = torch.tensor([where[r["positive"]] for r in rows], device=q.device)
         return info_nce_loss(q, d, positive)
 
-    def score(self, model) -> dict:
+    def evaluate(self, model) -> tuple[dict, float]:
+        """The task metric on the eval split, and the training objective there (no dropout, no
+        gradients, a mean over rows)."""
         from taskloom.train.evaluate import score_encoder
 
-        return score_encoder(self.task, self.tok, model, rows=self.eval_rows, head=self.head)
+        return score_encoder(self.task, self.tok, model, rows=self.eval_rows, head=self.head), self._eval_loss(model)
 
-    def eval_loss(self, model, batch_size: int = 64) -> float:
-        """The training objective on the eval rows (no dropout, no gradients), a mean over rows."""
+    def _eval_loss(self, model, batch_size: int = 64) -> float:
         import torch
 
         from taskloom.train.device import autocast
 
-        saved = self.rows, self.lengths
-        self.rows = self.eval_rows
         was_training = model.training
         model.eval()
         try:
@@ -103,10 +103,9 @@ class EncoderTask:
             device = next(model.parameters()).device.type
             with torch.no_grad(), autocast(device):
                 for start in range(0, n, batch_size):
-                    idx = list(range(start, min(n, start + batch_size)))
-                    total += float(self.loss(model, idx)) * len(idx)
+                    rows = self.eval_rows[start : start + batch_size]
+                    total += float(self._loss(model, rows)) * len(rows)
         finally:
-            self.rows, self.lengths = saved
             model.train(was_training)
         return total / n if n else math.nan
 

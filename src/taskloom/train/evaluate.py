@@ -138,19 +138,9 @@ def _evaluate_generation(task, adapter, model, device: str) -> dict:
 
     rows = load_split(task, "eval")
     if adapter is not None:
-        from peft import PeftModel
-
-        from taskloom.artifacts import verify_digest
-
         adapter = Path(adapter)
         info = _adapter_info(adapter, task)
-        weights = adapter / "adapter_model.safetensors"
-        if weights.with_name(weights.name + ".sha256").exists() and not verify_digest(weights):
-            raise UserError(f"{weights}: sha256 does not match (corrupted adapter?)")
-        tok, lm = load_causal(info.get("base") or task.base_model)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            lm = PeftModel.from_pretrained(lm, str(adapter))
+        tok, lm = load_adapter_model(info.get("base") or task.base_model, adapter, device, causal=True)
         source = str(adapter)
     elif model is not None:
         if not Path(model).is_dir():
@@ -166,17 +156,21 @@ def _evaluate_generation(task, adapter, model, device: str) -> dict:
             "n": len(rows), "higher_is_better": False, "source": source}
 
 
-def load_adapter_model(base: str, adapter: Path, device: str = "cpu"):
-    """(tokenizer, base + LoRA PeftModel) in eval mode; the weights are checked against their sha256."""
+def load_adapter_model(base: str, adapter: Path, device: str = "cpu", causal: bool = False):
+    """(tokenizer, base + LoRA PeftModel) in eval mode; the weights are checked against their sha256.
+    `causal`: the base is a causal LM (generation), else a sentence encoder."""
     from peft import PeftModel
 
     from taskloom.artifacts import verify_digest
-    from taskloom.models.encoder import load_encoder
 
     weights = adapter / "adapter_model.safetensors"
     if weights.with_name(weights.name + ".sha256").exists() and not verify_digest(weights):
         raise UserError(f"{weights}: sha256 does not match (corrupted adapter?)")
-    tok, model = load_encoder(base)
+    if causal:
+        from taskloom.models.causal import load_causal as load
+    else:
+        from taskloom.models.encoder import load_encoder as load
+    tok, model = load(base)
     with warnings.catch_warnings():  # a transformers deprecation notice raised inside PEFT
         warnings.simplefilter("ignore", FutureWarning)
         model = PeftModel.from_pretrained(model, str(adapter)).to(device)

@@ -43,18 +43,16 @@ class GenerationTask:
         batch = collate([self.examples[i] for i in idx], self.tok.pad_token_id, device)
         return generation_loss(model, batch)
 
-    def score(self, model) -> dict:
-        """Held-out answer loss (mean NLL per answer token, lower is better) and its perplexity."""
+    def evaluate(self, model) -> tuple[dict, float]:
+        """Held-out answer loss (mean NLL per answer token, lower is better) and its perplexity; the
+        metric IS the training objective on the eval split, so one pass gives both."""
         import math
 
         from taskloom.train.generation import answer_loss
 
         value = answer_loss(self.tok, model, self.eval_rows)  # at the eval length, whatever training used
         return {"task": self.name, "type": self.type, "metric": "answer_loss", "value": value,
-                "perplexity": math.exp(value), "n": len(self.eval_rows), "higher_is_better": False}
-
-    def eval_loss(self, model) -> float:
-        return self.score(model)["value"]
+                "perplexity": math.exp(value), "n": len(self.eval_rows), "higher_is_better": False}, value
 
     def save(self, folder, multi: bool) -> None:
         return None

@@ -107,7 +107,7 @@ def run(model, works, spec, out: Path, *, total_steps: int, per_epoch: int, fing
                         loss = part if loss is None else loss + part
                 if loss is not None:
                     loss.backward()
-                distributed.average_gradients(params, world, 1.0)
+                distributed.sum_gradients(params, world)
                 torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
                 lr = optimizer.param_groups[0]["lr"]  # the rate this step used
                 optimizer.step()

@@ -93,6 +93,7 @@ def train_tasks(tasks: list, out, spec, progress: bool = True, resume: bool = Fa
     from taskloom.train.device import resolve_device
     from taskloom.train.evaluate import load_split
     from taskloom.train.report import write_train_report
+    from taskloom.train.sampling import steps_per_epoch
 
     # ---- 1. check every input before anything is written --------------------------------------
     out = Path(out)
@@ -153,8 +154,7 @@ def train_tasks(tasks: list, out, spec, progress: bool = True, resume: bool = Fa
     for w in works:
         w.prepare(model, spec.seed)  # classification: the linear probe (the baseline and the head's start)
         if world.main:
-            base_scores[w.name] = w.score(model)
-            base_losses[w.name] = w.eval_loss(model)
+            base_scores[w.name], base_losses[w.name] = w.evaluate(model)
             probe = " (linear probe on the frozen encoder)" if w.head is not None else ""
             s = base_scores[w.name]
             say(f"{w.name}: base {s['metric']} {s['value']:.4f} on {len(w.eval_rows)} eval rows{probe}")
@@ -174,8 +174,6 @@ def train_tasks(tasks: list, out, spec, progress: bool = True, resume: bool = Fa
         for m in w.modules().values():
             m.to(device)
     trainable = sum(p.numel() for p in loop.trainable_tensors(model, works).values())
-    from taskloom.train.sampling import steps_per_epoch
-
     per_epoch = steps_per_epoch([w.lengths for w in works], spec.batch_size)
     total_steps = spec.max_steps or spec.epochs * per_epoch
 
@@ -195,14 +193,14 @@ def train_tasks(tasks: list, out, spec, progress: bool = True, resume: bool = Fa
         model.eval()
         per_task = {}
         for w in works:
-            tuned = w.score(model)
+            tuned, tuned_loss = w.evaluate(model)
             b = base_scores[w.name]
             up = b.get("higher_is_better", True)
             say(f"{w.name}: tuned {tuned['metric']} {tuned['value']:.4f} after {total_steps} steps")
             m = {"task": w.name, "type": w.type, "metric": b["metric"], "base": round(b["value"], 6),
                  "tuned": round(tuned["value"], 6),
                  "gain": round((tuned["value"] - b["value"]) * (1 if up else -1), 6),  # > 0: better, whatever the metric
-                 "base_eval_loss": round(base_losses[w.name], 6), "eval_loss": round(w.eval_loss(model), 6),
+                 "base_eval_loss": round(base_losses[w.name], 6), "eval_loss": round(tuned_loss, 6),
                  "train_rows": len(w.lengths), "eval_rows": len(w.eval_rows)}
             if not up:
                 m["higher_is_better"] = False
