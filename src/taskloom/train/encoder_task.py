@@ -22,7 +22,7 @@ class EncoderTask:
         self.rows, self.eval_rows, self.tok, self.max_length = train_rows, eval_rows, tok, max_length
         self.head = None
         # tokens per row as the model sees them (truncated): the sort key of batches and the token count
-        self.lengths = self._token_counts(train_rows)
+        self.lengths = [min(n, max_length) for n in self._token_counts(train_rows)]
 
     def _texts(self, row: dict) -> list[str]:
         if self.type == "classification":
