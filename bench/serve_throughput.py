@@ -8,8 +8,8 @@ Same inputs for both (real Rotten Tomatoes reviews from `build_task("rt-sentimen
 - baseline: AutoModel + tokenizer in this process, called once per request from a thread pool
   (mean pool + L2 normalise, the same embedding);
 - taskloom: the bundled tritonserver serving `build_repository("minilm")` (dynamic batching, texts
-  sorted by length into chunks that waste little on padding, idle OpenMP threads sleeping), one gRPC
-  client per thread; the fast path (`--fast`) is a second model of the same server with dynamic int8
+  sorted by length into chunks that waste little on padding, the fp32 body on ONNX Runtime with
+  sleeping idle threads; `--engine torch` for PyTorch instead), one gRPC client per thread; the fast path (`--fast`) is a second model of the same server with dynamic int8
   (or bf16) Linear layers, reported separately.
 Outputs must agree: cosine >= 0.999 between the two fp32 embeddings of every text (>= 0.995 for the
 fast path against fp32). Also printed: the float32 matmul peak of this machine measured here, and the
@@ -116,7 +116,7 @@ def baseline(texts: list[str], levels) -> tuple[dict, int, int]:
 
 
 def taskloom_on_triton(texts: list[str], levels, fast: str, queue_delay_us: int, threads: int | None,
-                       instances: int) -> dict:
+                       instances: int, engine: str = "auto") -> dict:
     """Both models in one server: fp32 `taskloom` and the fast path; one gRPC client per thread."""
     from taskloom.serve.client import TritonClient
     from taskloom.serve.launcher import TritonServer
@@ -127,7 +127,7 @@ def taskloom_on_triton(texts: list[str], levels, fast: str, queue_delay_us: int,
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         repo = Path(tmp) / "repo"
         opts = dict(max_batch_size=64, max_queue_delay_us=queue_delay_us, threads=threads, instances=instances)
-        build_repository("minilm", repo, name="taskloom", **opts)
+        build_repository("minilm", repo, name="taskloom", engine=engine, **opts)
         models = ["taskloom"]
         if fast != "none":
             build_repository("minilm", repo, name=f"taskloom_{fast}", precision=fast, **opts)
@@ -159,6 +159,8 @@ def main(argv=None) -> int:
     ap.add_argument("--queue-delay-us", type=int, default=1000, help="Triton dynamic batching delay")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per model instance (default: torch's)")
     ap.add_argument("--instances", type=int, default=1, help="Triton model instances (one process each)")
+    ap.add_argument("--engine", choices=["auto", "torch", "onnxruntime"], default="auto",
+                    help="the fp32 model's engine (auto: ONNX Runtime, as `build_repository` picks)")
     args = ap.parse_args(argv)
 
     import torch
@@ -172,18 +174,20 @@ def main(argv=None) -> int:
     base, params, tokens = baseline(texts, LEVELS)
     print(f"inputs: {len(texts)} Rotten Tomatoes reviews, {tokens} real tokens ({tokens / len(texts):.1f} per text); "
           f"encoder {params / 1e6:.2f} M non-embedding parameters", flush=True)
-    served = taskloom_on_triton(texts, LEVELS, args.fast, args.queue_delay_us, args.threads, args.instances)
+    served = taskloom_on_triton(texts, LEVELS, args.fast, args.queue_delay_us, args.threads, args.instances,
+                                args.engine)
+    engine = "onnxruntime" if args.engine == "auto" else args.engine
 
     def useful(r):  # GFLOP/s of real (non-padding) tokens through the encoder's matmuls
         return 2 * params * tokens / r["seconds"] / 1e9
 
-    print(f"\n{'system':<22}{'conc':>5}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'useful GFLOP/s':>16}{'% of peak':>11}")
+    print(f"\n{'system':<30}{'conc':>5}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'useful GFLOP/s':>16}{'% of peak':>11}")
     rows = [("baseline (in-process)", c, base[c]) for c in LEVELS]
-    rows += [("taskloom (Triton fp32)", c, served["taskloom"][c]) for c in LEVELS]
+    rows += [(f"taskloom (fp32, {engine})", c, served["taskloom"][c]) for c in LEVELS]
     if args.fast != "none":
         rows += [(f"taskloom ({args.fast})", LEVELS[-1], served[f"taskloom_{args.fast}"][LEVELS[-1]])]
     for name, c, r in rows:
-        print(f"{name:<22}{c:>5}{r['rps']:>9.1f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{useful(r):>16.1f}"
+        print(f"{name:<30}{c:>5}{r['rps']:>9.1f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{useful(r):>16.1f}"
               f"{100 * useful(r) / peak:>10.1f}%")
     ref = base[LEVELS[-1]]["out"]
     cos = {c: float((served["taskloom"][c]["out"] * ref).sum(1).min()) for c in LEVELS}

@@ -15,10 +15,14 @@ both start from the same model and any difference in eval loss comes from the tr
 freshly initialised head would hand the baseline a handicap that has nothing to do with speed.
 
 The baseline is the strong usual setting: the training set tokenized once (truncation at
-max_length, no padding), `DataCollatorWithPadding` padding each batch to its longest row, the
-Trainer's own shuffled sampler, `use_cpu=True`, `save_strategy="no"`, `report_to=[]`. taskloom runs
-its real `train_adapter` (length-aware batches, tokenizing inside its loop); its time is the
-`train_seconds` of its metrics.json, and steps.jsonl must hold one line per optimizer step.
+max_length, no padding), `DataCollatorWithPadding` padding each batch to its longest row,
+`use_cpu=True`, `save_strategy="no"`, `report_to=[]`. Both sides train on the very same batches in
+the same order: taskloom's sampler is a plain seeded shuffle per epoch (what the Trainer's random
+sampler does), and the Trainer is handed that order, so the eval losses compare the engines rather
+than two draws of the shuffle (on 1,024 rows the order alone moves the eval loss by about ±0.01).
+taskloom runs its real `train_adapter` (tokenizing inside its loop; each batch run as length-sorted
+chunks padded to their own longest row); its time is the `train_seconds` of its metrics.json, and
+steps.jsonl must hold one line per optimizer step.
 
 Measured the same way on both sides:
 - useful tokens: the sum of the attention mask over the examples trained (every training row once,
@@ -35,12 +39,12 @@ Measured the same way on both sides:
 Runs alternate (taskloom, baseline, baseline, taskloom, ...) in this one process with the same
 thread count; the table keeps the best time of each side. Threads: default 1, the steadiest on a
 shared machine (OMP_WAIT_POLICY=PASSIVE is set, as the CLI sets it: with OpenMP's default
-busy-waiting, two threads on two busy cores made a step up to 10x slower). `--precision bf16` gives
-taskloom bf16 autocast, `--baseline-bf16` the Trainer its own (`bf16=True`). Last line: `ratio: X` =
-taskloom's useful tokens/s over the baseline's. Target: >= 1.5 with an equal or lower eval loss.
-
-Reading the eval loss: on 1,024 rows the order of the batches alone moves it by about ±0.01 (seeds
-0-2); fed taskloom's own batches in its order, the Trainer ended within 0.005 of taskloom each time.
+busy-waiting, two threads on two busy cores made a step up to 10x slower). `--precision` is
+taskloom's (default auto: bf16 autocast on CPUs with AMX or AVX512-BF16, as `taskloom train` runs);
+`--baseline-bf16` gives the Trainer its own (`bf16=True`); `--no-dropout` turns dropout off on both
+sides, so they differ only by arithmetic; `--device cuda` trains both on the GPU in bf16. Last line:
+`ratio: X` = taskloom's useful tokens/s over the baseline's. Target: >= 1.5 with an equal or lower
+eval loss.
 """
 
 from __future__ import annotations
@@ -71,16 +75,19 @@ def token_counts(tok, texts: list[str], max_length: int) -> list[int]:
     return [sum(m) for m in tok(texts, truncation=True, max_length=max_length)["attention_mask"]]
 
 
-def taskloom_padded_tokens(lengths: list[int], batch: int, seed: int, steps: int) -> int:
-    """Token slots taskloom's batches fill, padding included: its own batch plan, replayed."""
+def taskloom_batches(n: int, batch: int, seed: int, steps: int) -> list[list[int]]:
+    """taskloom's batches, in order: its own sampler replayed (a fresh shuffle each epoch)."""
     from taskloom.train.sampling import plan
 
-    stream = plan([lengths], batch, seed)
-    total = 0
-    for _ in range(steps):
-        idx = next(stream)[0][1]
-        total += len(idx) * max(lengths[i] for i in idx)
-    return total
+    stream = plan([n], batch, seed)
+    return [next(stream)[0][1] for _ in range(steps)]
+
+
+def taskloom_padded_tokens(lengths: list[int], batches: list[list[int]]) -> int:
+    """Token slots taskloom's length-aware chunks fill, padding included."""
+    from taskloom.models.chunks import padded_slots
+
+    return sum(padded_slots([lengths[i] for i in idx]) for idx in batches)
 
 
 def eval_scores(tok, encoder, head, rows: list[dict], labels: list[str], max_length: int) -> tuple[float, float]:
@@ -107,7 +114,8 @@ def train_spec(args):
     from taskloom.specs import TrainSpec
 
     return TrainSpec(epochs=1, rank=8, alpha=16.0, lr=args.lr, batch_size=args.batch, max_length=args.max_length,
-                     seed=args.seed, device="cpu", precision=args.precision, checkpoint_every=0)
+                     seed=args.seed, device=args.device, precision=args.precision, checkpoint_every=0,
+                     dropout=not args.no_dropout)
 
 
 def run_taskloom(task, work: Path, args, run: int) -> dict:
@@ -128,7 +136,7 @@ def run_taskloom(task, work: Path, args, run: int) -> dict:
     assert labels == task.labels
     lengths = token_counts(tok, [r["text"] for r in load_split(task, "train")], args.max_length)
     return {"seconds": float(metrics["train_seconds"]), "steps": len(steps), "metrics_steps": metrics["steps"],
-            "slots": taskloom_padded_tokens(lengths, args.batch, args.seed, len(steps)),
+            "slots": taskloom_padded_tokens(lengths, taskloom_batches(len(lengths), args.batch, args.seed, len(steps))),
             "tokens_reported": metrics.get("tokens"), "eval_loss": loss, "accuracy": acc,
             "reported_eval_loss": metrics.get("eval_loss"), "precision": metrics.get("precision", "?")}
 
@@ -191,7 +199,11 @@ def run_baseline(task, work: Path, args, run: int) -> dict:
     torch.manual_seed(args.seed)
     tok, encoder = load_encoder(task.base_model)
     head = fit_probe_head(task, tok, encoder, train_rows, seed=args.seed)
-    encoder = get_peft_model(encoder, LoraConfig(r=8, lora_alpha=16, lora_dropout=LORA_DROPOUT,
+    if args.no_dropout:  # as taskloom's --no-dropout: none in the base either
+        for m in encoder.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+    encoder = get_peft_model(encoder, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0 if args.no_dropout else LORA_DROPOUT,
                                                  target_modules=TARGET_MODULES, bias="none"))
     model = pooled_classifier(encoder, head)
     enc = tok([r["text"] for r in train_rows], truncation=True, max_length=args.max_length)
@@ -200,9 +212,10 @@ def run_baseline(task, work: Path, args, run: int) -> dict:
     targs = TrainingArguments(
         output_dir=str(work / f"hf-{run}"), per_device_train_batch_size=args.batch, num_train_epochs=1,
         learning_rate=args.lr, weight_decay=WEIGHT_DECAY, lr_scheduler_type="linear",
-        warmup_steps=max(1, int(WARMUP_SHARE * steps)), max_grad_norm=MAX_GRAD_NORM, seed=args.seed,
-        use_cpu=True, save_strategy="no", eval_strategy="no", report_to=[], logging_strategy="no",
-        disable_tqdm=True, dataloader_num_workers=0, remove_unused_columns=False, bf16=args.baseline_bf16,
+        warmup_steps=max(1, int(WARMUP_SHARE * steps)), max_grad_norm=MAX_GRAD_NORM,
+        seed=args.seed if args.baseline_seed is None else args.baseline_seed,
+        use_cpu=args.device == "cpu", save_strategy="no", eval_strategy="no", report_to=[], logging_strategy="no",
+        disable_tqdm=True, dataloader_num_workers=0, remove_unused_columns=False, bf16=args.baseline_bf16 or args.device == "cuda",
     )
     clock, pad, slots = loop_clock(), DataCollatorWithPadding(tok), [0]
 
@@ -211,13 +224,20 @@ def run_baseline(task, work: Path, args, run: int) -> dict:
         slots[0] += batch["input_ids"].numel()
         return batch
 
-    trainer = Trainer(model=model, args=targs, train_dataset=data, data_collator=collate, callbacks=[clock])
+    order = [i for idx in taskloom_batches(len(data), args.batch, args.seed, steps) for i in idx]
+
+    class SameOrderTrainer(Trainer):  # the very batches taskloom trains on, in its order
+        def _get_train_sampler(self, train_dataset=None):
+            return order
+
+    trainer = SameOrderTrainer(model=model, args=targs, train_dataset=data, data_collator=collate, callbacks=[clock])
     trainer.remove_callback(PrinterCallback)  # its end-of-training dict would land in the table's output
     t0 = time.perf_counter()
     result = trainer.train()
     wall = time.perf_counter() - t0
+    model.to("cpu")  # both sides are scored on the CPU, by the same function
     loss, acc = eval_scores(tok, encoder, model.head, eval_rows, task.labels, args.max_length)
-    return {"precision": "bf16" if args.baseline_bf16 else "fp32", "seconds": clock.seconds, "wall": wall,
+    return {"precision": "bf16" if args.baseline_bf16 or args.device == "cuda" else "fp32", "seconds": clock.seconds, "wall": wall,
             "slots": slots[0], "steps": int(result.global_step), "eval_loss": loss, "accuracy": acc}
 
 
@@ -233,6 +253,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="one seed for both sides")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="taskloom's --precision")
     ap.add_argument("--baseline-bf16", action="store_true", help="bf16 autocast for the baseline too (bf16=True)")
+    ap.add_argument("--baseline-seed", type=int, default=None,
+                    help="the Trainer's own seed (its dropout masks), batches unchanged: how much dropout alone moves "
+                         "the eval loss")
+    ap.add_argument("--no-dropout", action="store_true",
+                    help="no dropout on either side: the two runs then differ only by arithmetic, not random masks")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="where both sides train (cuda: bf16 autocast on both); scoring runs on the CPU")
     args = ap.parse_args()
 
     import torch
@@ -253,7 +280,8 @@ def main() -> None:
         print(f"{TASK}: {len(train_rows)} training reviews ({tokens} useful tokens at max_length {args.max_length}), "
               f"{len(load_split(task, 'eval'))} eval reviews; batch {args.batch}, 1 epoch, lr {args.lr:g}, "
               f"LoRA r 8 alpha 16", flush=True)
-        print(f"machine: {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+        gpu = f", {torch.cuda.get_device_name()}" if args.device == "cuda" else ""
+        print(f"machine: {os.cpu_count()} CPUs{gpu}, torch threads {torch.get_num_threads()}, "
               f"load average {os.getloadavg()[0]:.2f} at start", flush=True)
 
         sides = {"taskloom": run_taskloom, "HF Trainer + PEFT": run_baseline}

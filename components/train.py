@@ -1,7 +1,10 @@
-"""Train one LoRA adapter on the staged task; base vs tuned on the eval split become Metrics.
+"""Train a LoRA adapter on the staged task (or one adapter on several tasks); base vs tuned on the eval
+split become Metrics.
 
 nodes x gpus_per_node > 1 hands the run to the Kubeflow Trainer (a TrainJob this step creates and waits
 for); `run_id` is the KFP run's id (dsl.PIPELINE_JOB_ID_PLACEHOLDER), which labels that TrainJob."""
+
+from typing import List
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
@@ -37,3 +40,41 @@ def train_adapter(
     for k, v in result.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             metrics.log_metric(k, v)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False, packages_to_install=[])
+def train_joint_adapter(
+    datasets: Input[List[Dataset]],
+    max_steps: int,
+    epochs: int,
+    rank: int,
+    base: str,
+    device: str,
+    seed: int,
+    temperature: float,
+    mixing: str,
+    feature_repo: str,
+    adapter_id: str,
+    model: Output[Model],
+    metrics: Output[Metrics],
+    nodes: int = 1,
+    gpus_per_node: int = 0,
+    run_id: str = "",
+):
+    """ONE adapter on every staged task (a head per task; tasks sampled at `temperature`, `mixing`
+    task|mixed); each task's base vs tuned becomes Metrics as `<task>.<key>`."""
+    from taskloom.steps import train_step
+
+    result = train_step(
+        [d.path for d in datasets], model.path, max_steps=max_steps, epochs=epochs, rank=rank, base=base,
+        device=device, seed=seed, temperature=temperature, mixing=mixing, feature_repo=feature_repo,
+        adapter_id=adapter_id, nodes=nodes, gpus_per_node=gpus_per_node, run_id=run_id,
+    )
+    model.metadata.update({"task": result["task"], "type": result["type"]})
+    per_task = result.get("tasks") or {result["task"]: result}
+    for task, row in per_task.items():
+        for k, v in row.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                metrics.log_metric(f"{task}.{k}", v)
+    for k in ("steps", "train_seconds", "tokens_per_s"):
+        metrics.log_metric(k, result[k])

@@ -13,14 +13,12 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import Artifact, Model
 
-from components.export import export_task
 from components.merge import merge_adapters
-from components.profile import profile_task
 from components.task_list import task_list
 from components.train import train_adapter
-from components.validate import validate_task
 from pipelines.placement import FEATURE_REPO, MODEL_REPOSITORY, offline, on_cpu, on_gpu, with_shared_volume
 from pipelines.release import gate_then_deploy
+from pipelines.staging import stage_task
 
 Outputs = NamedTuple("Outputs", promoted=bool, gate=Artifact, merged=Model)
 
@@ -54,11 +52,7 @@ def drift_retrain(
     task's training to the Kubeflow Trainer as a TrainJob (torchrun on every node; the chart's runtime)."""
     names = on_cpu(offline(task_list(tasks=task)), memory="1Gi").set_display_name("tasks")
     with dsl.ParallelFor(names.output, name="per-task") as item:
-        staged = on_cpu(offline(export_task(task=item))).set_display_name("export")
-        checked = on_cpu(offline(validate_task(dataset=staged.outputs["dataset"]))).set_display_name("validate")
-        profiled = profile_task(dataset=staged.outputs["dataset"], feature_repo=feature_repo, adapter_id=adapter_id)
-        with_shared_volume(on_cpu(offline(profiled))).set_display_name("profile").set_caching_options(False)
-        profiled.after(checked)
+        staged, checked = stage_task(item, feature_repo, adapter_id)
         trained = train_adapter(
             dataset=staged.outputs["dataset"], max_steps=max_steps, epochs=epochs, rank=rank, base=base,
             device=device, seed=seed, feature_repo=feature_repo, adapter_id=adapter_id,

@@ -86,7 +86,7 @@ def train(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="rows per optimizer step (global, under torchrun)"),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="tokens per text in training (encoder 64, causal LM 96)"),
     max_train_rows: Optional[int] = typer.Option(None, "--max-train-rows", help="train on a seeded sample of this many rows per task"),
-    precision: Optional[str] = typer.Option(None, "--precision", help="auto | fp32 | bf16 (auto: bf16 on CUDA, fp32 on CPU)"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto | fp32 | bf16 (auto: bf16 autocast on CUDA and on CPUs with AMX/AVX512-BF16, else fp32)"),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="several tasks: sample task i with p ∝ n_i^(1/T) (default 2)"),
     mixing: Optional[str] = typer.Option(None, "--mixing", help="several tasks: task (one task per step, default) | mixed"),
     key_weight: Optional[float] = typer.Option(None, "--key-weight", help="generation: loss weight of the answer's key tokens (default 1: off)"),
@@ -194,7 +194,7 @@ def drift(
 
 @pipeline_app.command("run")
 def pipeline_run(
-    name: str = typer.Argument(..., help="train_merge_deploy | drift_retrain"),
+    name: str = typer.Argument(..., help="train_merge_deploy | drift_retrain | train_joint"),
     param: list[str] = typer.Option([], "--param", "-p", help="pipeline parameter as KEY=VALUE (repeatable)"),
     root: Path = typer.Option(Path("runs/kfp"), "--root", help="local pipeline root for artifacts"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="write the steps' logs to <run folder>/run.log, not stdout"),
@@ -210,7 +210,7 @@ def pipeline_run(
 
 @pipeline_app.command("compile")
 def pipeline_compile(
-    name: str = typer.Argument(..., help="train_merge_deploy | drift_retrain"),
+    name: str = typer.Argument(..., help="train_merge_deploy | drift_retrain | train_joint"),
     out: Path = typer.Option(..., "--out", help="YAML file to write"),
 ) -> None:
     """Compile a pipeline to KFP v2 YAML for a cluster."""
@@ -221,7 +221,7 @@ def pipeline_compile(
 
 @pipeline_app.command("submit")
 def pipeline_submit(
-    name: str = typer.Argument(..., help="train_merge_deploy | drift_retrain"),
+    name: str = typer.Argument(..., help="train_merge_deploy | drift_retrain | train_joint"),
     host: str = typer.Option(..., "--host", help="KFP API endpoint, e.g. http://ml-pipeline.kubeflow:8888"),
     param: list[str] = typer.Option([], "--param", "-p", help="pipeline parameter as KEY=VALUE (repeatable)"),
     experiment: str = typer.Option("taskloom", "--experiment"),
@@ -291,6 +291,8 @@ def deploy(
     max_queue_delay_us: Optional[int] = typer.Option(None, "--max-queue-delay-us", help="dynamic batching delay"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads per model instance"),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 | int8"),
+    engine: Optional[str] = typer.Option(None, "--engine", help="auto | torch | onnxruntime (auto: ONNX Runtime "
+                                         "for one fp32 model without adapters, else PyTorch)"),
     timeout: float = typer.Option(300, "--timeout", help="seconds per server call (loading included)"),
 ) -> None:
     """Publish a new version through Triton's model control: canary, switch, smoke; roll back on failure."""
@@ -300,7 +302,7 @@ def deploy(
         _print_json(d.rollback(repo, url, name=name, to_version=to_version, protocol=protocol, timeout=timeout))
         return
     options = {k: v for k, v in dict(max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
-                                     threads=threads, precision=precision).items() if v is not None}
+                                     threads=threads, precision=precision, engine=engine).items() if v is not None}
     try:
         report = d.deploy(repo, url, source, name=name, adapter_name=adapter_name, remove=remove, head_task=head,
                           protocol=protocol, smoke_texts=tuple(smoke_text) or d.SMOKE_TEXTS,

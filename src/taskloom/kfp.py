@@ -22,6 +22,7 @@ from taskloom.errors import UserError
 PIPELINES: dict[str, str] = {
     "train_merge_deploy": "pipelines.train_merge_deploy:train_merge_deploy",
     "drift_retrain": "pipelines.drift_retrain:drift_retrain",
+    "train_joint": "pipelines.train_joint:train_joint",
 }
 
 # Cluster paths (the shared volume) that a local run redirects under its root unless given.

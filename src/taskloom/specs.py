@@ -120,8 +120,8 @@ class TrainSpec(BaseModel):
     max_train_rows: int | None = Field(default=None, ge=1, description="subsample each task's training rows (seeded)")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = Field(default="auto", description="auto: bf16 autocast on CUDA, "
-                                                       "float32 on CPU; bf16: autocast on CPU too")
+    precision: Literal["auto", "fp32", "bf16"] = Field(default="auto", description="auto: bf16 autocast on CUDA and on "
+                                                       "CPUs with AMX or AVX512-BF16, float32 elsewhere")
     temperature: float = Field(default=2.0, gt=0, description="multi-task: sample task i with p ∝ n_i^(1/T)")
     mixing: Literal["task", "mixed"] = Field(default="task", description="multi-task: one task per step, or "
                                              "every task in every step")

@@ -108,7 +108,7 @@ def profile_step(task_dir: str | Path, out_dir: str | Path, feature_repo: str = 
 
 
 def train_step(
-    task_dir: str | Path,
+    task_dir: str | Path | list,
     out_dir: str | Path,
     max_steps: int = 0,
     epochs: int = 0,
@@ -122,9 +122,14 @@ def train_step(
     gpus_per_node: int = 0,
     run_id: str = "",
     trainjob: dict | None = None,
+    temperature: float = 0.0,
+    mixing: str = "",
 ) -> dict:
     """Train one LoRA adapter into `out_dir` (adapter/, metrics.json); 0 or "" means the default.
-    Given a Feast repository, the adapter's metrics are written there under `adapter_id` (default: the task name).
+    `task_dir`: one staged task, or a list of them for one adapter on every task (multi-task:
+    `temperature` and `mixing` as in `taskloom train`). Given a Feast repository, the adapter's metrics
+    are written there under `adapter_id` (default: the task name; several tasks: `<id>/<task>` per task,
+    the id defaulting to the names joined by "+").
 
     `nodes` x `gpus_per_node` workers: one trains here, in this process. More than one, in a cluster, run
     as a Kubeflow Trainer TrainJob (`torchrun` on every node, see taskloom.train.trainjob) that this step
@@ -135,28 +140,35 @@ def train_step(
     from taskloom.specs import TrainSpec, load_task
     from taskloom.train.trainjob import train_on_trainer, use_trainer
 
-    given = dict(max_steps=max_steps or None, epochs=epochs or None, rank=rank or None, base=base or None)
+    task_dirs = [task_dir] if isinstance(task_dir, (str, Path)) else list(task_dir)
+    given = dict(max_steps=max_steps or None, epochs=epochs or None, rank=rank or None, base=base or None,
+                 temperature=temperature or None, mixing=mixing or None)
     try:
         spec = TrainSpec(device=device, seed=seed, **{k: v for k, v in given.items() if v is not None})
     except ValidationError as e:
         err = e.errors()[0]
         raise UserError(f"train {err['loc'][0]}: {err['msg']}") from None
-    task = load_task(Path(task_dir) / TASK_FILE)
+    tasks = [load_task(Path(d) / TASK_FILE) for d in task_dirs]
+    name = "+".join(t.name for t in tasks)
     if use_trainer(nodes, gpus_per_node):
         args = [a for k, v in given.items() if v is not None for a in (f"--{k.replace('_', '-')}", str(v))]
         args += ["--seed", str(seed), "--device", device if device != "auto" else ("cuda" if gpus_per_node else "cpu")]
-        metrics = train_on_trainer(task_dir, out_dir, task=task.name, nodes=nodes, gpus_per_node=gpus_per_node,
+        metrics = train_on_trainer(task_dirs, out_dir, task=name, nodes=nodes, gpus_per_node=gpus_per_node,
                                    train_args=args, run_id=run_id, **(trainjob or {}))
     else:
-        from taskloom.train.lora import train_adapter
+        from taskloom.train.lora import train_tasks
 
-        metrics = train_adapter(task, Path(out_dir), spec, progress=False)
+        metrics = train_tasks(tasks, Path(out_dir), spec, progress=False)
     if feature_repo:
         from taskloom.store.feature_store import TaskStore
 
         store = TaskStore(feature_repo)
         store.apply()
-        store.write_adapter_metrics(adapter_id or task.name, task.name, metrics)
+        if len(tasks) == 1:
+            store.write_adapter_metrics(adapter_id or name, name, metrics)
+        else:  # one adapter, many tasks: a row per task, `<adapter_id>/<task>`
+            for task in tasks:
+                store.write_adapter_metrics(f"{adapter_id or name}/{task.name}", task.name, metrics["tasks"][task.name])
     return metrics
 
 

@@ -109,3 +109,25 @@ def test_train_merge_deploy_on_two_builtin_tasks(tmp_path):
         assert TaskStore(root / "feature_repo").read_task(task)["task_id"] == task
     if gate["promote"]:
         assert (root / "model_repository" / "taskloom" / "config.pbtxt").exists()
+
+
+def test_train_joint_trains_one_adapter_on_two_tasks(tmp_path):
+    """The multi-task training component: one adapter, a head per task, each task's metrics in Feast."""
+    from taskloom.store.feature_store import TaskStore
+
+    first = tiny_task(tmp_path / "a")
+    second = tiny_task(tmp_path / "b")
+    doc = yaml.safe_load(second.read_text())
+    second.write_text(yaml.safe_dump({**doc, "name": "tiny-sentiment-b"}, sort_keys=False))
+    root = tmp_path / "kfp"
+    result = run_local("train_joint", {"tasks": f"{first},{second}", "max_steps": "2", "adapter_id": "joint-v1",
+                                       "mixing": "mixed"}, root, quiet=True)
+    assert result["state"] == "SUCCEEDED", result.get("error")
+    out = Path(result["outputs"]["adapter"]["path"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["type"] == "multitask" and metrics["mixing"] == "mixed" and metrics["steps"] == 2
+    assert set(metrics["tasks"]) == {"tiny-sentiment", "tiny-sentiment-b"}
+    for task in metrics["tasks"]:
+        assert (out / "adapter" / "heads" / task).is_dir()
+        stored = TaskStore(root / "feature_repo").read_adapter(f"joint-v1/{task}")
+        assert stored["task_id"] == task and stored["tuned"] == pytest.approx(metrics["tasks"][task]["tuned"])

@@ -23,8 +23,11 @@ from taskloom.kfp import PIPELINES, coerce_params, compile_pipeline, load_pipeli
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "pipelines" / "compiled"
-GPU_EXECUTORS = ("exec-train-adapter", "exec-gate-model", "exec-deploy-model")
-SHARED_VOLUME_EXECUTORS = ("exec-profile-task", "exec-train-adapter", "exec-deploy-model")
+# where each pipeline's steps run: the GPU steps, and the steps that mount the shared volume
+GPU_EXECUTORS = {"train_joint": ("exec-train-joint-adapter",)}
+SHARED_VOLUME_EXECUTORS = {"train_joint": ("exec-profile-task", "exec-train-joint-adapter")}
+RELEASE_GPU = ("exec-train-adapter", "exec-gate-model", "exec-deploy-model")  # train, merge, gate, deploy
+RELEASE_SHARED = ("exec-profile-task", "exec-train-adapter", "exec-deploy-model")
 
 
 def normalise(text: str) -> str:
@@ -60,25 +63,26 @@ def test_compiled_pipeline_parses_strictly_into_the_protos(compiled):
     assert spec.pipeline_info.name == name.replace("_", "-")
     platform = json_format.ParseDict(docs[1], pipeline_spec_pb2.PlatformSpec())
     executors = platform.platforms["kubernetes"].deployment_spec.executors
-    assert set(GPU_EXECUTORS) | set(SHARED_VOLUME_EXECUTORS) <= set(executors)
+    assert set(GPU_EXECUTORS.get(name, RELEASE_GPU)) | set(SHARED_VOLUME_EXECUTORS.get(name, RELEASE_SHARED)) <= set(executors)
     for key, struct in executors.items():  # each executor's settings are a valid KubernetesExecutorConfig
         json_format.ParseDict(json_format.MessageToDict(struct), k8s_pb2.KubernetesExecutorConfig())
 
 
 def test_gpu_steps_ask_for_a_gpu_on_gpu_operator_nodes(compiled):
-    _, _, docs = compiled
+    name, _, docs = compiled
+    gpu, shared = GPU_EXECUTORS.get(name, RELEASE_GPU), SHARED_VOLUME_EXECUTORS.get(name, RELEASE_SHARED)
     executors = docs[0]["deploymentSpec"]["executors"]
     platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    for key in GPU_EXECUTORS:
+    for key in gpu:
         accel = executors[key]["container"]["resources"]["accelerator"]
         assert accel["resourceType"] == "nvidia.com/gpu" and accel["resourceCount"] == "1"
         assert platform[key]["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in platform[key]["tolerations"]
     for key, executor in executors.items():
-        if key not in GPU_EXECUTORS:
+        if key not in gpu:
             assert "accelerator" not in executor["container"].get("resources", {}), f"{key} should not hold a GPU"
             assert "nodeSelector" not in platform.get(key, {})
-    for key in SHARED_VOLUME_EXECUTORS:
+    for key in shared:
         mounts = platform[key]["pvcMount"]
         assert [(m["constant"], m["mountPath"]) for m in mounts] == [("taskloom-shared", "/mnt/taskloom")]
 
@@ -93,7 +97,10 @@ def test_every_step_is_offline_in_the_one_image_and_installs_nothing(compiled):
 
 
 def test_deploy_runs_only_when_the_gate_promotes(compiled):
-    _, _, docs = compiled
+    name, _, docs = compiled
+    if name == "train_joint":  # trains one adapter; nothing is gated or deployed
+        assert not any("deploy" in key or "gate" in key for key in docs[0]["deploymentSpec"]["executors"])
+        return
     root = docs[0]["root"]["dag"]["tasks"]
     condition = next(t for t in root.values() if t["componentRef"]["name"].startswith("comp-condition"))
     assert condition["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--gate-model-Output'] == true"
@@ -115,7 +122,7 @@ def test_pipeline_parameters_and_their_types():
 @pytest.mark.parametrize(
     "name, params, message",
     [
-        ("train_and_pray", {}, "unknown pipeline 'train_and_pray': use one of [train_merge_deploy, drift_retrain]"),
+        ("train_and_pray", {}, "unknown pipeline 'train_and_pray': use one of [train_merge_deploy, drift_retrain, train_joint]"),
         ("train_merge_deploy", {"max_step": "5"}, "unknown parameter 'max_step'"),
         ("train_merge_deploy", {"max_steps": "five"}, "parameter max_steps: expected an integer, got 'five'"),
         ("train_merge_deploy", {"share": "most"}, "parameter share: expected a number, got 'most'"),
@@ -135,7 +142,7 @@ def test_cli_compile_writes_the_golden_and_bad_names_exit_2(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["pipeline", "compile", "nope", "--out", str(tmp_path / "nope.yaml")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: unknown pipeline 'nope': use one of [train_merge_deploy, drift_retrain]"]
+    assert err == ["error: unknown pipeline 'nope': use one of [train_merge_deploy, drift_retrain, train_joint]"]
     assert cli.main(["pipeline", "run", "drift_retrain", "-p", "max_steps"]) == 2
     assert "expected KEY=VALUE" in capsys.readouterr().err
     assert not (tmp_path / "nope.yaml").exists()

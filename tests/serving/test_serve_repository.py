@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from taskloom.artifacts import verify_digest
 from taskloom.errors import UserError
 from taskloom.models.encoder import embed_texts
-from taskloom.serve.backend import EncoderBackend, decode_texts, plan_chunks
+from taskloom.models.chunks import plan_chunks
+from taskloom.serve.backend import EncoderBackend, decode_texts
 from taskloom.serve.repository import build_repository
 
 from serve_helpers import TEXTS, make_head_model, reference_head
@@ -156,3 +157,53 @@ def test_plan_chunks_covers_every_text_once_and_beats_one_padded_batch(lengths, 
 def test_plan_chunks_splits_only_when_padding_costs_more_than_a_pass():
     assert plan_chunks([10] * 8 + [120] * 2, overhead=50) == [(0, 8), (8, 10)]
     assert plan_chunks([10] * 8 + [120] * 2, overhead=5000) == [(0, 10)]
+
+
+# ---- the fp32 fast path: the body on ONNX Runtime ---------------------------------------------------
+def test_fp32_model_without_adapters_is_built_for_onnx_runtime(repo):
+    v = repo / "toy" / "1"
+    manifest = json.loads((v / "manifest.json").read_text())
+    assert manifest["engine"] == "onnxruntime" and manifest["serving"]["engine"] == "auto"
+    assert "onnx/model.onnx" in manifest["files"] and (v / "onnx" / "model.onnx").stat().st_size > 1_000_000
+    assert 'key: "engine" value: { string_value: "onnxruntime" }' in (repo / "toy" / "config.pbtxt").read_text()
+
+
+def test_onnx_runtime_backend_gives_the_torch_numbers(repo, backend, head_model):
+    cfg = {"parameters": {"weights": {"string_value": "weights"}, "head": {"string_value": "head"},
+                          "engine": {"string_value": "onnxruntime"}}}
+    fast = EncoderBackend.from_triton(repo / "toy" / "1", cfg)
+    assert fast.session is not None and fast.model is None  # no torch copy of the body
+    texts = TEXTS + ["a much longer review that rambles on about the plot, the cast and the score " * 4]
+    emb, ref = fast.embed(texts), backend.embed(texts)
+    assert emb.dtype == np.float32 and emb.shape == ref.shape
+    assert (emb * ref).sum(1).min() >= 0.9999
+    out = fast.infer(TEXTS)
+    labels, probs = reference_head(head_model, TEXTS)
+    np.testing.assert_allclose(out["PROBS"], probs, atol=1e-4)
+    assert [b[0].decode() for b in out["LABEL"]] == labels
+
+
+def test_engine_choice_follows_precision_and_adapters(tmp_path):
+    from taskloom.serve.repository import resolve_engine
+
+    assert resolve_engine("auto", "fp32", adapters=False) == "onnxruntime"
+    assert resolve_engine("auto", "bf16", adapters=False) == "torch"
+    assert resolve_engine("auto", "fp32", adapters=True) == "torch"
+    assert resolve_engine("torch", "fp32", adapters=False) == "torch"
+    with pytest.raises(UserError, match="engine onnxruntime: serves one fp32 model without adapters"):
+        build_repository("minilm", tmp_path / "r", precision="bf16", engine="onnxruntime")
+    with pytest.raises(UserError, match="engine 'tensorrt'"):
+        build_repository("minilm", tmp_path / "r", engine="tensorrt")
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+    build_repository("minilm", tmp_path / "t", engine="torch")
+    assert not (tmp_path / "t" / "taskloom" / "1" / "onnx").exists()
+
+
+def test_a_replaced_onnx_file_fails_the_load(tmp_path):
+    from taskloom.serve.backend import verify_manifest
+
+    build_repository("minilm", tmp_path)
+    v = tmp_path / "taskloom" / "1"
+    (v / "onnx" / "model.onnx").write_bytes(b"not a graph")
+    with pytest.raises(UserError, match="onnx/model.onnx"):
+        verify_manifest(v)

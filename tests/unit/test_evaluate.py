@@ -102,3 +102,30 @@ def test_refusals_name_the_folder(tmp_path):
     gen = load_task(write_task(tmp_path / "gen", "generation", [{"prompt": "a", "response": "b"}], [{"prompt": "a", "response": "b"}]))
     with pytest.raises(UserError, match="not a causal language model"):
         evaluate_task(gen)
+
+
+def test_encode_in_length_chunks_gives_one_padded_batch_numbers_and_gradients(encoder):
+    """encode() runs a mixed-length batch as several chunks; values and gradients match one padded batch."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    from taskloom.models.chunks import by_length
+    from taskloom.models.encoder import encode, mean_pool
+
+    tok, model = encoder
+    model = copy.deepcopy(model).train(False)
+    short = ["ok", "fine film", "short one", "yes", "not bad", "meh"]
+    texts = short * 3 + ["a much longer sentence that goes on about a film and its actors " * 3, "no way " * 20,
+                         "the plot drags in the middle but the ending lands well"]
+    assert len(by_length([len(tok(t)["input_ids"]) for t in texts])) > 1  # really chunked
+    w = model.encoder.layer[0].attention.self.query.weight
+    got = encode(model, tok, texts, max_length=64)
+    got.sum().backward()
+    grad, w.grad = w.grad.clone(), None
+    batch = tok(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
+    ref = F.normalize(mean_pool(model(**batch).last_hidden_state, batch["attention_mask"]), dim=-1)
+    ref.sum().backward()
+    assert torch.allclose(got, ref, atol=1e-5)
+    assert torch.allclose(grad, w.grad, atol=1e-4)

@@ -55,8 +55,7 @@ def test_temperature_flattens_the_task_mix():
 
 
 def test_single_task_batches_follow_the_probabilities_and_cover_each_epoch():
-    lengths = [[5] * 300, [7] * 100]
-    stream = plan(lengths, batch_size=10, seed=3, temperature=2.0, mixing="task")
+    stream = plan([300, 100], batch_size=10, seed=3, temperature=2.0, mixing="task")
     picks = [next(stream) for _ in range(2000)]
     assert all(len(step) == 1 and step[0][2] == 1.0 for step in picks)
     share = Counter(step[0][0] for step in picks)[0] / len(picks)
@@ -66,7 +65,7 @@ def test_single_task_batches_follow_the_probabilities_and_cover_each_epoch():
 
 
 def test_mixed_batches_hold_every_task_with_shares_summing_to_one():
-    stream = plan([[5] * 300, [7] * 100], batch_size=16, seed=0, temperature=1.0, mixing="mixed")
+    stream = plan([300, 100], batch_size=16, seed=0, temperature=1.0, mixing="mixed")
     step = next(stream)
     assert [i for i, _, _ in step] == [0, 1]
     assert [len(idx) for _, idx, _ in step] == [12, 4]
@@ -74,8 +73,16 @@ def test_mixed_batches_hold_every_task_with_shares_summing_to_one():
 
 
 def test_the_plan_is_a_pure_function_of_the_seed():
-    a, b = plan([[3, 9, 4] * 20], 8, seed=5), plan([[3, 9, 4] * 20], 8, seed=5)
+    a, b = plan([60], 8, seed=5), plan([60], 8, seed=5)
     assert [next(a) for _ in range(20)] == [next(b) for _ in range(20)]
+    assert [next(plan([60], 8, seed=6)) for _ in range(8)] != [next(plan([60], 8, seed=5)) for _ in range(8)]
+
+
+def test_each_epoch_is_a_fresh_shuffle_of_every_row():
+    stream = plan([60], 8, seed=5)
+    epochs = [[i for _ in range(8) for i in next(stream)[0][1]] for _ in range(2)]  # 8 batches = 60 rows
+    assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(60))
+    assert epochs[0] != epochs[1] and epochs[0] != list(range(60))
 
 
 # ---- one adapter, several tasks -------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from taskloom.errors import UserError
-from taskloom.train.batching import length_batches
+from taskloom.models.chunks import by_length, padded_slots
 from taskloom.train.heads import align_head, fit_probe, load_head, save_head
 from taskloom.train.objectives import classification_loss, cosent_loss, info_nce_loss
 
@@ -43,18 +43,13 @@ def test_classification_loss_is_log_n_for_uniform_logits():
     assert classification_loss(torch.zeros(4, 3), torch.tensor([0, 1, 2, 0])).item() == pytest.approx(math.log(3))
 
 
-def test_length_batches_cover_every_row_once_and_group_similar_lengths():
+def test_chunks_cover_every_row_once_and_pad_far_less_than_one_padded_batch():
     rng = np.random.default_rng(0)
-    lengths = rng.integers(1, 500, size=1000).tolist()
-    batches = length_batches(lengths, batch_size=16, seed=3)
-    flat = [i for b in batches for i in b]
-    assert sorted(flat) == list(range(1000))
-    assert sum(len(b) < 16 for b in batches) <= math.ceil(1000 / (16 * 16))  # one short batch per pool at most
-    assert batches == length_batches(lengths, batch_size=16, seed=3)
-    assert batches != length_batches(lengths, batch_size=16, seed=4)
-    # within a batch, lengths are close: padding waste far below that of random batches
-    spread = np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches])
-    assert spread < 60  # random batches of 16 from U(1, 500) would spread ~440
+    lengths = rng.integers(1, 500, size=64).tolist()
+    chunks = by_length(lengths)
+    assert sorted(i for c in chunks for i in c) == list(range(64))
+    assert padded_slots(lengths) < 0.8 * len(lengths) * max(lengths)  # one padded batch of 64
+    assert padded_slots([7] * 64) == 7 * 64  # equal lengths: one chunk, no padding
 
 
 def test_head_round_trip_and_label_reordering(tmp_path):

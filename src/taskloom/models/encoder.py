@@ -41,13 +41,31 @@ def mean_pool(last_hidden, attention_mask):
 
 
 def encode(model, tok, texts: list[str], max_length: int = 128, normalize: bool = True):
-    """Forward one batch with gradients as the caller's context decides; returns a torch tensor."""
+    """Forward texts with gradients as the caller's context decides; returns a torch tensor, one row
+    per text in the caller's order. The texts run in length-aware chunks (models/chunks.py), each
+    padded to its own longest row: the numbers of one padded batch, with little work spent on padding."""
+    import torch
     import torch.nn.functional as F
 
+    from taskloom.models.chunks import by_length, overhead_for
+
     device = next(model.parameters()).device
-    batch = tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
-    out = model(**batch)
-    emb = mean_pool(out.last_hidden_state, batch["attention_mask"])
+    if not texts:
+        return torch.empty(0, model.config.hidden_size, device=device)
+    enc = tok(texts, truncation=True, max_length=max_length)
+    keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in enc]
+    chunks = by_length([len(ids) for ids in enc["input_ids"]], overhead_for(device))
+    parts = []
+    for rows in chunks:
+        batch = tok.pad({k: [enc[k][i] for i in rows] for k in keys}, return_tensors="pt").to(device)
+        out = model(**batch)
+        parts.append(mean_pool(out.last_hidden_state, batch["attention_mask"]))
+    emb = parts[0] if len(parts) == 1 else torch.cat(parts)
+    order = [i for rows in chunks for i in rows]
+    if order != list(range(len(order))):
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[order] = torch.arange(len(order))
+        emb = emb[inverse.to(emb.device)]
     return F.normalize(emb, dim=-1) if normalize else emb
 
 

@@ -3,7 +3,9 @@
 serving/model.py is a thin adapter around `EncoderBackend`; keeping the logic here lets the platform
 test it in-process and keeps the numbers identical to `taskloom.models.encoder` (mean pool over real
 tokens, L2 normalisation). One dynamic batch of many requests runs as few forward passes as possible,
-with texts sorted by token length and cut into chunks that waste little on padding.
+with texts sorted by token length and cut into chunks that waste little on padding. The body runs in
+PyTorch (any precision, adapters) or, for one fp32 model without adapters, in ONNX Runtime
+(serve/onnx_runtime.py: the same numbers, faster).
 """
 
 from __future__ import annotations
@@ -15,31 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from taskloom.errors import UserError
+from taskloom.models.chunks import plan_chunks
 
 MAX_TEXT_CHARS = 100_000
 PRECISIONS = ("fp32", "bf16", "int8")
-CHUNK_OVERHEAD_TOKENS = 192  # a forward pass costs about as much as this many extra padded tokens
+ENGINES = ("auto", "torch", "onnxruntime")  # auto: onnxruntime for fp32 without adapters, else torch
+ONNX_FILE = "onnx/model.onnx"
+CHUNK_OVERHEAD_TOKENS = 192  # an inference forward pass costs about as much as this many extra padded tokens
 TRIM_INTERVAL_S = 1.0  # at most this often, memory freed by finished batches goes back to the OS
-
-
-def plan_chunks(lengths: list[int], overhead: int = CHUNK_OVERHEAD_TOKENS, max_chunk: int = 256) -> list[tuple[int, int]]:
-    """Cut lengths sorted ascending into [start, end) chunks minimising Σ(n·max_len + overhead).
-
-    Exact dynamic programme, O(n²) on at most a batch of texts: cheaper than one wasted forward.
-    """
-    n = len(lengths)
-    best = [0.0] + [float("inf")] * n
-    cut = [0] * (n + 1)
-    for end in range(1, n + 1):
-        for start in range(max(0, end - max_chunk), end):
-            cost = best[start] + (end - start) * lengths[end - 1] + overhead
-            if cost < best[end]:
-                best[end], cut[end] = cost, start
-    chunks, end = [], n
-    while end > 0:
-        chunks.append((cut[end], end))
-        end = cut[end]
-    return chunks[::-1]
 
 
 class MemoryTrim:
@@ -107,7 +92,7 @@ class EncoderBackend:
 
     def __init__(self, weights_dir, head_dir=None, max_length: int = 128, threads: int | None = None,
                  chunk_overhead: int = CHUNK_OVERHEAD_TOKENS, verify: bool = True,
-                 adapters: dict | None = None, precision: str = "fp32"):
+                 adapters: dict | None = None, precision: str = "fp32", onnx_file=None):
         import torch
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -125,14 +110,24 @@ class EncoderBackend:
                     raise UserError(f"{f}: sha256 does not match {f.name}.sha256 (corrupted or replaced file)")
         if precision not in PRECISIONS:
             raise UserError(f"precision {precision!r}: use one of {list(PRECISIONS)}")
+        if onnx_file is not None and (adapters is not None or precision != "fp32"):
+            raise UserError("engine onnxruntime: serves one fp32 model without adapters (use engine torch)")
         if threads:
             torch.set_num_threads(threads)
         self.max_length = max_length
         self.chunk_overhead = chunk_overhead
         self.precision = precision
         self.tok = AutoTokenizer.from_pretrained(weights_dir)
-        model = AutoModel.from_pretrained(weights_dir).eval()
-        self.dim = int(model.config.hidden_size)
+        self.session = None
+        if onnx_file is not None:  # the body runs in ONNX Runtime; no torch copy of the weights is kept
+            from taskloom.serve.onnx_runtime import input_names, session
+
+            self.session, self.inputs = session(onnx_file, threads), input_names(self.tok)
+            model = None
+            self.dim = hidden_size_of(weights_dir)
+        else:
+            model = AutoModel.from_pretrained(weights_dir).eval()
+            self.dim = int(model.config.hidden_size)
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
         self.multi = adapters is not None
         self.adapters = sorted(adapters or {})
@@ -199,6 +194,7 @@ class EncoderBackend:
             chunk_overhead=int(params.get("chunk_overhead", CHUNK_OVERHEAD_TOKENS)),
             adapters=adapters,
             precision=params.get("precision") or "fp32",
+            onnx_file=version_dir / ONNX_FILE if params.get("engine") == "onnxruntime" else None,
         )
 
     def check_adapter(self, adapter) -> str | None:
@@ -236,7 +232,14 @@ class EncoderBackend:
                 batch = {}
                 for k in keys:
                     fill = self.pad_id if k == "input_ids" else 0
-                    batch[k] = torch.tensor([enc[k][i] + [fill] * (width - len(enc[k][i])) for i in rows])
+                    batch[k] = np.array([enc[k][i] + [fill] * (width - len(enc[k][i])) for i in rows], dtype=np.int64)
+                if self.session is not None:
+                    hidden = self.session.run(None, {k: batch[k] for k in self.inputs})[0]
+                    mask = batch["attention_mask"][:, :, None].astype(np.float32)
+                    emb = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
+                    out[rows] = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+                    continue
+                batch = {k: torch.from_numpy(v) for k, v in batch.items()}
                 if self.router is not None:
                     self.router.groups = route([names[i] for i in rows])
                 hidden = self.model(**batch).last_hidden_state.float()
@@ -294,6 +297,12 @@ class EncoderBackend:
                     results[r] = f"inference failed: {type(e).__name__}: {e}"
         self.trim()
         return results
+
+
+def hidden_size_of(weights_dir) -> int:
+    """The model's hidden size from its config.json (what EMBEDDING's width is)."""
+    cfg = json.loads((Path(weights_dir) / "config.json").read_text())
+    return int(cfg["hidden_size"])
 
 
 def route(names: list) -> list:

@@ -8,6 +8,7 @@ Layout written (atomically: a staging folder renamed into place, so Triton never
     <repo>/<name>/<v>/model.py        copy of serving/model.py (delegates to taskloom.serve.backend)
     <repo>/<name>/<v>/weights/        the Hugging Face folder (config, safetensors, tokenizer), each
                                       safetensors file with its .sha256 beside it
+    <repo>/<name>/<v>/onnx/model.onnx the body as ONNX, when the version runs on ONNX Runtime (engine)
     <repo>/<name>/<v>/head/           head.safetensors + head.json, when the base's classification head is served
     <repo>/<name>/<v>/adapters/<a>/   each LoRA adapter (PEFT files + its head), selected per request
     <repo>/<name>/<v>/manifest.json   source, heads, adapters, serving options and the sha256 of every file
@@ -30,7 +31,7 @@ from pathlib import Path
 from taskloom.artifacts import publish_dir, sha256_file, staging_dir, write_digest, write_json, write_text
 from taskloom.errors import UserError
 from taskloom.serve.adapters import NAME_RE, SERVED_FILES, check_adapter, check_name
-from taskloom.serve.backend import PRECISIONS
+from taskloom.serve.backend import ENGINES, ONNX_FILE, PRECISIONS
 
 SERVING_MODEL_PY = Path(__file__).resolve().parents[3] / "serving" / "model.py"
 NOT_SERVED = (".bin", ".pt", ".pth", ".pkl", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf", ".sha256")
@@ -74,7 +75,8 @@ def available_heads(model_path: Path) -> list[str]:
 
 
 def serving_options(max_batch_size: int = 64, instances: int = 1, max_queue_delay_us: int = 0,
-                    max_length: int = 128, threads: int | None = None, precision: str = "fp32") -> dict:
+                    max_length: int = 128, threads: int | None = None, precision: str = "fp32",
+                    engine: str = "auto") -> dict:
     """The knobs of one served version, checked in one place."""
     if not 1 <= int(max_batch_size) <= 4096:
         raise UserError(f"max_batch_size {max_batch_size}: must be between 1 and 4096")
@@ -88,9 +90,20 @@ def serving_options(max_batch_size: int = 64, instances: int = 1, max_queue_dela
         raise UserError(f"threads {threads}: must be between 1 and 256")
     if precision not in PRECISIONS:
         raise UserError(f"precision {precision!r}: use one of {list(PRECISIONS)}")
-    return {"max_batch_size": int(max_batch_size), "instances": int(instances),
+    if engine not in ENGINES:
+        raise UserError(f"engine {engine!r}: use one of {list(ENGINES)}")
+    return {"engine": engine, "max_batch_size": int(max_batch_size), "instances": int(instances),
             "max_queue_delay_us": int(max_queue_delay_us), "max_length": int(max_length),
             "threads": None if threads is None else int(threads), "precision": precision}
+
+
+def resolve_engine(engine: str, precision: str, adapters: bool) -> str:
+    """"auto" → onnxruntime for one fp32 model without adapters (faster, same numbers), else torch."""
+    if engine == "auto":
+        return "onnxruntime" if precision == "fp32" and not adapters else "torch"
+    if engine == "onnxruntime" and (precision != "fp32" or adapters):
+        raise UserError("engine onnxruntime: serves one fp32 model without adapters (use engine torch or auto)")
+    return engine
 
 
 def config_pbtxt(
@@ -138,7 +151,8 @@ def config_for(manifest: dict, version: int, name: str | None = None) -> str:
     opts = manifest.get("serving") or serving_options()  # exports older than serving options: the defaults
     params = {"weights": "weights", "head": "head" if manifest.get("labels") else "",
               "adapters": "adapters" if manifest.get("adapters") else "", "max_length": str(opts["max_length"]),
-              "precision": opts["precision"], "revision": manifest["revision"]}
+              "precision": opts["precision"], "engine": manifest.get("engine", "torch"),
+              "revision": manifest["revision"]}
     if opts.get("threads"):
         params["threads"] = str(opts["threads"])
     return config_pbtxt(name or manifest["name"], manifest["dim"], manifest.get("labels"), opts["max_batch_size"],
@@ -191,6 +205,7 @@ def write_version(version_dir: Path, src: Path, *, name: str, version: int, head
     checked = {}
     for a_name, a_path in (adapters or {}).items():
         checked[check_name(a_name)] = check_adapter(a_path, name=a_name, dim=dim)
+    engine = resolve_engine(options.get("engine", "auto"), options["precision"], adapters is not None)
     digests: dict[str, str] = {}
     weights = version_dir / "weights"
     weights.mkdir(parents=True)
@@ -211,6 +226,10 @@ def write_version(version_dir: Path, src: Path, *, name: str, version: int, head
                 _place(a_src / f, version_dir / "adapters" / a_name / f, _inside(a_src, repo_root))
                 if f.endswith(".safetensors"):
                     write_digest(version_dir / "adapters" / a_name / f)
+    if engine == "onnxruntime":
+        from taskloom.serve.onnx_runtime import export_encoder
+
+        export_encoder(weights, version_dir / ONNX_FILE)
     write_text(version_dir / "model.py", model_py_source(), digest=False)
     for p in sorted(version_dir.rglob("*")):
         if p.is_file() and not p.name.endswith(".sha256"):
@@ -227,6 +246,7 @@ def write_version(version_dir: Path, src: Path, *, name: str, version: int, head
             k: {"source": v["path"], "task": v["task"], "labels": v["labels"], "rank": v["rank"]} for k, v in checked.items()
         },
         "serving": options,
+        "engine": engine,
         "revision": sha256_file_list(digests),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "files": digests,
@@ -266,17 +286,19 @@ def build_repository(
     max_length: int = 128,
     threads: int | None = None,
     precision: str = "fp32",
+    engine: str = "auto",
 ) -> Path:
     """Write <repo_dir>/<name>/ for Triton (version 1, replacing an older export whole); returns repo_dir.
 
     model_dir: a catalog name or a (merged) model folder; head_task picks model_dir/heads/<task>/.
     adapters: {name: adapter folder}: one model serves the base and every adapter, chosen per request
-    by the `adapter` request parameter (none = the base). A folder that already holds deployed
+    by the `adapter` request parameter (none = the base). engine: auto (ONNX Runtime for one fp32 model
+    without adapters, else PyTorch), torch or onnxruntime. A folder that already holds deployed
     versions is refused: `taskloom deploy` adds versions without losing any.
     """
     if not NAME_RE.match(name):
         raise UserError(f"model name {name!r}: use letters, digits, '_', '-', '.' (at most 64)")
-    options = serving_options(max_batch_size, instances, max_queue_delay_us, max_length, threads, precision)
+    options = serving_options(max_batch_size, instances, max_queue_delay_us, max_length, threads, precision, engine)
     src = resolve_model_dir(model_dir)
     head_dir = None
     if head_task is not None:

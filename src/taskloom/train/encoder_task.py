@@ -1,7 +1,6 @@
 """One task trained on a sentence encoder: its rows, its objective, its head and its metric.
 
-The loop sees every task through the same five members, whatever the type: `lengths` (tokens per row,
-for length-aware batches), `units(idx)` and `tokens(idx)` (what a batch weighs, what it costs),
+The loop sees every task through the same five members, whatever the type: `lengths` (tokens per row), `units(idx)` and `tokens(idx)` (what a batch weighs, what it costs),
 `loss(model, idx)` and `evaluate(model)` (the metric and the objective on the eval split). Objectives: classification cross-entropy of a linear head over
 the embedding (the head starts from the fitted linear probe, which is also the honest baseline);
 pair_similarity cosine-MSE; retrieval InfoNCE with in-batch negatives plus the rows' own negatives.
@@ -21,7 +20,7 @@ class EncoderTask:
         self.task, self.name, self.type = task, task.name, task.type
         self.rows, self.eval_rows, self.tok, self.max_length = train_rows, eval_rows, tok, max_length
         self.head = None
-        # tokens per row as the model sees them (truncated): the sort key of batches and the token count
+        # tokens per row as the model sees them (truncated): what a batch costs
         self.lengths = [min(n, max_length) for n in self._token_counts(train_rows)]
 
     def _texts(self, row: dict) -> list[str]:
@@ -46,7 +45,8 @@ class EncoderTask:
         from taskloom.train.evaluate import fit_probe_head
 
         if self.type == "classification":
-            self.head = fit_probe_head(self.task, self.tok, model, self.rows, seed=seed)
+            device = next(model.parameters()).device  # fitted on the CPU, trained where the model is
+            self.head = fit_probe_head(self.task, self.tok, model, self.rows, seed=seed).to(device)
 
     def modules(self) -> dict:
         return {f"heads.{self.name}": self.head} if self.head is not None else {}
@@ -94,14 +94,14 @@ class EncoderTask:
     def _eval_loss(self, model, batch_size: int = 64) -> float:
         import torch
 
-        from taskloom.train.device import autocast
+        from taskloom.train.device import eval_autocast
 
         was_training = model.training
         model.eval()
         try:
             total, n = 0.0, len(self.eval_rows)
             device = next(model.parameters()).device.type
-            with torch.no_grad(), autocast(device):
+            with torch.no_grad(), eval_autocast(device):
                 for start in range(0, n, batch_size):
                     rows = self.eval_rows[start : start + batch_size]
                     total += float(self._loss(model, rows)) * len(rows)

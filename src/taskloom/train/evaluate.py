@@ -43,12 +43,12 @@ def load_split(task, split: str) -> list[dict]:
 def embed(tok, model, texts: list[str], max_length: int = EVAL_MAX_LENGTH, batch_size: int = 64) -> np.ndarray:
     """THE embedding (mean pool + L2 norm) on the model's device, bf16 autocast on CUDA."""
     from taskloom.models.encoder import embed_texts
-    from taskloom.train.device import autocast
+    from taskloom.train.device import eval_autocast
 
     device = next(model.parameters()).device.type
     was_training = model.training
     model.eval()
-    with autocast(device):
+    with eval_autocast(device):
         out = embed_texts(texts, model=model, tok=tok, batch_size=batch_size, max_length=max_length)
     model.train(was_training)
     return out

@@ -169,9 +169,11 @@ def _response_nll(model, batch):
 
 
 def generation_loss(model, batch) -> "torch.Tensor":  # noqa: F821
-    """Weighted mean cross-entropy over the batch's response tokens (prompt tokens never count)."""
-    nll, w = _response_nll(model, batch)
-    return (nll * w).sum() / w.sum().clamp(min=1e-9)
+    """Weighted mean cross-entropy over the batch's response tokens (prompt tokens never count).
+    `batch`: one collated batch, or a list of them (one batch's length-aware chunks)."""
+    parts = [_response_nll(model, b) for b in (batch if isinstance(batch, list) else [batch])]
+    total = sum((nll * w).sum() for nll, w in parts)
+    return total / sum(w.sum() for _, w in parts).clamp(min=1e-9)
 
 
 def answer_loss(tok, model, rows: list[dict], max_length: int = 128, batch_size: int = 16) -> float:

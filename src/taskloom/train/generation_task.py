@@ -37,11 +37,13 @@ class GenerationTask:
         return sum(self.lengths[i] for i in idx)
 
     def loss(self, model, idx: list[int]):
+        from taskloom.models.chunks import by_length, overhead_for
         from taskloom.train.generation import collate, generation_loss
 
         device = next(model.parameters()).device
-        batch = collate([self.examples[i] for i in idx], self.tok.pad_token_id, device)
-        return generation_loss(model, batch)
+        chunks = by_length([self.lengths[i] for i in idx], overhead_for(device))  # a random batch, padded little
+        return generation_loss(model, [collate([self.examples[idx[j]] for j in rows], self.tok.pad_token_id, device)
+                                       for rows in chunks])
 
     def evaluate(self, model) -> tuple[dict, float]:
         """Held-out answer loss (mean NLL per answer token, lower is better) and its perplexity; the

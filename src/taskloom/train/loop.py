@@ -3,7 +3,8 @@ or a torchrun world, CPU or CUDA.
 
 Each step: the plan (train/sampling.py) names the rows; every process takes its share of them
 (train/distributed.py); each task's loss is weighted by its share of the step and of the rows; one
-backward; gradients summed over the world, clipped; AdamW with warm-up and linear decay. Every step
+backward; gradients summed over the world, clipped; AdamW with linear warm-up and decay (the
+transformers schedule, so runs compare step for step with a Trainer's). Every step
 appends one JSON line to the run's log; every `checkpoint_every` steps rank 0 writes an atomic
 checkpoint (train/checkpoint.py). On `resume`, the newest whole checkpoint is loaded and the plan is
 replayed to its step, so the run ends where an uninterrupted one would.
@@ -62,12 +63,16 @@ def run(model, works, spec, out: Path, *, total_steps: int, per_epoch: int, fing
 
     named = trainable_tensors(model, works)
     params = list(named.values())
-    optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=WEIGHT_DECAY, foreach=True)
+    # the usual AdamW recipe: matrices decay, biases (1-D tensors) do not
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": WEIGHT_DECAY},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=spec.lr, foreach=True)
+    # linear warm-up from 0 (the first step only primes Adam's moments), then linear decay to 0
     warmup = max(1, int(WARMUP_SHARE * total_steps))
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup))
+        optimizer, lambda s: s / warmup if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup))
     )
-    stream = plan([w.lengths for w in works], spec.batch_size, spec.seed, spec.temperature, spec.mixing)
+    stream = plan([len(w.lengths) for w in works], spec.batch_size, spec.seed, spec.temperature, spec.mixing)
     log_path = Path(out) / LOG_NAME
 
     # ---- where to start: step 0, or the newest whole checkpoint ---------------------------------

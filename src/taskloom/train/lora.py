@@ -90,7 +90,7 @@ def train_tasks(tasks: list, out, spec, progress: bool = True, resume: bool = Fa
     from taskloom.models.registry import base_kind, resolve_base
     from taskloom.train import checkpoint, distributed, loop
     from taskloom.train.card import model_card
-    from taskloom.train.device import resolve_device
+    from taskloom.train.device import resolve_device, resolve_precision
     from taskloom.train.evaluate import load_split
     from taskloom.train.report import write_train_report
     from taskloom.train.sampling import steps_per_epoch
@@ -174,7 +174,7 @@ def train_tasks(tasks: list, out, spec, progress: bool = True, resume: bool = Fa
         for m in w.modules().values():
             m.to(device)
     trainable = sum(p.numel() for p in loop.trainable_tensors(model, works).values())
-    per_epoch = steps_per_epoch([w.lengths for w in works], spec.batch_size)
+    per_epoch = steps_per_epoch([len(w.lengths) for w in works], spec.batch_size)
     total_steps = spec.max_steps or spec.epochs * per_epoch
 
     # ---- 4. the loop (the adapter lands in a hidden folder inside `out` until it is published) --
@@ -221,7 +221,7 @@ def train_tasks(tasks: list, out, spec, progress: bool = True, resume: bool = Fa
             "tokens_per_s": round(result["tokens"] / result["seconds"], 1) if result["seconds"] else 0.0,
             "resumed_from_step": result["resumed_from"],
             "base_model": base, "rank": spec.rank, "alpha": spec.alpha, "lr": spec.lr,
-            "batch_size": spec.batch_size, "max_length": max_length, "precision": spec.precision,
+            "batch_size": spec.batch_size, "max_length": max_length, "precision": resolve_precision(device, spec.precision),
             "trainable_params": trainable, "lora_layers": len(layers), "seed": spec.seed,
             "device": device, "world_size": world.size,
         }

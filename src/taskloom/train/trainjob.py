@@ -91,7 +91,7 @@ def trainjob_name(task: str) -> str:
 
 def trainjob_manifest(
     name: str,
-    task_file: str,
+    task_file: str | list[str],
     out_dir: str,
     *,
     nodes: int = 1,
@@ -107,7 +107,7 @@ def trainjob_manifest(
 ) -> dict:
     """The TrainJob for one taskloom training run on `nodes` nodes with `gpus_per_node` GPUs each.
 
-    `task_file` and `out_dir` are paths on the shared volume as the runtime's pods see it; `train_args`
+    `task_file` (or a list: one multi-task adapter) and `out_dir` are paths on the shared volume as the runtime's pods see it; `train_args`
     are further `taskloom train` flags (e.g. ["--max-steps", "50"]). One process per GPU on each node
     (one per node on CPU). The runtime's image is used unless `image` is given. Resources per node default
     to those of the pipeline's GPU step per GPU (4 CPUs, 16Gi). Labels and annotations tie the job to the
@@ -123,7 +123,8 @@ def trainjob_manifest(
         "numNodes": int(nodes),
         "numProcPerNode": workers,
         "command": ["torchrun"],
-        "args": ["-m", "taskloom.cli", "train", str(task_file), "--out", str(out_dir), *map(str, train_args)],
+        "args": ["-m", "taskloom.cli", "train", *([task_file] if isinstance(task_file, str) else task_file),
+                 "--out", str(out_dir), *map(str, train_args)],
         "resourcesPerNode": resources,
     }
     if image:
@@ -276,7 +277,7 @@ def submit_and_wait(
 
 
 def train_on_trainer(
-    task_dir: str | Path,
+    task_dir: str | Path | list,
     out_dir: str | Path,
     *,
     task: str,
@@ -291,9 +292,10 @@ def train_on_trainer(
     poll_s: float = DEFAULT_POLL_S,
     **wait: Any,
 ) -> dict:
-    """Run `taskloom train` on the staged task as a TrainJob and return its metrics.json.
+    """Run `taskloom train` on the staged task (or tasks: one multi-task adapter) as a TrainJob and
+    return its metrics.json.
 
-    The staged task is copied to `<shared>/trainjobs/<name>/task/`, the job writes
+    The staged task is copied to `<shared>/trainjobs/<name>/task/` (several: `tasks/<i>/`), the job writes
     `<shared>/trainjobs/<name>/out/` (rank 0), and that folder is published whole into `out_dir`.
     The manifest sent is kept beside them as trainjob.json."""
     import json
@@ -305,8 +307,11 @@ def train_on_trainer(
         raise UserError(f"{shared}: the shared volume is not mounted here (the TrainJob reads the task from it)")
     name = trainjob_name(task)
     work = shared / "trainjobs" / name
-    shutil.copytree(task_dir, work / "task")
-    manifest = trainjob_manifest(name, str(work / "task" / TASK_FILE), str(work / "out"), nodes=nodes,
+    dirs = [task_dir] if isinstance(task_dir, (str, Path)) else list(task_dir)
+    staged = [work / "task"] if len(dirs) == 1 else [work / "tasks" / str(i) for i in range(len(dirs))]
+    for src, dst in zip(dirs, staged):
+        shutil.copytree(src, dst)
+    manifest = trainjob_manifest(name, [str(d / TASK_FILE) for d in staged], str(work / "out"), nodes=nodes,
                                  gpus_per_node=gpus_per_node, train_args=train_args, task=task, run_id=run_id)
     write_json(work / "trainjob.json", manifest)
     result = submit_and_wait(manifest, namespace or current_namespace(), api=api, timeout_s=timeout_s,
