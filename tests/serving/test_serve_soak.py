@@ -1,6 +1,7 @@
-"""Soak: 16 clients against one server (the base + two adapters) for 10 minutes: no error, memory flat.
+"""Soak: 16 clients against one server for 10 minutes: no error, memory flat. Twice: the base + two
+adapters (the body on PyTorch), and one fp32 model (the body on ONNX Runtime).
 
-    .venv/bin/python -m pytest -q -s -m slow tests/serving/test_serve_soak.py
+    .venv/bin/python -m pytest -q -s -m slow tests/serving/test_serve_soak.py             # 20 minutes
     TASKLOOM_SOAK_SECONDS=60 .venv/bin/python -m pytest -q -s -m slow tests/serving/test_serve_soak.py
 
 Real review texts, one per request, adapters in rotation; every answer must be a finite unit-norm
@@ -30,12 +31,18 @@ CONCURRENCY = 16
 
 
 @pytest.mark.slow
-def test_soak_no_errors_and_flat_memory(tmp_path):
+@pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
+def test_soak_no_errors_and_flat_memory(tmp_path, engine):
     seconds = float(os.environ.get("TASKLOOM_SOAK_SECONDS", 600))
     texts = [r["text"] for r in build_task("rt-sentiment")[2][:500]]
-    adapters = {"senti": make_adapter(tmp_path, "senti", 1, ["fresh", "rotten"]), "qa": make_adapter(tmp_path, "qa", 2)}
+    if engine == "torch":  # adapters in rotation: the engine that serves them
+        adapters = {"senti": make_adapter(tmp_path, "senti", 1, ["fresh", "rotten"]), "qa": make_adapter(tmp_path, "qa", 2)}
+        rotation = [None, "senti", "qa"]
+    else:
+        adapters, rotation = None, [None, None, None]
     repo = build_repository("minilm", tmp_path / "repo", adapters=adapters, max_queue_delay_us=1000)
-    rotation = [None, "senti", "qa"]
+    manifest = json.loads((tmp_path / "repo" / "taskloom" / "1" / "manifest.json").read_text())
+    assert manifest["engine"] == engine
     counts = {"ok": 0, "bad": 0}
     errors: list[str] = []
     lock, stop = threading.Lock(), threading.Event()
@@ -77,7 +84,7 @@ def test_soak_no_errors_and_flat_memory(tmp_path):
     end = float(np.median([m for t, m in samples if t >= seconds - window]))
     peak = max(m for _, m in samples)
     growth = (end - warm) / warm
-    print("\nsoak " + json.dumps({"seconds": round(elapsed, 1), "concurrency": CONCURRENCY, "requests": counts["ok"],
+    print("\nsoak " + json.dumps({"engine": engine, "seconds": round(elapsed, 1), "concurrency": CONCURRENCY, "requests": counts["ok"],
                                   "errors": counts["bad"], "rps": round(counts["ok"] / elapsed, 1),
                                   "rss_warm_mib": round(warm / 2**20, 1), "rss_end_mib": round(end / 2**20, 1),
                                   "rss_peak_mib": round(peak / 2**20, 1), "growth_pct": round(100 * growth, 2)}))

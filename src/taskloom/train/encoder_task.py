@@ -1,9 +1,11 @@
 """One task trained on a sentence encoder: its rows, its objective, its head and its metric.
 
-The loop sees every task through the same five members, whatever the type: `lengths` (tokens per row), `units(idx)` and `tokens(idx)` (what a batch weighs, what it costs),
-`loss(model, idx)` and `evaluate(model)` (the metric and the objective on the eval split). Objectives: classification cross-entropy of a linear head over
-the embedding (the head starts from the fitted linear probe, which is also the honest baseline);
-pair_similarity cosine-MSE; retrieval InfoNCE with in-batch negatives plus the rows' own negatives.
+The loop sees every task through the same five members, whatever the type: `lengths` (tokens per
+row), `units(idx)` and `tokens(idx)` (what a batch weighs, what it costs), `loss(model, idx)` and
+`evaluate(model)` (the metric and the objective on the eval split). Objectives: classification
+cross-entropy of a linear head over the embedding (the head starts from the fitted linear probe,
+which is also the honest baseline); pair_similarity cosine-MSE; retrieval InfoNCE with in-batch
+negatives plus the rows' own negatives.
 """
 
 from __future__ import annotations
