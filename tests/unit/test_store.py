@@ -104,3 +104,30 @@ def test_feast_stays_quiet(tmp_path, capfd):
     s.read_reference("rt-sentiment")
     captured = capfd.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+def test_parallel_steps_open_a_new_repository_at_once(tmp_path):
+    """Pipeline steps run in parallel (a KFP ParallelFor, locally and in a cluster) and may be the first
+    to open the shared repository: each must see the views the other registers, and every write lands."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import sys, time
+        from taskloom.store.feature_store import TaskStore
+        import numpy as np
+        time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # start together
+        store = TaskStore({str(tmp_path / "repo")!r})
+        store.write_task_profile({{"task_id": sys.argv[1], "type": "classification", "rows": 10, "label_entropy": 1.0,
+                                   "mean_length": 5.0, "centroid": np.ones(384).tolist()}})
+    """)
+    import time
+
+    at = time.time() + 6  # after every process has imported feast
+    procs = [subprocess.Popen([sys.executable, "-c", script, f"task-{i}", str(at)], stderr=subprocess.PIPE, text=True)
+             for i in range(4)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-800:] for e in errors]
+    store = TaskStore(tmp_path / "repo")
+    assert [store.read_task(f"task-{i}")["rows"] for i in range(4)] == [10] * 4

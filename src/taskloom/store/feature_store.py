@@ -60,17 +60,28 @@ class TaskStore:
         if not (self.repo_dir / "definitions.py").exists():
             write_text(self.repo_dir / "definitions.py", REPO_DEFINITIONS, digest=False)
 
+    @contextlib.contextmanager
+    def _locked(self):
+        """One writer at a time across threads and processes (parallel pipeline steps share a repository).
+        Not reentrant: never nested."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with _lock, open(self.data_dir / ".write.lock", "a") as lockf:
+            fcntl.flock(lockf, fcntl.LOCK_EX)
+            yield
+
     @property
     def fs(self):
-        """The feast.FeatureStore, created (and applied once) on first use."""
+        """The feast.FeatureStore, created (and applied once) on first use. Under the lock: a store
+        opened while another process is still applying a new repository would miss its views."""
         if self._fs is None:
             self._ensure_files()
-            with quiet_feast():
-                from feast import FeatureStore
+            with self._locked():
+                with quiet_feast():
+                    from feast import FeatureStore
 
-                self._fs = FeatureStore(repo_path=str(self.repo_dir))
-            if not (self.data_dir / "registry.db").exists():
-                self._apply()
+                    self._fs = FeatureStore(repo_path=str(self.repo_dir))
+                if not (self.data_dir / "registry.db").exists():
+                    self._apply()
         return self._fs
 
     def apply(self) -> None:
@@ -78,7 +89,8 @@ class TaskStore:
         fresh = self._fs is None and not (self.data_dir / "registry.db").exists()
         self.fs  # noqa: B018 (opening a new repository applies it)
         if not fresh:
-            self._apply()
+            with self._locked():
+                self._apply()
 
     def _apply(self) -> None:
         with quiet_feast():
@@ -96,8 +108,7 @@ class TaskStore:
         df = pd.DataFrame([{JOIN_KEYS[view]: r[JOIN_KEYS[view]], **{c: r[c] for c in COLUMNS[view]}, TIMESTAMP: now}
                            for r in rows])
         path = self.data_dir / f"{view}.parquet"
-        with _lock, open(self.data_dir / ".write.lock", "a") as lockf:
-            fcntl.flock(lockf, fcntl.LOCK_EX)
+        with self._locked():
             full = pd.concat([pd.read_parquet(path), df], ignore_index=True) if path.exists() else df
             fd, tmp = tempfile.mkstemp(dir=self.data_dir, prefix=f".{view}.", suffix=".parquet.tmp")
             os.close(fd)
