@@ -31,11 +31,11 @@ def export_encoder(weights_dir: Path, out_file: Path) -> Path:
     """Write the encoder at `weights_dir` as ONNX to `out_file` (atomically; reused from the cache)."""
     import shutil
 
-    from taskloom.artifacts import recorded_digest
+    from taskloom.artifacts import sha256_file
     from taskloom.models.causal import cache_root
 
     weights_dir, out_file = Path(weights_dir), Path(out_file)
-    digest = "-".join(recorded_digest(f)[:16] for f in sorted(weights_dir.glob("*.safetensors")))
+    digest = "-".join(sha256_file(f)[:16] for f in sorted(weights_dir.glob("*.safetensors")))
     cached = cache_root() / "onnx" / f"{digest}.onnx"
     if not cached.exists():
         cached.parent.mkdir(parents=True, exist_ok=True)
