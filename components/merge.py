@@ -16,11 +16,10 @@ def merge_adapters(
     merged: Output[Model],
     metrics: Output[Metrics],
 ):
-    from taskloom.steps import merge_step
+    from taskloom.steps import metric_values, merge_step
 
     report = merge_step([a.path for a in adapters], merged.path, method=method, parameters=parameters)
     merged.metadata["method"] = method
     metrics.log_metric("adapters", len(adapters))
-    for k, v in report.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            metrics.log_metric(k, v)
+    for k, v in metric_values(report).items():
+        metrics.log_metric(k, v)

@@ -14,9 +14,8 @@ def profile_task(
     profile: Output[Artifact],
     metrics: Output[Metrics],
 ):
-    from taskloom.steps import profile_step
+    from taskloom.steps import metric_values, profile_step
 
     result = profile_step(dataset.path, profile.path, feature_repo=feature_repo, adapter_id=adapter_id)
-    for k, v in result.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            metrics.log_metric(k, v)
+    for k, v in metric_values(result).items():
+        metrics.log_metric(k, v)

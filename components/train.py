@@ -29,7 +29,7 @@ def train_adapter(
     gpus_per_node: int = 0,
     run_id: str = "",
 ):
-    from taskloom.steps import train_step
+    from taskloom.steps import metric_values, train_step
 
     result = train_step(
         dataset.path, model.path, max_steps=max_steps, epochs=epochs, rank=rank, base=base,
@@ -37,9 +37,8 @@ def train_adapter(
         nodes=nodes, gpus_per_node=gpus_per_node, run_id=run_id,
     )
     model.metadata.update({k: result[k] for k in ("task", "type", "metric") if k in result})
-    for k, v in result.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            metrics.log_metric(k, v)
+    for k, v in metric_values(result).items():
+        metrics.log_metric(k, v)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False, packages_to_install=[])
@@ -63,7 +62,7 @@ def train_joint_adapter(
 ):
     """ONE adapter on every staged task (a head per task; tasks sampled at `temperature`, `mixing`
     task|mixed); each task's base vs tuned becomes Metrics as `<task>.<key>`."""
-    from taskloom.steps import train_step
+    from taskloom.steps import metric_values, train_step
 
     result = train_step(
         [d.path for d in datasets], model.path, max_steps=max_steps, epochs=epochs, rank=rank, base=base,
@@ -73,8 +72,7 @@ def train_joint_adapter(
     model.metadata.update({"task": result["task"], "type": result["type"]})
     per_task = result.get("tasks") or {result["task"]: result}
     for task, row in per_task.items():
-        for k, v in row.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                metrics.log_metric(f"{task}.{k}", v)
+        for k, v in metric_values(row, prefix=f"{task}.").items():
+            metrics.log_metric(k, v)
     for k in ("steps", "train_seconds", "tokens_per_s"):
         metrics.log_metric(k, result[k])

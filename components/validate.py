@@ -8,9 +8,8 @@ from components import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False, packages_to_install=[])
 def validate_task(dataset: Input[Dataset], report: Output[Artifact], metrics: Output[Metrics]):
-    from taskloom.steps import validate_step
+    from taskloom.steps import metric_values, validate_step
 
     result = validate_step(dataset.path, report.path)
-    for k, v in result.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            metrics.log_metric(k, v)
+    for k, v in metric_values(result).items():
+        metrics.log_metric(k, v)

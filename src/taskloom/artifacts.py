@@ -72,6 +72,13 @@ def write_digest(path: str | os.PathLike) -> Path:
     return write_bytes(path.with_name(path.name + ".sha256"), f"{sha256_file(path)}  {path.name}\n".encode(), digest=False)
 
 
+def recorded_digest(path: str | os.PathLike) -> str:
+    """The sha256 recorded beside `path` when there is one (just written), else computed."""
+    path = Path(path)
+    side = path.with_name(path.name + ".sha256")
+    return side.read_text().split()[0] if side.exists() else sha256_file(path)
+
+
 def verify_digest(path: str | os.PathLike) -> bool:
     """True when `path.sha256` exists and matches the file."""
     path = Path(path)

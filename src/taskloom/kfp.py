@@ -9,7 +9,9 @@ fast and needs no KFP. Pipelines are looked up by name in `PIPELINES`; parameter
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 import os
 import tempfile
 import uuid
@@ -96,6 +98,22 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+@contextlib.contextmanager
+def root_logger_kept():
+    """Put the root logger's level and handlers back as they were.
+
+    kfp.local swaps them for every task, from one thread per parallel task and without a lock, so
+    interleaved tasks can leave INFO and a handler bound to a stream that is closed by now (the run's
+    log, a captured stdout): every later log line would then fail with "I/O operation on closed file"."""
+    root = logging.getLogger()
+    level, handlers = root.level, root.handlers[:]
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        root.handlers[:] = handlers
+
+
 def run_local(name: str, params: dict[str, Any], root: str | Path, quiet: bool = False) -> dict:
     """Run a pipeline with kfp.local in this environment (SubprocessRunner, no venv per step).
 
@@ -116,7 +134,6 @@ def run_local(name: str, params: dict[str, Any], root: str | Path, quiet: bool =
     for k, v in _OFFLINE_ENV.items():
         os.environ.setdefault(k, v)
 
-    import contextlib
     import warnings
 
     from kfp import local
@@ -126,7 +143,7 @@ def run_local(name: str, params: dict[str, Any], root: str | Path, quiet: bool =
     before = {p.name for p in root.iterdir()}
     state, error, outputs = "SUCCEEDED", None, {}
     log_fd, log_path = tempfile.mkstemp(dir=root, prefix=".run.", suffix=".log")
-    with os.fdopen(log_fd, "w") as log, warnings.catch_warnings():
+    with os.fdopen(log_fd, "w") as log, warnings.catch_warnings(), root_logger_kept():
         # Expected locally: cluster settings (GPU, CPU, memory) are ignored, and the steps run in
         # this environment rather than in the image they name.
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")

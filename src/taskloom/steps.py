@@ -107,6 +107,11 @@ def profile_step(task_dir: str | Path, out_dir: str | Path, feature_repo: str = 
     return {k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
 
 
+def metric_values(result: dict, prefix: str = "") -> dict:
+    """A step's numbers as KFP Metrics entries (`prefix` + key); flags, text and nested values left out."""
+    return {f"{prefix}{k}": v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def train_step(
     task_dir: str | Path | list,
     out_dir: str | Path,

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import pytest
 import yaml
 
 from taskloom import cli
-from taskloom.kfp import run_local
+from taskloom.kfp import root_logger_kept, run_local
 
 
 def tiny_task(folder: Path, bad_label_row: int | None = None) -> Path:
@@ -38,12 +39,29 @@ def _digests(folder: Path) -> dict:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
 
 
+def test_interleaved_kfp_tasks_leave_the_root_logger_as_it_was():
+    """Two parallel kfp.local tasks, entering and leaving kfp's own logger context out of order."""
+    from kfp.local.logging_utils import local_logger_context
+
+    root = logging.getLogger()
+    before = root.level, root.handlers[:]
+    with root_logger_kept():
+        first, second = local_logger_context(), local_logger_context()
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)
+        second.__exit__(None, None, None)
+        assert root.level == logging.INFO  # what kfp alone leaves behind
+    assert (root.level, root.handlers) == before
+
+
 def test_drift_retrain_runs_locally_and_deploys(tmp_path):
     from taskloom.store.feature_store import TaskStore
 
     task_file = tiny_task(tmp_path / "task")
     before = _digests(tmp_path / "task")
     root = tmp_path / "kfp"
+    logger_before = logging.getLogger().level, logging.getLogger().handlers[:]
     result = run_local(
         "drift_retrain",
         {"task": str(task_file), "adapter_id": "tiny-v2", "max_steps": "2", "seed": "1"},
@@ -55,6 +73,7 @@ def test_drift_retrain_runs_locally_and_deploys(tmp_path):
     assert result["run_id"] == run_dir.name and run_dir.name.startswith("drift-retrain-")
     assert "finished with status" in (run_dir / "run.log").read_text()
     assert result["parameters"]["max_steps"] == 2  # the string from the command line, converted
+    assert (logging.getLogger().level, logging.getLogger().handlers) == logger_before
 
     gate = json.loads((Path(result["outputs"]["gate"]["path"]) / "gate.json").read_text())
     row = gate["tasks"]["tiny-sentiment"]

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
-from taskloom.artifacts import publish_dir, sha256_file, staging_dir, write_digest, write_json, write_text
+from taskloom.artifacts import publish_dir, recorded_digest, sha256_file, staging_dir, write_digest, write_json, write_text
 from taskloom.errors import UserError
 from taskloom.merge.finetuned import FineTunedModel
 from taskloom.merge.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoraAdapter
@@ -380,12 +380,6 @@ def _copy_heads(inputs, weights, staging: Path) -> dict:
     return heads
 
 
-def _digest(path: Path) -> str:
-    """The sha256 recorded beside `path` when there is one (just written), else computed."""
-    side = path.with_name(path.name + ".sha256")
-    return side.read_text().split()[0] if side.exists() else sha256_file(path)
-
-
 def _sha256s(inp) -> dict:
     if inp.kind == "lora":
         names = [ADAPTER_WEIGHTS, ADAPTER_CONFIG]
@@ -413,7 +407,7 @@ def _report(spec, method, params, base_dir, inputs, weights, layers, extra, head
         "layers_merged": len(layers),
         "delta_norm": round(total, 6),
         "layers": layers,
-        "files": {name: _digest(staging / name) for name in extra.pop("files")},
+        "files": {name: recorded_digest(staging / name) for name in extra.pop("files")},
         **extra,
     }
     write_text(staging / "README.md", _model_card(report), digest=False)

@@ -124,7 +124,9 @@ class EncoderBackend:
 
             self.session, self.inputs = session(onnx_file, threads), input_names(self.tok)
             model = None
-            self.dim = hidden_size_of(weights_dir)
+            from taskloom.serve.repository import hidden_size  # imported here: repository imports this module
+
+            self.dim = hidden_size(weights_dir)
         else:
             model = AutoModel.from_pretrained(weights_dir).eval()
             self.dim = int(model.config.hidden_size)
@@ -297,12 +299,6 @@ class EncoderBackend:
                     results[r] = f"inference failed: {type(e).__name__}: {e}"
         self.trim()
         return results
-
-
-def hidden_size_of(weights_dir) -> int:
-    """The model's hidden size from its config.json (what EMBEDDING's width is)."""
-    cfg = json.loads((Path(weights_dir) / "config.json").read_text())
-    return int(cfg["hidden_size"])
 
 
 def route(names: list) -> list:

@@ -28,7 +28,7 @@ import shutil
 import time
 from pathlib import Path
 
-from taskloom.artifacts import publish_dir, sha256_file, staging_dir, write_digest, write_json, write_text
+from taskloom.artifacts import publish_dir, recorded_digest, staging_dir, write_digest, write_json, write_text
 from taskloom.errors import UserError
 from taskloom.serve.adapters import NAME_RE, SERVED_FILES, check_adapter, check_name
 from taskloom.serve.backend import ENGINES, ONNX_FILE, PRECISIONS
@@ -233,8 +233,7 @@ def write_version(version_dir: Path, src: Path, *, name: str, version: int, head
     write_text(version_dir / "model.py", model_py_source(), digest=False)
     for p in sorted(version_dir.rglob("*")):
         if p.is_file() and not p.name.endswith(".sha256"):
-            side = p.with_name(p.name + ".sha256")
-            digests[str(p.relative_to(version_dir))] = side.read_text().split()[0] if side.exists() else sha256_file(p)
+            digests[str(p.relative_to(version_dir))] = recorded_digest(p)
     manifest = {
         "name": name,
         "version": version,

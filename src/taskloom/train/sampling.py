@@ -5,7 +5,7 @@ would: a batch is a random mix of lengths. (Sorting rows into batches by length 
 correlates each step's rows, and on rt-sentiment it cost about 0.006 of eval loss; padding is saved
 inside each batch instead, models/chunks.py.)
 
-Being a pure function of (lengths, options, seed) is what lets `--resume` replay the plan to the
+Being a pure function of (task sizes, options, seed) is what lets `--resume` replay the plan to the
 checkpoint's step and carry on exactly where the killed run was.
 
 Mixing tasks: task i is drawn with probability p_i ∝ n_i^(1/T) (temperature sampling: T = 1 follows

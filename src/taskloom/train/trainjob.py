@@ -107,8 +107,8 @@ def trainjob_manifest(
 ) -> dict:
     """The TrainJob for one taskloom training run on `nodes` nodes with `gpus_per_node` GPUs each.
 
-    `task_file` (or a list: one multi-task adapter) and `out_dir` are paths on the shared volume as the runtime's pods see it; `train_args`
-    are further `taskloom train` flags (e.g. ["--max-steps", "50"]). One process per GPU on each node
+    `task_file` (or a list: one multi-task adapter) and `out_dir` are paths on the shared volume as the
+    runtime's pods see it; `train_args` are further `taskloom train` flags (e.g. ["--max-steps", "50"]). One process per GPU on each node
     (one per node on CPU). The runtime's image is used unless `image` is given. Resources per node default
     to those of the pipeline's GPU step per GPU (4 CPUs, 16Gi). Labels and annotations tie the job to the
     KFP run (`run_id`) and the task."""
