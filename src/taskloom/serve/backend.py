@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from taskloom.errors import UserError
-from taskloom.models.chunks import plan_chunks
+from taskloom.models.chunks import by_length
 
 MAX_TEXT_CHARS = 100_000
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -25,6 +25,15 @@ ENGINES = ("auto", "torch", "onnxruntime")  # auto: onnxruntime for fp32 without
 ONNX_FILE = "onnx/model.onnx"
 CHUNK_OVERHEAD_TOKENS = 192  # an inference forward pass costs about as much as this many extra padded tokens
 TRIM_INTERVAL_S = 1.0  # at most this often, memory freed by finished batches goes back to the OS
+
+
+def resolve_engine(engine: str, precision: str, adapters: bool) -> str:
+    """"auto" → onnxruntime for one fp32 model without adapters (faster, same numbers), else torch."""
+    if engine == "auto":
+        return "onnxruntime" if precision == "fp32" and not adapters else "torch"
+    if engine == "onnxruntime" and (precision != "fp32" or adapters):
+        raise UserError("engine onnxruntime: serves one fp32 model without adapters (use engine torch or auto)")
+    return engine
 
 
 class MemoryTrim:
@@ -110,8 +119,8 @@ class EncoderBackend:
                     raise UserError(f"{f}: sha256 does not match {f.name}.sha256 (corrupted or replaced file)")
         if precision not in PRECISIONS:
             raise UserError(f"precision {precision!r}: use one of {list(PRECISIONS)}")
-        if onnx_file is not None and (adapters is not None or precision != "fp32"):
-            raise UserError("engine onnxruntime: serves one fp32 model without adapters (use engine torch)")
+        if onnx_file is not None:
+            resolve_engine("onnxruntime", precision, adapters is not None)  # refuses adapters and bf16/int8
         if threads:
             torch.set_num_threads(threads)
         self.max_length = max_length
@@ -222,30 +231,24 @@ class EncoderBackend:
 
         names = [self.check_adapter(a) for a in adapters] if adapters is not None else [None] * len(texts)
         enc = self.tok(texts, truncation=True, max_length=self.max_length)
-        ids = enc["input_ids"]
-        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
-        lengths = [len(ids[i]) for i in order]
+        lengths = [len(ids) for ids in enc["input_ids"]]
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in enc]
         cast = torch.autocast("cpu", dtype=torch.bfloat16) if self.precision == "bf16" else contextlib.nullcontext()
         with torch.inference_mode(), cast:
-            for start, end in plan_chunks(lengths, self.chunk_overhead):
-                rows, width = order[start:end], lengths[end - 1]
+            for rows in by_length(lengths, self.chunk_overhead):
+                width = max(lengths[i] for i in rows)
                 batch = {}
                 for k in keys:
                     fill = self.pad_id if k == "input_ids" else 0
                     batch[k] = np.array([enc[k][i] + [fill] * (width - len(enc[k][i])) for i in rows], dtype=np.int64)
                 if self.session is not None:
-                    hidden = self.session.run(None, {k: batch[k] for k in self.inputs})[0]
-                    mask = batch["attention_mask"][:, :, None].astype(np.float32)
-                    emb = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
-                    out[rows] = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-                    continue
-                batch = {k: torch.from_numpy(v) for k, v in batch.items()}
-                if self.router is not None:
-                    self.router.groups = route([names[i] for i in rows])
-                hidden = self.model(**batch).last_hidden_state.float()
-                emb = F.normalize(mean_pool(hidden, batch["attention_mask"]), dim=-1)
+                    hidden = torch.from_numpy(self.session.run(None, {k: batch[k] for k in self.inputs})[0])
+                else:
+                    if self.router is not None:
+                        self.router.groups = route([names[i] for i in rows])
+                    hidden = self.model(**{k: torch.from_numpy(v) for k, v in batch.items()}).last_hidden_state.float()
+                emb = F.normalize(mean_pool(hidden, torch.from_numpy(batch["attention_mask"])), dim=-1)
                 out[rows] = emb.numpy()
         return out
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from taskloom.artifacts import publish_dir, recorded_digest, staging_dir, write_digest, write_json, write_text
 from taskloom.errors import UserError
 from taskloom.serve.adapters import NAME_RE, SERVED_FILES, check_adapter, check_name
-from taskloom.serve.backend import ENGINES, ONNX_FILE, PRECISIONS
+from taskloom.serve.backend import ENGINES, ONNX_FILE, PRECISIONS, resolve_engine
 
 SERVING_MODEL_PY = Path(__file__).resolve().parents[3] / "serving" / "model.py"
 NOT_SERVED = (".bin", ".pt", ".pth", ".pkl", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf", ".sha256")
@@ -95,15 +95,6 @@ def serving_options(max_batch_size: int = 64, instances: int = 1, max_queue_dela
     return {"engine": engine, "max_batch_size": int(max_batch_size), "instances": int(instances),
             "max_queue_delay_us": int(max_queue_delay_us), "max_length": int(max_length),
             "threads": None if threads is None else int(threads), "precision": precision}
-
-
-def resolve_engine(engine: str, precision: str, adapters: bool) -> str:
-    """"auto" → onnxruntime for one fp32 model without adapters (faster, same numbers), else torch."""
-    if engine == "auto":
-        return "onnxruntime" if precision == "fp32" and not adapters else "torch"
-    if engine == "onnxruntime" and (precision != "fp32" or adapters):
-        raise UserError("engine onnxruntime: serves one fp32 model without adapters (use engine torch or auto)")
-    return engine
 
 
 def config_pbtxt(
