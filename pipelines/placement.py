@@ -5,6 +5,8 @@ settings silently); the compiled YAML keeps it."""
 from kfp import kubernetes
 
 GPU_RESOURCE = "nvidia.com/gpu"
+# Read by taskloom.train.device (kept as a literal: compiling pipelines must not import torch-side code).
+REQUIRE_CUDA_ENV = "TASKLOOM_REQUIRE_CUDA"
 # The GPU Operator's feature discovery labels every GPU node with this, and GPU nodes carry the taint.
 GPU_NODE_LABEL = ("nvidia.com/gpu.present", "true")
 GPU_TAINT_KEY = "nvidia.com/gpu"
@@ -35,11 +37,28 @@ def on_cpu(task, cpu: str = "1", memory: str = "4Gi"):
 
 
 def on_gpu(task, cpu: str = "4", memory: str = "16Gi"):
-    """One GPU on a GPU Operator node: resource limit, node selector and the taint's toleration."""
+    """One GPU on a GPU Operator node: resource limit, node selector and the taint's toleration, and
+    TASKLOOM_REQUIRE_CUDA=1: in a pod, the step then stops with one line (exit 2 from the CLI) when it
+    finds no CUDA instead of training on the CPU (taskloom.train.device; kfp.local grants no GPU and
+    is not held to it)."""
     task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
+    task.set_env_variable(REQUIRE_CUDA_ENV, "1")
     task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
     kubernetes.add_node_selector(task, label_key=GPU_NODE_LABEL[0], label_value=GPU_NODE_LABEL[1])
     kubernetes.add_toleration(task, key=GPU_TAINT_KEY, operator="Exists", effect="NoSchedule")
+    return task
+
+
+# The Secret holding Triton's model-control key (chart values triton.adminKey.secret): the deploy step sends
+# it as a header (taskloom.serve.admin reads TASKLOOM_TRITON_ADMIN_KEY), or Triton refuses load/unload.
+TRITON_ADMIN_SECRET = ("taskloom-triton-admin", "key")
+TRITON_ADMIN_KEY_ENV = "TASKLOOM_TRITON_ADMIN_KEY"
+
+
+def with_triton_admin_key(task):
+    """Triton's model-control key from its Secret, as TASKLOOM_TRITON_ADMIN_KEY."""
+    name, key = TRITON_ADMIN_SECRET
+    kubernetes.use_secret_as_env(task, secret_name=name, secret_key_to_env={key: TRITON_ADMIN_KEY_ENV})
     return task
 
 

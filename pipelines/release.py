@@ -7,7 +7,7 @@ from kfp import dsl
 
 from components.deploy import deploy_model
 from components.gate import gate_model
-from pipelines.placement import offline, on_gpu, with_shared_volume
+from pipelines.placement import offline, on_gpu, with_shared_volume, with_triton_admin_key
 
 
 def gate_then_deploy(staged, trained, merged, *, share, feature_repo, model_name, head_task, model_repository,
@@ -27,5 +27,6 @@ def gate_then_deploy(staged, trained, merged, *, share, feature_repo, model_name
             merged=merged.outputs["merged"], model_name=model_name, head_task=head_task,
             model_repository=model_repository, server_url=server_url,
         )
-        with_shared_volume(on_gpu(offline(deployed))).set_display_name("deploy").set_caching_options(False)
+        with_triton_admin_key(with_shared_volume(on_gpu(offline(deployed))))
+        deployed.set_display_name("deploy").set_caching_options(False)
     return gated

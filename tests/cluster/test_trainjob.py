@@ -4,7 +4,7 @@ No Kubernetes API server or Trainer controller can run on this machine, so:
 - the TrainJob taskloom builds is validated against the TrainJob CRD's own openAPIV3Schema (vendored,
   trimmed, from kubeflow/trainer into manifests/crds/), made strict as the API server's
   fieldValidation=Strict is (no unknown field anywhere), plus the CRD's CEL rules on the name;
-- the chart's ClusterTrainingRuntime is validated against the runtime CRD's schema, and its Job template
+- the chart's TrainingRuntime is validated against the runtime CRD's schema, and its Job template
   strictly against the Kubernetes batch/v1 schema (kubernetes-validate);
 - `submit_and_wait` runs against a small in-test stand-in for CustomObjectsApi (FakeTrainJobs) that
   keeps the objects created, re-checks each against the schema, and walks each job through the states
@@ -170,7 +170,7 @@ def test_manifest_validates_against_the_trainjob_crd(nodes, gpus, procs, gpu_lim
     m = manifest(nodes, gpus)
     assert schema_errors(m) == []
     assert (m["apiVersion"], m["kind"]) == ("trainer.kubeflow.org/v1alpha1", "TrainJob")
-    assert m["spec"]["runtimeRef"] == {"apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime",
+    assert m["spec"]["runtimeRef"] == {"apiGroup": "trainer.kubeflow.org", "kind": "TrainingRuntime",
                                        "name": "taskloom-torch-distributed"}
     trainer = m["spec"]["trainer"]
     assert (trainer["numNodes"], trainer["numProcPerNode"]) == (nodes, procs)
@@ -240,7 +240,7 @@ def _render(*sets: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def runtime() -> dict:
-    (obj,) = [d for d in _render() if d["kind"] == "ClusterTrainingRuntime"]
+    (obj,) = [d for d in _render() if d["kind"] == "TrainingRuntime"]
     return obj
 
 
@@ -279,13 +279,13 @@ def test_chart_runtime_runs_the_taskloom_image_on_gpu_nodes_with_the_shared_volu
 
 def test_chart_runtime_follows_its_values_and_can_be_switched_off():
     docs = _render("trainer.runtimeName=tl-torch", "trainer.shmSize=2Gi", "image.tag=0.2.0")
-    (runtime,) = [d for d in docs if d["kind"] == "ClusterTrainingRuntime"]
+    (runtime,) = [d for d in docs if d["kind"] == "TrainingRuntime"]
     assert runtime["metadata"]["name"] == "tl-torch"
     pod = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
     assert pod["containers"][0]["image"].endswith(":0.2.0")
     assert next(v for v in pod["volumes"] if v["name"] == "dshm")["emptyDir"]["sizeLimit"] == "2Gi"
     off = {(d["kind"], d["metadata"]["name"]) for d in _render("trainer.enabled=false")}
-    assert not any(k == "ClusterTrainingRuntime" or n.endswith("-trainjobs") for k, n in off)
+    assert not any(k == "TrainingRuntime" or n.endswith("-trainjobs") for k, n in off)
 
 
 @pytest.mark.parametrize("bad, field", [("trainer.runtimeName=Torch_Runtime", "runtimeName"),

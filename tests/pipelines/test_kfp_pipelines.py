@@ -164,3 +164,18 @@ def test_registry_names_real_pipeline_functions():
     for name in PIPELINES:
         fn = load_pipeline(name)
         assert fn.component_spec.name == name.replace("_", "-")
+
+
+def test_deploy_step_reads_the_triton_admin_key_from_its_secret(compiled):
+    """Triton's model control answers only with the admin key (chart: triton.adminKey): the deploy step
+    gets it from the chart's Secret as TASKLOOM_TRITON_ADMIN_KEY; no other step sees it."""
+    name, _, docs = compiled
+    platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    with_key = {k for k, v in platform.items() if v.get("secretAsEnv")}
+    if name == "train_joint":
+        assert not with_key
+        return
+    assert with_key == {"exec-deploy-model"}
+    (secret,) = platform["exec-deploy-model"]["secretAsEnv"]
+    assert secret["secretNameParameter"]["runtimeValue"]["constant"] == "taskloom-triton-admin"
+    assert secret["keyToEnv"] == [{"secretKey": "key", "envVar": "TASKLOOM_TRITON_ADMIN_KEY"}]

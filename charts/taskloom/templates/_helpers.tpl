@@ -28,8 +28,10 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/* image: call with (dict "image" .Values.image "root" $); an empty tag means the chart's appVersion,
+     the version `make images` tags both images with (src/taskloom/images.py). */}}
 {{- define "taskloom.image" -}}
-{{- printf "%s:%s" .repository .tag -}}
+{{- printf "%s:%s" .image.repository (.image.tag | default .root.Chart.AppVersion) -}}
 {{- end -}}
 
 {{- define "taskloom.eventSourceName" -}}
@@ -45,4 +47,32 @@ app.kubernetes.io/component: {{ .component }}
 - name: shared
   persistentVolumeClaim:
     claimName: {{ .Values.persistence.claimName }}
+{{- end -}}
+
+{{/* The HMAC Secret's name: the chart never makes one up (no default credentials), so installing
+     without it stops here with the command that creates it. */}}
+{{- define "taskloom.hmacSecretName" -}}
+{{- required (printf "events.hmacSecret.name is required: create the HMAC Secret with `kubectl -n %s create secret generic taskloom-webhook --from-literal=secret=$(openssl rand -hex 32)`, then add --set events.hmacSecret.name=taskloom-webhook" .Release.Namespace) .Values.events.hmacSecret.name -}}
+{{- end -}}
+
+{{/* The bearer token Secret shared by the gateway and the webhook EventSource: the user's, or the one
+     the chart generates (gateway.yaml). */}}
+{{- define "taskloom.eventsTokenSecretName" -}}
+{{- .Values.events.webhook.authSecret.name | default (printf "%s-events-token" (include "taskloom.fullname" .)) -}}
+{{- end -}}
+
+{{/* The events gateway: the monitor posts its signed alarms here, never to the webhook itself. */}}
+{{- define "taskloom.gatewayUrl" -}}
+{{- printf "http://%s-gateway.%s.svc:%d%s" (include "taskloom.fullname" .) .Release.Namespace (int .Values.events.gateway.port) .Values.events.webhook.endpoint -}}
+{{- end -}}
+
+{{/* A random value for a generated Secret, kept across upgrades: the live Secret's, when there is one.
+     Call with (dict "root" $ "name" NAME "key" KEY); prints the base64 value. */}}
+{{- define "taskloom.stableRandom" -}}
+{{- $old := lookup "v1" "Secret" .root.Release.Namespace .name -}}
+{{- if and $old $old.data (hasKey $old.data .key) -}}
+{{- index $old.data .key -}}
+{{- else -}}
+{{- randAlphaNum 48 | b64enc -}}
+{{- end -}}
 {{- end -}}

@@ -5,8 +5,8 @@ The signature covers the event id, its time and the body, so a receiver can tell
 
     X-Taskloom-Signature: sha256=HMAC(secret, f"{id}.{time}.".encode() + body)
 
-In a cluster the same request goes to the Argo Events webhook EventSource; locally to
-`taskloom.events.receiver.WebhookReceiver`.
+In a cluster the same request goes to the events gateway (`taskloom.events.gateway`), which checks it
+and forwards it to the Argo Events webhook EventSource; locally to `taskloom.events.receiver.WebhookReceiver`.
 """
 
 from __future__ import annotations

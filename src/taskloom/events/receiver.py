@@ -104,33 +104,12 @@ class WebhookReceiver:
 
     def handle(self, headers: dict[str, str], body: bytes | None) -> tuple[int, dict]:
         """Decide on one request: (HTTP status, JSON reply). Independent of the HTTP server."""
-        from cloudevents.core.bindings.http import HTTPMessage, from_http_event
-
-        lower = {k.lower(): v for k, v in headers.items()}
-        if body is None:
-            return self._reject(413, "body missing or too large")
-        signature = lower.get(SIGNATURE_HEADER.lower())
-        if not signature:
-            return self._reject(401, "missing signature")
-        binary = any(k.startswith("ce-") for k in lower)
         try:
-            event = from_http_event(HTTPMessage(headers=headers, body=body))
-            raw_time = lower.get("ce-time") if binary else json.loads(body).get("time")
-            event_id, event_time = event.get_id(), event.get_time()
-        except Exception as e:  # the binding raises many types for malformed input
-            return self._reject(400, f"not a CloudEvent ({type(e).__name__})")
-        if not raw_time or event_time is None:
-            return self._reject(401, "event has no time", event_id)
-        if event_time.tzinfo is None:
-            event_time = event_time.replace(tzinfo=timezone.utc)
-        expected = sign(signing_input(event_id, format_time(event_time), body), self._secret)
-        if not hmac.compare_digest(expected.encode(), signature.strip().encode()):
-            return self._reject(401, "bad signature", event_id)
-        age = (datetime.now(timezone.utc) - event_time).total_seconds()
-        if abs(age) > self.max_age:
-            return self._reject(401, f"stale event ({age:.0f} s old, max {self.max_age:.0f} s)", event_id)
-
-        stamp = event_time.timestamp()
+            event = verify(headers, body, self._secret, self.max_age)
+        except Rejected as r:
+            return self._reject(r.status, r.reason, r.event_id)
+        event_id = event.get_id()
+        stamp = _event_time(event).timestamp()
         with self._lock:
             self._forget_older_than(time.time() - self.max_age)
             if event_id in self._seen:
@@ -154,3 +133,47 @@ class WebhookReceiver:
     def _forget_older_than(self, cutoff: float) -> None:
         for k in [k for k, (t, _) in self._seen.items() if t < cutoff]:
             del self._seen[k]
+
+
+class Rejected(Exception):
+    """Why one request is refused: the HTTP status to answer, a reason, the event id when known."""
+
+    def __init__(self, status: int, reason: str, event_id: str | None = None):
+        super().__init__(reason)
+        self.status, self.reason, self.event_id = status, reason, event_id
+
+
+def _event_time(event) -> datetime:
+    t = event.get_time()
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t
+
+
+def verify(headers: dict[str, str], body: bytes | None, secret: bytes, max_age: float):
+    """The CloudEvent of a request whose signature is right and whose time is within `max_age` seconds
+    of now; raises Rejected (413, 401 or 400) otherwise. Replays are the caller's business (it keeps
+    the ids). Shared by this receiver and the gateway (taskloom.events.gateway)."""
+    from cloudevents.core.bindings.http import HTTPMessage, from_http_event
+
+    lower = {k.lower(): v for k, v in headers.items()}
+    if body is None:
+        raise Rejected(413, "body missing or too large")
+    signature = lower.get(SIGNATURE_HEADER.lower())
+    if not signature:
+        raise Rejected(401, "missing signature")
+    binary = any(k.startswith("ce-") for k in lower)
+    try:
+        event = from_http_event(HTTPMessage(headers=headers, body=body))
+        raw_time = lower.get("ce-time") if binary else json.loads(body).get("time")
+        event_id, event_time = event.get_id(), event.get_time()
+    except Exception as e:  # the binding raises many types for malformed input
+        raise Rejected(400, f"not a CloudEvent ({type(e).__name__})") from None
+    if not raw_time or event_time is None:
+        raise Rejected(401, "event has no time", event_id)
+    event_time = _event_time(event)
+    expected = sign(signing_input(event_id, format_time(event_time), body), secret)
+    if not hmac.compare_digest(expected.encode(), signature.strip().encode()):
+        raise Rejected(401, "bad signature", event_id)
+    age = (datetime.now(timezone.utc) - event_time).total_seconds()
+    if abs(age) > max_age:
+        raise Rejected(401, f"stale event ({age:.0f} s old, max {max_age:.0f} s)", event_id)
+    return event

@@ -137,6 +137,9 @@ def deliver(alarm: dict, webhook: str, secret: bytes, timeout: float, sleep: Cal
                 result.update(status="duplicate" if response.get("duplicate") else "delivered",
                               run_id=response.get("run_id"), error=None)
                 break
+            if ack["status"] == 409 and response.get("duplicate"):  # the gateway forwarded this id already
+                result.update(status="duplicate", error=None)
+                break
             result["error"] = response.get("error") or str(ack["response"])[:200]
             if ack["status"] < 500:  # refused (bad signature, stale): resending the same will not help
                 result["status"] = "rejected"

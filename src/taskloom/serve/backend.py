@@ -1,6 +1,6 @@
 """What the Triton python backend runs: texts in, embeddings (and head outputs) out, as numpy.
 
-serving/model.py is a thin adapter around `EncoderBackend`; keeping the logic here lets the platform
+taskloom/serve/triton/model.py is a thin adapter around `EncoderBackend`; keeping the logic here lets the platform
 test it in-process and keeps the numbers identical to `taskloom.models.encoder` (mean pool over real
 tokens, L2 normalisation). One dynamic batch of many requests runs as few forward passes as possible,
 with texts sorted by token length and cut into chunks that waste little on padding. The body runs in

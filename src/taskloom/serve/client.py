@@ -9,6 +9,8 @@
 TEXT goes as BYTES (an object array of UTF-8 bytes, shape [n, 1]). A server that is not (yet)
 reachable is retried with backoff; any other failure becomes a one-line UserError naming the model.
 tritonclient's HTTP client is gevent-based: use one TritonClient per thread (or gRPC).
+Model control (load, unload, repository index) carries the admin key header when a key is given or
+set in $TASKLOOM_TRITON_ADMIN_KEY (see taskloom.serve.admin): a restricted server refuses it otherwise.
 """
 
 from __future__ import annotations
@@ -35,14 +37,20 @@ class TritonClient:
     """Infer texts on one Triton model; also health, metadata and model control (explicit mode)."""
 
     def __init__(self, url: str, model: str = "taskloom", protocol: str = "http", timeout: float = 30,
-                 retries: int = 2, backoff: float = 0.2, request_log=None, task: str | None = None):
+                 retries: int = 2, backoff: float = 0.2, request_log=None, task: str | None = None,
+                 admin_key: str | None = None):
         """request_log: append every served text to this JSONL log (what `taskloom monitor` reads), under
-        `task` (default: the adapter asked for, else the model name)."""
+        `task` (default: the adapter asked for, else the model name). admin_key: sent with model control
+        (default: $TASKLOOM_TRITON_ADMIN_KEY, none when unset)."""
+        from taskloom.serve.admin import admin_headers, check_key, load_admin_key
+
         if protocol not in PROTOCOLS:
             raise UserError(f"protocol {protocol!r}: use one of {list(PROTOCOLS)}")
         self.url, self.model, self.protocol, self.timeout = _host_port(url), model, protocol, float(timeout)
         self.retries, self.backoff = retries, backoff
         self.request_log, self.task = request_log, task
+        self.admin_key = check_key(admin_key) if admin_key else load_admin_key()
+        self._admin = admin_headers(self.admin_key, protocol)
         if protocol == "http":
             import tritonclient.http as lib
 
@@ -87,7 +95,11 @@ class TritonClient:
                 if status in UNAVAILABLE and attempt < self.retries:
                     time.sleep(self.backoff * 2**attempt)
                     continue
-                raise UserError(f"{what} ({self.protocol}://{self.url}): {e.message() or status}") from None
+                message = e.message() or status
+                if "restricted" in message.lower():  # Triton guards this API with the admin key header
+                    message += (" (model control is restricted: set TASKLOOM_TRITON_ADMIN_KEY or give --admin-key-file)"
+                                if self._admin is None else " (the admin key given was refused)")
+                raise UserError(f"{what} ({self.protocol}://{self.url}): {message}") from None
             except (ConnectionError, TimeoutError, OSError) as e:
                 if attempt < self.retries and not isinstance(e, TimeoutError):
                     time.sleep(self.backoff * 2**attempt)
@@ -113,17 +125,18 @@ class TritonClient:
 
     def repository_index(self) -> list[dict]:
         kwargs = {"as_json": True} if self.protocol == "grpc" else {}
-        index = self._call("repository index", self._client.get_model_repository_index, **kwargs)
+        index = self._call("repository index", self._client.get_model_repository_index, headers=self._admin, **kwargs)
         return index.get("models", []) if isinstance(index, dict) else list(index)
 
     # -- model control (server started with model_control="explicit") ----------------------------
     def load_model(self, model: str | None = None, config: str | None = None, files: dict | None = None) -> None:
         """Load (or reload) a model from the repository, or from `config` (JSON) + `files` not on disk."""
-        self._call(f"load {model or self.model}", self._client.load_model, model or self.model, config=config, files=files)
+        self._call(f"load {model or self.model}", self._client.load_model, model or self.model, headers=self._admin,
+                   config=config, files=files)
         self._outputs = None
 
     def unload_model(self, model: str | None = None) -> None:
-        self._call(f"unload {model or self.model}", self._client.unload_model, model or self.model)
+        self._call(f"unload {model or self.model}", self._client.unload_model, model or self.model, headers=self._admin)
         self._outputs = None
 
     # -- inference -------------------------------------------------------------------------------

@@ -129,10 +129,11 @@ def smoke(client, manifest: dict, adapters: list, texts=SMOKE_TEXTS, expect: lis
     return checks
 
 
-def _client(server_url: str, name: str, protocol: str, timeout: float):
+def _client(server_url: str, name: str, protocol: str, timeout: float, admin_key: str | None = None):
     from taskloom.serve.client import TritonClient
 
-    return TritonClient(server_url, model=name, protocol=protocol, timeout=timeout, retries=3, backoff=0.2)
+    return TritonClient(server_url, model=name, protocol=protocol, timeout=timeout, retries=3, backoff=0.2,
+                        admin_key=admin_key)
 
 
 def _require_model_control(client, name: str) -> None:
@@ -212,7 +213,7 @@ def _client_like(client, model: str):
     from taskloom.serve.client import TritonClient
 
     return TritonClient(client.url, model=model, protocol=client.protocol, timeout=client.timeout,
-                        retries=client.retries, backoff=client.backoff)
+                        retries=client.retries, backoff=client.backoff, admin_key=client.admin_key)
 
 
 def _plan(model_folder: Path, state: dict, source, adapter_name, remove, head_task) -> dict:
@@ -263,13 +264,15 @@ def _plan(model_folder: Path, state: dict, source, adapter_name, remove, head_ta
 def deploy(repo_dir, server_url: str, model_dir_or_adapter=None, *, name: str = "taskloom",
            adapter_name: str | None = None, remove: list[str] | None = None, head_task: str | None = None,
            protocol: str = "http", smoke_texts=SMOKE_TEXTS, expect_labels: list[str] | None = None,
-           canary: bool = True, serving: dict | None = None, timeout: float = 300) -> dict:
+           canary: bool = True, serving: dict | None = None, timeout: float = 300,
+           admin_key: str | None = None) -> dict:
     """Publish `model_dir_or_adapter` as the next version of model `name` in `repo_dir`, served by the
     Triton at `server_url`; returns {"model", "version", "previous", "status": "serving", ...}.
 
     An adapter folder (adapter_config.json) is added to (or replaces its namesake in) the served set;
     a model folder or catalog name replaces the base (and serves no adapters); `remove` drops adapters.
     A refused or rolled-back version raises DeployError (its `.report`): the previous one serves.
+    admin_key: for a server whose model control is restricted (default: $TASKLOOM_TRITON_ADMIN_KEY).
     """
     from taskloom.artifacts import staging_dir
     from taskloom.serve.repository import serving_options, version_numbers, version_record, write_version
@@ -284,7 +287,7 @@ def deploy(repo_dir, server_url: str, model_dir_or_adapter=None, *, name: str = 
         plan = _plan(model_folder, state, model_dir_or_adapter, adapter_name, remove, head_task)
         prev = plan["prev"]
         options = serving_options(**{**((prev or {}).get("serving") or {}), **(serving or {})})
-        client = _client(server_url, name, protocol, timeout)
+        client = _client(server_url, name, protocol, timeout, admin_key)
         try:
             _require_model_control(client, name)
             previous = state.get("serving")
@@ -360,7 +363,8 @@ def read_state_manifest(model_folder: Path, version: int) -> dict:
 
 
 def rollback(repo_dir, server_url: str, name: str = "taskloom", to_version: int | None = None,
-             protocol: str = "http", smoke_texts=SMOKE_TEXTS, timeout: float = 300) -> dict:
+             protocol: str = "http", smoke_texts=SMOKE_TEXTS, timeout: float = 300,
+             admin_key: str | None = None) -> dict:
     """Serve an older version again (default: the one served before the current one)."""
     t0 = time.monotonic()
     repo = Path(repo_dir)
@@ -381,7 +385,7 @@ def rollback(repo_dir, server_url: str, name: str = "taskloom", to_version: int 
         if to_version == current:
             raise UserError(f"--to-version {to_version}: already serving")
         manifest = read_state_manifest(model_folder, to_version)
-        client = _client(server_url, name, protocol, timeout)
+        client = _client(server_url, name, protocol, timeout, admin_key)
         try:
             _require_model_control(client, name)
             targets = [None] + sorted(manifest.get("adapters") or {})

@@ -169,7 +169,8 @@ class TritonServer:
     """The bundled tritonserver as a context manager: start() waits for readiness, stop() cleans up.
 
     model_control: "none" (serve what the repository holds) or "explicit" (load_model/unload_model via
-    the client; `models` are loaded at start, "*" for all).
+    the client; `models` are loaded at start, "*" for all). admin_key: model control (and the repository
+    index) answers only requests carrying it in the admin header (taskloom.serve.admin).
     """
 
     def __init__(
@@ -184,6 +185,7 @@ class TritonServer:
         models: list[str] | None = None,
         extra_args: list[str] | None = None,
         exit_timeout: int = 5,
+        admin_key: str | None = None,
     ):
         if model_control not in ("none", "explicit"):
             raise UserError(f"model_control {model_control!r}: use 'none' or 'explicit'")
@@ -193,6 +195,7 @@ class TritonServer:
         self.model_control = model_control
         self.models = list(models or [])
         self.extra_args = list(extra_args or [])
+        self.admin_key = admin_key
         self.exit_timeout = exit_timeout  # Triton waits this long for open connections when stopping
         self.workspace: Path | None = None
         self.log_path: Path | None = None
@@ -269,6 +272,10 @@ class TritonServer:
         ]
         if self.model_control == "explicit":
             cmd += [f"--load-model={m}" for m in self.models]
+        if self.admin_key:
+            from taskloom.serve.admin import server_args
+
+            cmd += server_args(self.admin_key)
         return cmd + self.extra_args
 
     def environment(self, env: ServingEnv) -> dict[str, str]:
@@ -448,9 +455,11 @@ def _kill_group(pgid: int, wait: float = 5.0) -> None:
 
 
 def serve_foreground(path, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002, *,
-                     head: str | None = None, log_dir=None, timeout: float = 180, restarts: int = 3) -> int:
+                     head: str | None = None, log_dir=None, timeout: float = 180, restarts: int = 3,
+                     admin_key: str | None = None) -> int:
     """`taskloom serve`: a repository (folder with */config.pbtxt) or a model folder (exported to a
-    repository in a temp workspace first); prints the URLs; Ctrl-C or SIGTERM stop it cleanly."""
+    repository in a temp workspace first); prints the URLs; Ctrl-C or SIGTERM stop it cleanly. With
+    `admin_key`, model control answers only requests carrying it (taskloom.serve.admin)."""
     from taskloom.models.registry import CATALOG
     from taskloom.serve.repository import build_repository, is_repository
 
@@ -475,7 +484,7 @@ def serve_foreground(path, http_port: int = 8000, grpc_port: int = 8001, metrics
     # explicit model control with every model loaded at start: `taskloom deploy` can then publish new
     # versions into `repo` and switch them without a restart (and a restart serves what config.pbtxt names)
     server = TritonServer(repo, http_port or None, grpc_port or None, metrics_port or None, log_dir=log_dir,
-                          model_control="explicit", models=["*"])
+                          model_control="explicit", models=["*"], admin_key=admin_key)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM)
 
@@ -492,6 +501,10 @@ def serve_foreground(path, http_port: int = 8000, grpc_port: int = 8001, metrics
         print(f"  grpc     {server.grpc_url}", flush=True)
         print(f"  metrics  {server.metrics_url}", flush=True)
         print(f"  log      {server.log_path}", flush=True)
+        if admin_key:
+            from taskloom.serve.admin import admin_header
+
+            print(f"  control  restricted: load/unload/index need the header {admin_header()}", flush=True)
         print(f"  repo     {repo} (taskloom deploy ... --repo {repo} --url {server.http_url})", flush=True)
         print("Ctrl-C stops the server.", flush=True)
         left = restarts

@@ -5,7 +5,7 @@ Layout written (atomically: a staging folder renamed into place, so Triton never
     <repo>/<name>/config.pbtxt        backend python, dynamic batching, TEXT → EMBEDDING (+ LABEL, PROBS),
                                       version_policy naming the one version served
     <repo>/<name>/versions.json       every version on disk, which one serves, the deploy history
-    <repo>/<name>/<v>/model.py        copy of serving/model.py (delegates to taskloom.serve.backend)
+    <repo>/<name>/<v>/model.py        copy of taskloom/serve/triton/model.py (delegates to taskloom.serve.backend)
     <repo>/<name>/<v>/weights/        the Hugging Face folder (config, safetensors, tokenizer), each
                                       safetensors file with its .sha256 beside it
     <repo>/<name>/<v>/onnx/model.onnx the body as ONNX, when the version runs on ONNX Runtime (engine)
@@ -33,16 +33,17 @@ from taskloom.errors import UserError
 from taskloom.serve.adapters import NAME_RE, SERVED_FILES, check_adapter, check_name
 from taskloom.serve.backend import ENGINES, ONNX_FILE, PRECISIONS, resolve_engine
 
-SERVING_MODEL_PY = Path(__file__).resolve().parents[3] / "serving" / "model.py"
+# Triton's python-backend model, package data (never imported here: it needs Triton's own module).
+SERVING_MODEL_PY = Path(__file__).resolve().parent / "triton" / "model.py"
 NOT_SERVED = (".bin", ".pt", ".pth", ".pkl", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf", ".sha256")
 VERSION = "1"
 VERSIONS_FILE = "versions.json"
 
 
 def model_py_source() -> str:
-    """The Triton model.py from serving/ (it ships with the source tree and the serving image)."""
+    """The Triton model.py shipped with the package (taskloom/serve/triton/model.py)."""
     if not SERVING_MODEL_PY.exists():
-        raise UserError(f"{SERVING_MODEL_PY}: missing (the Triton model.py ships in serving/)")
+        raise UserError(f"{SERVING_MODEL_PY}: missing from the taskloom installation")
     return SERVING_MODEL_PY.read_text()
 
 

@@ -4,14 +4,42 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 
 from taskloom.errors import UserError
 
+# Set on pipeline steps that request an nvidia.com/gpu (pipelines.placement.on_gpu): such a step must
+# find CUDA, or stop with one line (exit 2 from the CLI) rather than silently train on the CPU.
+REQUIRE_CUDA_ENV = "TASKLOOM_REQUIRE_CUDA"
 
-def resolve_device(name: str = "auto") -> str:
-    """'auto' → 'cuda' when a GPU is visible, else 'cpu'; asking for CUDA without one is a UserError."""
+
+def cuda_required() -> bool:
+    """$TASKLOOM_REQUIRE_CUDA is set (not 0/false/no) and this process runs in a Kubernetes pod, where the
+    nvidia.com/gpu request was honoured. kfp.local hands a task's environment variables to its
+    subprocess but ignores its resource requests, so a local run (no KUBERNETES_SERVICE_HOST, which
+    Kubernetes sets in every container) trains wherever it can."""
+    asked = os.environ.get(REQUIRE_CUDA_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    return asked and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
+def check_required_cuda() -> None:
+    """A UserError when CUDA is required here (see cuda_required) and torch sees no CUDA device."""
+    if not cuda_required():
+        return
     import torch
 
+    if not torch.cuda.is_available():
+        raise UserError(f"{REQUIRE_CUDA_ENV}={os.environ[REQUIRE_CUDA_ENV]}: this step asked for an nvidia.com/gpu "
+                        "but no CUDA device is visible (CUDA torch build, NVIDIA driver, device plugin?); "
+                        "not training on the CPU instead")
+
+
+def resolve_device(name: str = "auto") -> str:
+    """'auto' → 'cuda' when a GPU is visible, else 'cpu'; asking for CUDA without one is a UserError,
+    and so is any device when $TASKLOOM_REQUIRE_CUDA is set and no GPU is visible."""
+    import torch
+
+    check_required_cuda()
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():

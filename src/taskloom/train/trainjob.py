@@ -2,7 +2,7 @@
 
 In a cluster the KFP training step holds one GPU and trains in its own pod. A run that asks for more
 (several GPUs on a node, or several nodes) cannot fit one pod, so the step creates a Kubeflow Trainer v2
-`TrainJob` (trainer.kubeflow.org/v1alpha1) on the `ClusterTrainingRuntime` the Helm chart installs
+`TrainJob` (trainer.kubeflow.org/v1alpha1) on the `TrainingRuntime` the Helm chart installs
 (charts/taskloom/templates/trainingruntime.yaml: the taskloom image, the torch ML policy, the shared
 volume). The Trainer's torch plugin gives every node's container PET_NNODES, PET_NPROC_PER_NODE,
 PET_NODE_RANK, PET_MASTER_ADDR and PET_MASTER_PORT, which `torchrun` reads as its defaults, so each
@@ -30,7 +30,7 @@ GROUP = "trainer.kubeflow.org"
 VERSION = "v1alpha1"
 PLURAL = "trainjobs"
 KIND = "TrainJob"
-RUNTIME_KIND = "ClusterTrainingRuntime"
+RUNTIME_KIND = "TrainingRuntime"  # namespaced: each release (namespace) has its own
 # The runtime the chart installs (values: trainer.runtimeName); TASKLOOM_TRAINER_RUNTIME overrides it.
 RUNTIME = "taskloom-torch-distributed"
 GPU_RESOURCE = "nvidia.com/gpu"

@@ -1,0 +1,229 @@
+"""The events gateway: the one door to the Argo Events webhook in a cluster.
+
+Argo Events' webhook EventSource can demand a bearer token but knows nothing of taskloom's HMAC
+signature, event times or ids. The gateway sits in front of it and lets an event through only when
+it is signed with the shared secret, fresh (its time within `max_age` seconds of now) and new (its
+id not forwarded before); it then forwards the request unchanged (CloudEvent headers and body) with
+`Authorization: Bearer <token>`, a token only the gateway and the EventSource hold.
+
+    taskloom events gateway --port 8080 --forward http://…-eventsource-svc:12000/taskloom/drift \\
+        --secret-file /etc/taskloom/hmac/secret --token-file /etc/taskloom/token/token
+
+Per POST: unsigned, forged or stale → 401 (400 not a CloudEvent, 413 too large); an id already
+forwarded (or being forwarded) → 409 {"duplicate": true}; the forward answered 2xx → that status and
+{"event_id", "forwarded": status}; the forward failed (refused, unreachable, non-2xx) → 502, and the id
+is released so the sender's retry can go through. GET /healthz → 200 for the kubelet's probes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from taskloom.errors import UserError
+from taskloom.events.cloudevent import _secret_bytes
+from taskloom.events.receiver import MAX_BODY, Rejected, _event_time, verify
+
+log = logging.getLogger("taskloom.events.gateway")
+log.addHandler(logging.NullHandler())
+
+HEALTH_PATH = "/healthz"
+TOKEN_ENV = "TASKLOOM_EVENTS_TOKEN"
+# what goes on to the webhook: the CloudEvent (binary mode: ce-* headers) and its signature
+FORWARD_HEADERS = ("content-type", "x-taskloom-signature")
+
+
+def load_token(path: str | Path | None = None, env: str = TOKEN_ENV) -> str:
+    """The bearer token from a file (surrounding whitespace dropped) or else the env var."""
+    import os
+
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"{p}: no such token file")
+        token = p.read_text(encoding="utf-8").strip()
+        if not token:
+            raise UserError(f"{p}: token file is empty")
+    else:
+        token = os.environ.get(env, "").strip()
+        if not token:
+            raise UserError(f"no bearer token: give --token-file or set {env}")
+    if any(c.isspace() for c in token):
+        raise UserError("bearer token: must not contain whitespace")
+    return token
+
+
+class EventGateway:
+    """Threaded HTTP server: verify, refuse replays, forward with the bearer token. `.url`, `.forwarded`, `.rejected`."""
+
+    def __init__(self, secret: str | bytes, forward_url: str, token: str, host: str = "127.0.0.1", port: int = 0,
+                 max_age: float = 300.0, timeout: float = 10.0):
+        if not forward_url.startswith(("http://", "https://")):
+            raise UserError(f"--forward {forward_url!r}: expected an http:// or https:// URL")
+        if not token:
+            raise UserError("bearer token is empty")
+        if max_age <= 0:
+            raise UserError(f"--max-age {max_age:g}: must be positive")
+        self._secret = _secret_bytes(secret)
+        self._token = token
+        self.forward_url, self.host, self.port = forward_url, host, port
+        self.max_age, self.timeout = float(max_age), float(timeout)
+        self.forwarded: list[dict] = []
+        self.rejected: list[dict] = []
+        self._seen: dict[str, float] = {}  # id -> event time (epoch s); kept while a replay could still be fresh
+        self._lock = threading.Lock()
+        # the webhook is in-cluster (or on loopback): never through a proxy from the environment
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> "EventGateway":
+        gateway = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                if self.path.split("?", 1)[0] == HEALTH_PATH:
+                    self._answer(200, {"ok": True})
+                else:
+                    self._answer(404, {"error": "not found"})
+
+            def do_POST(self):  # noqa: N802
+                self._answer(*gateway.handle(dict(self.headers.items()), self._body()))
+
+            def _answer(self, status: int, payload: dict) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _body(self) -> bytes | None:
+                try:
+                    length = int(self.headers.get("Content-Length", "0"))
+                except ValueError:
+                    return None
+                if length < 0 or length > MAX_BODY:
+                    return None
+                return self.rfile.read(length)
+
+            def log_message(self, fmt, *args):
+                log.debug("gateway %s - %s", self.address_string(), fmt % args)
+
+        try:
+            self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        except OSError as e:
+            raise UserError(f"cannot listen on {self.host}:{self.port}: {e.strerror or e}") from None
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="taskloom-gateway", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join(timeout=5)
+            self._server = self._thread = None
+
+    def __enter__(self) -> "EventGateway":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    # -- one request ------------------------------------------------------------------------
+    def _reject(self, status: int, reason: str, event_id: str | None = None, **extra) -> tuple[int, dict]:
+        log.warning("gateway refused event %s: %s", event_id or "?", reason)
+        with self._lock:
+            self.rejected.append({"status": status, "reason": reason, "event_id": event_id})
+        return status, {"error": reason, **({"event_id": event_id} if event_id else {}), **extra}
+
+    def handle(self, headers: dict[str, str], body: bytes | None) -> tuple[int, dict]:
+        """Decide on one request and forward it: (HTTP status, JSON reply). Independent of the HTTP server."""
+        try:
+            event = verify(headers, body, self._secret, self.max_age)
+        except Rejected as r:
+            return self._reject(r.status, r.reason, r.event_id)
+        event_id = event.get_id()
+        with self._lock:
+            cutoff = time.time() - self.max_age
+            for k in [k for k, t in self._seen.items() if t < cutoff]:  # older ones fail the time check anyway
+                del self._seen[k]
+            replay = event_id in self._seen
+            if not replay:
+                self._seen[event_id] = _event_time(event).timestamp()  # claimed: a concurrent copy is a replay
+        if replay:
+            return self._reject(409, "replayed event (id already forwarded)", event_id, duplicate=True)
+        status, error = self._forward(headers, body)
+        if error is not None:
+            with self._lock:
+                self._seen.pop(event_id, None)  # not delivered: the sender's retry (same id) may go through
+            log.error("gateway could not forward event %s: %s", event_id, error)
+            return 502, {"error": f"forward failed: {error}", "event_id": event_id}
+        with self._lock:
+            self.forwarded.append({"event_id": event_id, "type": event.get_type(), "status": status})
+        log.info("gateway forwarded event %s (webhook answered %d)", event_id, status)
+        return status, {"event_id": event_id, "forwarded": status}
+
+    def _forward(self, headers: dict[str, str], body: bytes) -> tuple[int | None, str | None]:
+        """POST the request on with the bearer token: (status, None) on 2xx, else (status or None, why)."""
+        out = {k: v for k, v in headers.items() if k.lower().startswith("ce-") or k.lower() in FORWARD_HEADERS}
+        out["Authorization"] = f"Bearer {self._token}"
+        req = urllib.request.Request(self.forward_url, data=body, headers=out, method="POST")
+        try:
+            with self._opener.open(req, timeout=self.timeout) as resp:
+                resp.read()
+                status = resp.status
+        except urllib.error.HTTPError as e:
+            return e.code, f"webhook answered HTTP {e.code}"
+        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
+            return None, f"webhook unreachable ({getattr(e, 'reason', e)})"
+        if not 200 <= status < 300:
+            return status, f"webhook answered HTTP {status}"
+        return status, None
+
+
+def run_gateway(forward: str, *, host: str = "127.0.0.1", port: int = 8080, secret_file=None, token_file=None,
+                max_age: float = 300.0, timeout: float = 10.0) -> int:
+    """`taskloom events gateway`: serve in the foreground until Ctrl-C or SIGTERM; prints its URL first."""
+    import signal
+    import sys
+
+    from taskloom.events.cloudevent import load_secret
+
+    secret = load_secret(secret_file)
+    token = load_token(token_file)
+    if not logging.getLogger().handlers:  # the pod's log: one line per accepted or refused event
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    gateway = EventGateway(secret, forward, token, host=host, port=port, max_age=max_age, timeout=timeout)
+    stop = threading.Event()
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM)
+    if main_thread:
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    gateway.start()
+    try:
+        print(f"gateway listening on {gateway.url}, forwarding to {forward}", flush=True)
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        gateway.stop()
+    return 0

@@ -1,0 +1,173 @@
+"""RBAC from evidence: each ServiceAccount's Role grants exactly the (verb, resource) pairs its code used.
+
+The chart is installed on the real API server (which runs with RBAC and an audit log). The one
+component that calls the Kubernetes API, the KFP train step's hand-off to the Kubeflow Trainer
+(src/taskloom/train/trainjob.py), then runs its real code paths as the pipeline runner's
+ServiceAccount, with that account's own token: a TrainJob that completes (create, then get until done)
+and one that overruns (create, get, delete). A thread plays the Trainer, as admin. The audit log says
+what the account did; the chart's Roles must grant exactly that, and `kubectl auth can-i --as` must
+refuse everything else. The other workloads call no API at all: they get no token and no rights.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+
+import pytest
+import yaml
+
+from taskloom.train import trainjob
+
+from cluster_env import CHART
+
+pytestmark = pytest.mark.cluster
+
+NS = "tl-rbac"
+RUNNER = "pipeline-runner"
+RUNNER_USER = f"system:serviceaccount:{NS}:{RUNNER}"
+
+
+def sa_kubeconfig(cluster, tmp_path, sa: str) -> str:
+    """A kubeconfig that authenticates with the ServiceAccount's own token (not impersonation)."""
+    def token():
+        for s in cluster.get("secrets", "-n", NS)["items"]:
+            ann = s["metadata"].get("annotations", {})
+            if s["type"] == "kubernetes.io/service-account-token" and ann.get("kubernetes.io/service-account.name") == sa:
+                return base64.b64decode(s["data"]["token"]).decode()
+        return None
+    tok = cluster.wait(f"a token for {sa}", token)
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    admin["users"] = [{"name": sa, "user": {"token": tok}}]
+    admin["contexts"] = [{"name": sa, "context": {"cluster": "testenv", "user": sa, "namespace": NS}}]
+    admin["current-context"] = sa
+    path = tmp_path / f"{sa}.kubeconfig"
+    path.write_text(yaml.safe_dump(admin))
+    return str(path)
+
+
+def play_trainer(cluster, name: str, outcome: str, out_dir=None):
+    """Stand in for the Trainer's controller: write the job's metrics, then set its Complete condition."""
+    api = cluster.api()
+    from kubernetes import client
+
+    objs = client.CustomObjectsApi(api)
+    for _ in range(200):
+        try:
+            obj = objs.get_namespaced_custom_object(trainjob.GROUP, trainjob.VERSION, NS, trainjob.PLURAL, name)
+            break
+        except client.exceptions.ApiException:
+            time.sleep(0.1)
+    else:
+        return
+    if outcome != "Complete":
+        return
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "metrics.json").write_text(json.dumps({"task": "rt-sentiment", "metric": "accuracy",
+                                                          "base": 0.75, "tuned": 0.82}))
+    obj["status"] = {"conditions": [{"type": "Complete", "status": "True", "reason": "JobsCompleted",
+                                     "message": "done", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+    objs.replace_namespaced_custom_object_status(trainjob.GROUP, trainjob.VERSION, NS, trainjob.PLURAL, name, obj)
+
+
+def granted_pairs(cluster, user_ns: str, sa: str) -> set[tuple[str, str]]:
+    """(verb, group/resource) pairs the Roles bound to the ServiceAccount in NS grant."""
+    pairs = set()
+    for rb in cluster.get("rolebindings", "-n", NS)["items"]:
+        if not any(s.get("kind") == "ServiceAccount" and s["name"] == sa and s.get("namespace") == user_ns
+                   for s in rb.get("subjects") or []):
+            continue
+        role = cluster.get(rb["roleRef"]["kind"].lower(), rb["roleRef"]["name"], "-n", NS)
+        for rule in role["rules"]:
+            for g in rule.get("apiGroups", [""]):
+                for r in rule["resources"]:
+                    for v in rule["verbs"]:
+                        pairs.add((v, f"{g}/{r}" if g else r))
+    return pairs
+
+
+def used_pairs(cluster, user: str) -> set[tuple[str, str]]:
+    used = set()
+    for ev in cluster.audit():
+        if ev.get("user", {}).get("username") != user or not ev.get("objectRef"):
+            continue
+        ref = ev["objectRef"]
+        g = ref.get("apiGroup", "")
+        used.add((ev["verb"], f"{g}/{ref['resource']}" if g else ref["resource"]))
+    return used
+
+
+def can_i(cluster, user: str, verb: str, resource: str) -> bool:
+    out = cluster.kubectl("auth", "can-i", verb, resource, "-n", NS, f"--as={user}", check=False)
+    return out.stdout.strip() == "yes"
+
+
+def test_each_service_account_holds_exactly_what_its_code_used(cluster, tmp_path, monkeypatch):
+    cluster.kubectl("create", "namespace", NS)
+    cluster.kubectl("create", "secret", "generic", "taskloom-webhook", "-n", NS, "--from-literal=secret=x")
+    cluster.kubectl("create", "serviceaccount", RUNNER, "-n", NS)  # KFP's runner, in a single-namespace setup
+    cluster.helm("install", "taskloom", str(CHART), "-n", NS, "-f", str(CHART / "ci" / "gpu-operator-values.yaml"),
+                 "--set", f"rbac.pipelineRunner.namespace={NS}")
+    # the step finds its credentials as it would on a laptop: the kubeconfig (the client reads $KUBECONFIG at import)
+    runner_config = sa_kubeconfig(cluster, tmp_path, RUNNER)
+    monkeypatch.setenv("KUBECONFIG", runner_config)
+    monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", runner_config)
+
+    # 1. A hand-off that completes: the real train_on_trainer, staging through a shared folder.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    task = tmp_path / "task"
+    task.mkdir()
+    (task / "task.yaml").write_text("name: rt-sentiment\n")
+    name = trainjob.trainjob_name("rt-sentiment")
+    monkeypatch.setattr(trainjob, "trainjob_name", lambda t: name)
+    helper = threading.Thread(target=play_trainer, args=(cluster, name, "Complete",
+                                                          shared / "trainjobs" / name / "out"))
+    helper.start()
+    metrics = trainjob.train_on_trainer(task, tmp_path / "out", task="rt-sentiment", nodes=2, gpus_per_node=4,
+                                        train_args=["--epochs", "1"], namespace=NS, shared_dir=shared,
+                                        timeout_s=60, poll_s=0.2)
+    helper.join()
+    assert metrics["trainjob"] == name and metrics["tuned"] == 0.82
+
+    # 2. A hand-off that overruns: the step deletes its TrainJob before failing.
+    late = {**trainjob.trainjob_manifest("tl-late-0001", ["/mnt/taskloom/t/task.yaml"], "/mnt/taskloom/o",
+                                         nodes=2, gpus_per_node=1, train_args=[], task="late", run_id="")}
+    with pytest.raises(trainjob.TrainJobError, match="not finished after .* deleted it"):
+        trainjob.submit_and_wait(late, NS, timeout_s=1.0, poll_s=0.2)
+
+    time.sleep(1.5)  # the audit log is written asynchronously in batches
+    used = cluster.wait("the runner's requests in the audit log",
+                        lambda: used_pairs(cluster, RUNNER_USER) if ("delete", "trainer.kubeflow.org/trainjobs")
+                        in used_pairs(cluster, RUNNER_USER) else None, timeout=30)
+    granted = granted_pairs(cluster, NS, RUNNER)
+    assert used == {("create", "trainer.kubeflow.org/trainjobs"), ("get", "trainer.kubeflow.org/trainjobs"),
+                    ("delete", "trainer.kubeflow.org/trainjobs")}
+    assert granted == used, f"granted but never used: {granted - used}; used but not granted: {used - granted}"
+
+    for verb, resource in sorted(granted):
+        assert can_i(cluster, RUNNER_USER, verb, resource.split("/")[1] + "." + resource.split("/")[0])
+    refused = [("list", "trainjobs.trainer.kubeflow.org"), ("patch", "trainjobs.trainer.kubeflow.org"),
+               ("update", "trainjobs.trainer.kubeflow.org"), ("get", "secrets"), ("create", "pods"),
+               ("patch", "deployments.apps"), ("get", "deployments.apps"), ("create", "trainingruntimes.trainer.kubeflow.org"),
+               ("create", "rolebindings.rbac.authorization.k8s.io")]
+    for verb, resource in refused:
+        assert not can_i(cluster, RUNNER_USER, verb, resource), f"{RUNNER} may {verb} {resource}"
+
+    # The chart's own workloads call no API: no token mounted, no Role bound, every request refused.
+    sas = [s["metadata"]["name"] for s in cluster.get("serviceaccounts", "-n", NS,
+                                                      "-l", "app.kubernetes.io/instance=taskloom")["items"]]
+    assert len(sas) >= 5
+    for sa in sas:
+        user = f"system:serviceaccount:{NS}:{sa}"
+        assert granted_pairs(cluster, NS, sa) == set()
+        for verb, resource in [("get", "pods"), ("list", "secrets"), ("get", "configmaps"), ("create", "trainjobs.trainer.kubeflow.org"),
+                               ("patch", "deployments.apps"), ("get", "modeldeployments")]:
+            assert not can_i(cluster, user, verb, resource), f"{sa} may {verb} {resource}"
+        assert used_pairs(cluster, user) == set()
+    for pod in cluster.get("pods", "-n", NS)["items"]:
+        assert pod["spec"]["automountServiceAccountToken"] is False, pod["metadata"]["name"]
+    cluster.helm("uninstall", "taskloom", "-n", NS)

@@ -1,0 +1,224 @@
+"""The events gateway end to end: a real `taskloom events gateway` process in front of a stand-in for
+the Argo Events webhook that demands the bearer token, as in the chart.
+
+Only a signed, fresh, new event gets through, exactly once and with the token; forged, stale and
+replayed ones are refused with 4xx and never reach the webhook; a failed forward is a 502 (not 2xx)
+and the sender's retry with the same id then goes through; without the token the webhook refuses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+import uuid
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from taskloom.events.cloudevent import make_event, send_event, to_request
+
+SECRET = "gateway-test-secret-0123456789"
+TOKEN = "tok-" + uuid.uuid4().hex
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class StandIn:
+    """The Argo webhook's part: 401 without `Authorization: Bearer TOKEN`, else record and 200 (or `fail_with`)."""
+
+    def __init__(self):
+        self.received: list[dict] = []
+        self.refused = 0
+        self.fail_with: int | None = None
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                    stand_in.refused += 1
+                    return self._answer(401, b"unauthorized")
+                if stand_in.fail_with:
+                    return self._answer(stand_in.fail_with, b"broken")
+                stand_in.received.append({"headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
+                self._answer(200, b"success")
+
+            def _answer(self, status: int, data: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/taskloom/drift"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def post(url: str, headers: dict, body: bytes) -> tuple[int, dict | str]:
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with NO_PROXY.open(req, timeout=20) as r:
+            status, raw = r.status, r.read()
+    except urllib.error.HTTPError as e:
+        status, raw = e.code, e.read()
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode()
+
+
+def signed(data: dict, secret: str = SECRET, when: datetime | None = None, event_id: str | None = None):
+    event = make_event("taskloom.drift.detected", "taskloom/monitor", data, id=event_id or uuid.uuid4().hex)
+    if when is not None:
+        from cloudevents.core.v1.event import CloudEvent
+
+        event = CloudEvent(attributes={"type": "taskloom.drift.detected", "source": "taskloom/monitor", "id": event.get_id(),
+                                       "datacontenttype": "application/json", "time": when}, data=data)
+    return event.get_id(), *to_request(event, secret)
+
+
+@pytest.fixture(scope="module")
+def stand_in():
+    s = StandIn()
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def gateway(stand_in, tmp_path_factory):
+    """`taskloom events gateway` on a free loopback port, secret and token from files as in the pod."""
+    d = tmp_path_factory.mktemp("gw")
+    (d / "secret").write_text(SECRET + "\n")
+    (d / "token").write_text(TOKEN + "\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("TASKLOOM_WEBHOOK_SECRET", "TASKLOOM_EVENTS_TOKEN")}
+    proc = subprocess.Popen([sys.executable, "-m", "taskloom", "events", "gateway", "--port", "0",
+                             "--forward", stand_in.url, "--secret-file", str(d / "secret"),
+                             "--token-file", str(d / "token"), "--max-age", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        line = proc.stdout.readline() if ready else ""
+        assert line.startswith("gateway listening on http://127.0.0.1:"), (line, proc.poll())
+        yield line.split()[3].rstrip(",")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def test_health_path_answers_get(gateway):
+    with NO_PROXY.open(gateway + "healthz", timeout=10) as r:
+        assert r.status == 200 and json.loads(r.read()) == {"ok": True}
+
+
+def test_signed_event_is_forwarded_once_with_the_token_and_a_replay_is_refused(gateway, stand_in):
+    before = len(stand_in.received)
+    event_id, headers, body = signed({"task": "rt-sentiment", "adapter_id": "a1"})
+    status, reply = post(gateway, headers, body)
+    assert status == 200 and reply == {"event_id": event_id, "forwarded": 200}
+    (got,) = stand_in.received[before:]
+    assert got["body"] == body and json.loads(got["body"])["task"] == "rt-sentiment"
+    assert got["headers"]["authorization"] == f"Bearer {TOKEN}"
+    assert got["headers"]["ce-id"] == event_id  # the CloudEvent goes on unchanged (binary mode)
+
+    status, reply = post(gateway, headers, body)  # the same request again
+    assert status == 409 and reply["duplicate"] is True
+    assert len(stand_in.received) == before + 1
+
+
+def test_send_event_through_the_gateway(gateway, stand_in):
+    """What the monitor does in the cluster (taskloom.monitor.service.deliver → send_event)."""
+    before = len(stand_in.received)
+    ack = send_event(gateway, "taskloom.drift.detected", {"task": "lee-similarity"}, SECRET, event_id="alarm-key-1")
+    assert ack["status"] == 200 and len(stand_in.received) == before + 1
+    again = send_event(gateway, "taskloom.drift.detected", {"task": "lee-similarity"}, SECRET, event_id="alarm-key-1")
+    assert again["status"] == 409 and len(stand_in.received) == before + 1
+
+
+@pytest.mark.parametrize("case", ["forged", "stale", "future", "unsigned", "not_an_event"])
+def test_bad_events_are_refused_and_never_forwarded(gateway, stand_in, case):
+    before = len(stand_in.received)
+    if case == "forged":
+        _, headers, body = signed({"task": "rt-sentiment"}, secret="not-the-secret")
+    elif case == "stale":  # signed with the right secret, but older than --max-age
+        _, headers, body = signed({"task": "rt-sentiment"}, when=datetime.now(timezone.utc) - timedelta(minutes=5))
+    elif case == "future":
+        _, headers, body = signed({"task": "rt-sentiment"}, when=datetime.now(timezone.utc) + timedelta(minutes=5))
+    elif case == "unsigned":
+        _, headers, body = signed({"task": "rt-sentiment"})
+        headers = {k: v for k, v in headers.items() if k.lower() != "x-taskloom-signature"}
+    else:
+        headers, body = {"Content-Type": "application/json", "X-Taskloom-Signature": "sha256=00"}, b"{}"
+    status, reply = post(gateway, headers, body)
+    assert 400 <= status < 500, (status, reply)
+    assert len(stand_in.received) == before
+
+
+def test_forged_copy_of_a_good_event_is_refused(gateway, stand_in):
+    """Same id and time, body changed: the signature covers the body."""
+    before = len(stand_in.received)
+    _, headers, body = signed({"task": "rt-sentiment"})
+    status, _ = post(gateway, headers, body.replace(b"rt-sentiment", b"chatterbot-qa"))
+    assert status == 401 and len(stand_in.received) == before
+
+
+def test_a_failed_forward_is_502_and_the_retry_goes_through(gateway, stand_in):
+    before = len(stand_in.received)
+    event_id, headers, body = signed({"task": "chatterbot-topic"})
+    stand_in.fail_with = 500
+    try:
+        status, reply = post(gateway, headers, body)
+    finally:
+        stand_in.fail_with = None
+    assert status == 502 and "HTTP 500" in reply["error"]
+    assert len(stand_in.received) == before
+    status, reply = post(gateway, headers, body)  # the sender retries with the same id
+    assert status == 200 and reply["event_id"] == event_id
+    assert len(stand_in.received) == before + 1
+
+
+def test_the_webhook_refuses_a_direct_call_without_the_token(stand_in):
+    before, refused = len(stand_in.received), stand_in.refused
+    _, headers, body = signed({"task": "rt-sentiment"})
+    status, _ = post(stand_in.url, headers, body)
+    assert status == 401 and stand_in.refused == refused + 1 and len(stand_in.received) == before
+
+
+def test_missing_secret_file_is_one_line_and_exit_2(tmp_path, stand_in):
+    r = subprocess.run([sys.executable, "-m", "taskloom", "events", "gateway", "--port", "0", "--forward", stand_in.url,
+                        "--secret-file", str(tmp_path / "nope"), "--token-file", str(tmp_path / "nope")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "no such secret file" in r.stderr
+
+
+def test_the_monitor_counts_a_resend_the_gateway_refuses_as_delivered(gateway, stand_in):
+    """An alarm resent after its forward went through (e.g. the reply was lost) is a 409 replay, which
+    the monitor records as a duplicate, not as a rejection."""
+    from taskloom.monitor.service import deliver
+
+    alarm = {"key": uuid.uuid4().hex, "task": "rt-sentiment", "adapter_id": "rt-v1", "retrain_adapter_id": "rt-v2",
+             "first_window_start": "2023-11-14T22:15:00Z", "window_start": "2023-11-14T22:20:00Z",
+             "windows": ["2023-11-14T22:15:00Z"], "p_values": [0.004], "q_value": 0.004, "effect": 0.08, "method": "mmd"}
+    before = len(stand_in.received)
+    first = deliver(alarm, gateway, SECRET.encode(), timeout=10)
+    again = deliver(alarm, gateway, SECRET.encode(), timeout=10)
+    assert (first["status"], first["http_status"]) == ("delivered", 200)
+    assert (again["status"], again["http_status"], again["attempts"]) == ("duplicate", 409, 1)
+    assert len(stand_in.received) == before + 1
