@@ -45,7 +45,7 @@ chart: tools      ## lint and render the Helm chart
 	.tools/helm template taskloom charts/taskloom --set events.hmacSecret.name=taskloom-webhook > /dev/null
 
 golden: setup     ## regenerate the compiled pipeline YAML in pipelines/compiled/
-	$(PY) -m pipelines.compile_all
+	$(PY) -m taskloom_pipelines.compile_all
 
 clean:
 	rm -rf demo-out runs

@@ -122,7 +122,7 @@ def run_taskloom(task, work: Path, args, run: int) -> dict:
     """taskloom's real trainer; its own timing from metrics.json, steps from steps.jsonl."""
     from taskloom.models.registry import resolve_base
     from taskloom.train.evaluate import load_adapter_model, load_split
-    from taskloom.train.heads import load_head
+    from taskloom.models.heads import load_head
     from taskloom.train.lora import train_adapter
 
     out = work / f"taskloom-{run}"

@@ -4,22 +4,27 @@
 from kfp import dsl
 from kfp.dsl import Input, Model, Output
 
-from components import IMAGE
+from taskloom_components import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False, packages_to_install=[])
 def deploy_model(
     merged: Input[Model],
-    model_name: str,
-    head_task: str,
-    model_repository: str,
     repository: Output[Model],
+    model_name: str = "taskloom",
+    head_task: str = "",
+    model_repository: str = "",
     server_url: str = "",
 ) -> str:
+    """Publish the merged model for Triton.
+
+    Inputs: merged (a full model folder). Outputs: repository (the built model repository; deploy.json
+    after a hot load); returns the model name. Calls: taskloom.steps.deploy_step (DeploySpec)."""
+    from taskloom.specs import DeploySpec
     from taskloom.steps import deploy_step
 
-    result = deploy_step(merged.path, repository.path, name=model_name, head_task=head_task,
-                         publish_to=model_repository, server_url=server_url)
+    result = deploy_step(merged.path, repository.path, DeploySpec(
+        model_name=model_name, head_task=head_task, model_repository=model_repository, server_url=server_url))
     repository.metadata.update({"model": result["model"], "head_task": result["head_task"]})
     if "version" in result:
         repository.metadata["version"] = result["version"]

@@ -3,23 +3,31 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Metrics, Output
 
-from components import IMAGE
+from taskloom_components import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False, packages_to_install=[])
 def drift_check(
     reference: str,
     current: str,
-    field: str,
-    method: str,
-    alpha: float,
     result: Output[Artifact],
     metrics: Output[Metrics],
+    field: str = "text",
+    method: str = "mmd",
+    alpha: float = 0.05,
+    permutations: int = 200,
+    seed: int = 0,
 ) -> bool:
-    """`reference` and `current` are files (JSONL/Parquet rows or .npy embeddings); returns the verdict."""
+    """Test a current window against a reference.
+
+    Inputs: reference, current (files: JSONL/Parquet rows or .npy embeddings). Outputs: result
+    (drift.json), metrics (statistic, p_value, sizes); returns the verdict. Calls:
+    taskloom.steps.drift_step (DriftSpec)."""
+    from taskloom.specs import DriftSpec
     from taskloom.steps import drift_step
 
-    out = drift_step(reference, current, result.path, field=field, method=method, alpha=alpha)
+    out = drift_step(reference, current, result.path, DriftSpec(field=field, method=method, alpha=alpha,
+                                                                permutations=permutations, seed=seed))
     for k in ("statistic", "p_value", "n_reference", "n_current"):
         if isinstance(out.get(k), (int, float)):
             metrics.log_metric(k, out[k])

@@ -5,20 +5,26 @@ from typing import List
 from kfp import dsl
 from kfp.dsl import Input, Metrics, Model, Output
 
-from components import IMAGE
+from taskloom_components import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False, packages_to_install=[])
 def merge_adapters(
     adapters: Input[List[Model]],
-    method: str,
-    parameters: str,
     merged: Output[Model],
     metrics: Output[Metrics],
+    method: str = "task_arithmetic",
+    parameters: str = "",
 ):
-    from taskloom.steps import metric_values, merge_step
+    """Merge the adapters.
 
-    report = merge_step([a.path for a in adapters], merged.path, method=method, parameters=parameters)
+    Inputs: adapters (training runs, each with adapter/). Outputs: merged (full model +
+    merge_report.json), metrics (adapters and the report's numbers). Calls: taskloom.steps.merge_step
+    (MergeStepSpec)."""
+    from taskloom.specs import MergeStepSpec
+    from taskloom.steps import merge_step, metric_values
+
+    report = merge_step([a.path for a in adapters], merged.path, MergeStepSpec(method=method, parameters=parameters))
     merged.metadata["method"] = method
     metrics.log_metric("adapters", len(adapters))
     for k, v in metric_values(report).items():

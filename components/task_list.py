@@ -4,12 +4,15 @@ from typing import List
 
 from kfp import dsl
 
-from components import IMAGE
+from taskloom_components import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False, packages_to_install=[])
 def task_list(tasks: str) -> List[str]:
-    """Each item is a built-in task name or the path of a task.yaml."""
+    """Split the task list.
+
+    Inputs: tasks (comma-separated built-in names or task.yaml paths). Outputs: the list, one item per
+    task. Calls: taskloom.steps.parse_task_list."""
     from taskloom.steps import parse_task_list
 
     return parse_task_list(tasks)

@@ -9,33 +9,37 @@ from typing import List
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from components import IMAGE
+from taskloom_components import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False, packages_to_install=[])
 def train_adapter(
     dataset: Input[Dataset],
-    max_steps: int,
-    epochs: int,
-    rank: int,
-    base: str,
-    device: str,
-    seed: int,
-    feature_repo: str,
-    adapter_id: str,
     model: Output[Model],
     metrics: Output[Metrics],
+    max_steps: int = 0,
+    epochs: int = 0,
+    rank: int = 0,
+    base: str = "",
+    device: str = "auto",
+    seed: int = 0,
+    feature_repo: str = "",
+    adapter_id: str = "",
     nodes: int = 1,
     gpus_per_node: int = 0,
     run_id: str = "",
 ):
+    """Train one adapter on the staged task.
+
+    Inputs: dataset (a staged task). Outputs: model (adapter/, metrics.json; metadata task, type,
+    metric), metrics (base vs tuned). Calls: taskloom.steps.train_step (TrainRunSpec)."""
+    from taskloom.specs import TrainRunSpec
     from taskloom.steps import metric_values, train_step
 
-    result = train_step(
-        dataset.path, model.path, max_steps=max_steps, epochs=epochs, rank=rank, base=base,
-        device=device, seed=seed, feature_repo=feature_repo, adapter_id=adapter_id,
-        nodes=nodes, gpus_per_node=gpus_per_node, run_id=run_id,
-    )
+    result = train_step(dataset.path, model.path, TrainRunSpec(
+        max_steps=max_steps, epochs=epochs, rank=rank, base=base, device=device, seed=seed, feature_repo=feature_repo,
+        adapter_id=adapter_id, nodes=nodes, gpus_per_node=gpus_per_node, run_id=run_id,
+    ))
     model.metadata.update({k: result[k] for k in ("task", "type", "metric") if k in result})
     for k, v in metric_values(result).items():
         metrics.log_metric(k, v)
@@ -44,31 +48,36 @@ def train_adapter(
 @dsl.component(base_image=IMAGE, install_kfp_package=False, packages_to_install=[])
 def train_joint_adapter(
     datasets: Input[List[Dataset]],
-    max_steps: int,
-    epochs: int,
-    rank: int,
-    base: str,
-    device: str,
-    seed: int,
-    temperature: float,
-    mixing: str,
-    feature_repo: str,
-    adapter_id: str,
     model: Output[Model],
     metrics: Output[Metrics],
+    max_steps: int = 0,
+    epochs: int = 0,
+    rank: int = 0,
+    base: str = "",
+    device: str = "auto",
+    seed: int = 0,
+    feature_repo: str = "",
+    adapter_id: str = "",
     nodes: int = 1,
     gpus_per_node: int = 0,
     run_id: str = "",
+    temperature: float = 0.0,
+    mixing: str = "",
 ):
-    """ONE adapter on every staged task (a head per task; tasks sampled at `temperature`, `mixing`
-    task|mixed); each task's base vs tuned becomes Metrics as `<task>.<key>`."""
+    """Train ONE adapter on every staged task (a head per task; tasks sampled at `temperature`, `mixing`
+    task|mixed).
+
+    Inputs: datasets (the staged tasks). Outputs: model (adapter/ with heads/<task>/, metrics.json),
+    metrics (`<task>.<key>` per task; steps, train_seconds, tokens_per_s). Calls:
+    taskloom.steps.train_step (JointTrainRunSpec)."""
+    from taskloom.specs import JointTrainRunSpec
     from taskloom.steps import metric_values, train_step
 
-    result = train_step(
-        [d.path for d in datasets], model.path, max_steps=max_steps, epochs=epochs, rank=rank, base=base,
-        device=device, seed=seed, temperature=temperature, mixing=mixing, feature_repo=feature_repo,
-        adapter_id=adapter_id, nodes=nodes, gpus_per_node=gpus_per_node, run_id=run_id,
-    )
+    result = train_step([d.path for d in datasets], model.path, JointTrainRunSpec(
+        max_steps=max_steps, epochs=epochs, rank=rank, base=base, device=device, seed=seed, feature_repo=feature_repo,
+        adapter_id=adapter_id, nodes=nodes, gpus_per_node=gpus_per_node, run_id=run_id, temperature=temperature,
+        mixing=mixing,
+    ))
     model.metadata.update({"task": result["task"], "type": result["type"]})
     per_task = result.get("tasks") or {result["task"]: result}
     for task, row in per_task.items():

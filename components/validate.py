@@ -3,11 +3,15 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
 
-from components import IMAGE
+from taskloom_components import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False, packages_to_install=[])
 def validate_task(dataset: Input[Dataset], report: Output[Artifact], metrics: Output[Metrics]):
+    """Validate the staged task.
+
+    Inputs: dataset (a staged task). Outputs: report (validation.json, validation.txt), metrics (checks,
+    errors, warnings); a failure stops the run. Calls: taskloom.steps.validate_step."""
     from taskloom.steps import metric_values, validate_step
 
     result = validate_step(dataset.path, report.path)

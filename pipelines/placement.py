@@ -4,6 +4,8 @@ settings silently); the compiled YAML keeps it."""
 
 from kfp import kubernetes
 
+from taskloom.environment import OFFLINE_ENV
+
 GPU_RESOURCE = "nvidia.com/gpu"
 # Read by taskloom.train.device (kept as a literal: compiling pipelines must not import torch-side code).
 REQUIRE_CUDA_ENV = "TASKLOOM_REQUIRE_CUDA"
@@ -16,13 +18,6 @@ SHARED_PVC = "taskloom-shared"
 SHARED_MOUNT = "/mnt/taskloom"
 FEATURE_REPO = f"{SHARED_MOUNT}/feature_repo"
 MODEL_REPOSITORY = f"{SHARED_MOUNT}/model_repository"
-
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}
 
 
 def offline(task):

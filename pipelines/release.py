@@ -5,9 +5,9 @@ Called inside a pipeline function, so the tasks it creates belong to that pipeli
 
 from kfp import dsl
 
-from components.deploy import deploy_model
-from components.gate import gate_model
-from pipelines.placement import offline, on_gpu, with_shared_volume, with_triton_admin_key
+from taskloom_components.deploy import deploy_model
+from taskloom_components.gate import gate_model
+from taskloom_pipelines.placement import offline, on_gpu, with_shared_volume, with_triton_admin_key
 
 
 def gate_then_deploy(staged, trained, merged, *, share, feature_repo, model_name, head_task, model_repository,

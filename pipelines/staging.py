@@ -3,10 +3,10 @@
 Called inside a pipeline's `dsl.ParallelFor`, so the tasks it creates belong to that loop.
 """
 
-from components.export import export_task
-from components.profile import profile_task
-from components.validate import validate_task
-from pipelines.placement import offline, on_cpu, with_shared_volume
+from taskloom_components.export import export_task
+from taskloom_components.profile import profile_task
+from taskloom_components.validate import validate_task
+from taskloom_pipelines.placement import offline, on_cpu, with_shared_volume
 
 
 def stage_task(task, feature_repo, adapter_id=""):

@@ -14,10 +14,10 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import Model
 
-from components.task_list import task_list
-from components.train import train_joint_adapter
-from pipelines.placement import FEATURE_REPO, offline, on_cpu, on_gpu, with_shared_volume
-from pipelines.staging import stage_task
+from taskloom_components.task_list import task_list
+from taskloom_components.train import train_joint_adapter
+from taskloom_pipelines.placement import FEATURE_REPO, offline, on_cpu, on_gpu, with_shared_volume
+from taskloom_pipelines.staging import stage_task
 
 Outputs = NamedTuple("Outputs", adapter=Model)
 

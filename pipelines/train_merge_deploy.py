@@ -12,12 +12,12 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import Artifact, Model
 
-from components.merge import merge_adapters
-from components.task_list import task_list
-from components.train import train_adapter
-from pipelines.placement import FEATURE_REPO, MODEL_REPOSITORY, offline, on_cpu, on_gpu, with_shared_volume
-from pipelines.release import gate_then_deploy
-from pipelines.staging import stage_task
+from taskloom_components.merge import merge_adapters
+from taskloom_components.task_list import task_list
+from taskloom_components.train import train_adapter
+from taskloom_pipelines.placement import FEATURE_REPO, MODEL_REPOSITORY, offline, on_cpu, on_gpu, with_shared_volume
+from taskloom_pipelines.release import gate_then_deploy
+from taskloom_pipelines.staging import stage_task
 
 Outputs = NamedTuple("Outputs", promoted=bool, gate=Artifact, merged=Model)
 

@@ -6,25 +6,34 @@ Every mistake a user can make surfaces as `UserError`: one line on stderr, exit 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from taskloom import steps
+from taskloom.artifacts import write_json, write_text
+from taskloom.data.validation import validate_task
+from taskloom.demo import run_demo
+from taskloom.environment import apply_local_env
 from taskloom.errors import UserError
+from taskloom.events.gateway import run_gateway
+from taskloom.kfp import compile_pipeline, run_local, submit
+from taskloom.merge import merge_from_config
+from taskloom.models.registry import resolve_base
+from taskloom.monitor.drift import drift_files
+from taskloom.monitor.service import run_monitor
+from taskloom.serve import deploy as d
+from taskloom.serve.admin import load_admin_key
+from taskloom.serve.client import infer_texts
+from taskloom.serve.launcher import serve_foreground
+from taskloom.specs import TrainSpec, load_task
+from taskloom.tasks.catalog import export_task, print_catalog
+from taskloom.train.evaluate import evaluate_task
 
 # Nothing downloads at run time: set before any Hugging Face library is imported.
-for _k, _v in {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "OMP_WAIT_POLICY": "PASSIVE",  # idle OpenMP threads spin and slow every other process on the machine
-}.items():
-    os.environ.setdefault(_k, _v)
+apply_local_env()
 
 app = typer.Typer(
     help="taskloom: validate a task's data, train or merge LoRA adapters, serve on Triton, watch for drift, retrain.",
@@ -47,8 +56,6 @@ def _print_json(obj) -> None:
 @tasks_app.command("list")
 def tasks_list() -> None:
     """List the built-in tasks (name, type, rows, description)."""
-    from taskloom.tasks.catalog import print_catalog
-
     print_catalog()
 
 
@@ -58,8 +65,6 @@ def tasks_export(
     out: Path = typer.Option(..., "--out", help="folder to write task.yaml and its data into"),
 ) -> None:
     """Write a built-in task as `task.yaml` + train/eval JSONL, ready for `validate` and `train`."""
-    from taskloom.tasks.catalog import export_task
-
     path = export_task(name, out)
     typer.echo(str(path))
 
@@ -70,9 +75,25 @@ def validate(
     out: Optional[Path] = typer.Option(None, "--out", help="also write validation.json and validation.html here"),
 ) -> None:
     """Check a task's data with Great Expectations. Exit 0 when valid, 2 with a report when not."""
-    from taskloom.data.validation import validate_cli
-
-    raise typer.Exit(validate_cli(task, out))
+    # A failed validation also prints one `error:` line on stderr naming the first failing check.
+    if out is not None and out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    spec = load_task(task)
+    try:
+        resolve_base(spec.base_model)
+    except UserError as e:
+        raise UserError(f"{task}: base_model: {e}") from None
+    report = validate_task(spec)
+    typer.echo(report.render())
+    if out is not None:
+        write_json(out / "validation.json", report.to_dict())
+        write_text(out / "validation.html", report.to_html())
+    if not report.success:
+        first = report.failures[0]
+        more = f" (+{len(report.failures) - 1} more failed checks)" if len(report.failures) > 1 else ""
+        typer.echo(f"error: {task}: validation failed: {first.name} ({first.split}): {first.detail}{more}", err=True)
+        raise typer.Exit(2)
+    raise typer.Exit(0)
 
 
 @app.command()
@@ -108,9 +129,6 @@ def train(
     `torchrun --nproc-per-node N -m taskloom train ...` (rank 0 writes)."""
     from pydantic import ValidationError
 
-    from taskloom.specs import TrainSpec, load_task
-    from taskloom.train.lora import train_tasks
-
     given = dict(base=base, epochs=epochs, max_steps=max_steps, rank=rank, alpha=alpha, lr=lr, batch_size=batch_size,
                  max_length=max_length, max_train_rows=max_train_rows, precision=precision, temperature=temperature,
                  mixing=mixing, key_weight=key_weight, checkpoint_every=checkpoint_every)
@@ -119,7 +137,7 @@ def train(
     except ValidationError as e:
         err = e.errors()[0]
         raise UserError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
-    metrics = train_tasks([load_task(t) for t in tasks], out, spec, resume=resume)
+    metrics = steps.train([load_task(t) for t in tasks], out, spec, resume=resume)
     if metrics:  # under torchrun, rank 0 alone reports
         _print_json(metrics)
 
@@ -133,9 +151,6 @@ def eval_(
     """Print the task metric (accuracy, Pearson, MRR) as JSON for the base, an adapter or a model."""
     if adapter is not None and model is not None:
         raise UserError("give --adapter or --model, not both")
-    from taskloom.specs import load_task
-    from taskloom.train.evaluate import evaluate_task
-
     _print_json(evaluate_task(load_task(task), adapter=adapter, model=model))
 
 
@@ -149,8 +164,6 @@ def merge(
     Methods: linear, task_arithmetic, ties, dare_linear, dare_ties, magnitude_prune, delta_guided,
     greedy_soup, self_positioning (the last two probe the `tasks:` listed in merge.yaml).
     Prints a summary; per-layer norms and digests are in DIR/merge_report.json."""
-    from taskloom.merge import merge_from_config
-
     report = merge_from_config(config, out)
     summary = ("method", "parameters", "output", "tasks", "heads", "layers_merged", "delta_norm", "refactor", "files", "seconds")
     if "search" in report:
@@ -175,9 +188,6 @@ def serve(
 
     Explicit model control (`taskloom deploy` swaps versions, no restart); metrics on --metrics-port.
     With an admin key, load/unload/repository index need the header taskloom-admin-key; inference does not."""
-    from taskloom.serve.admin import load_admin_key
-    from taskloom.serve.launcher import serve_foreground
-
     raise typer.Exit(serve_foreground(path, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                                       head=head, log_dir=log_dir, timeout=timeout,
                                       admin_key=load_admin_key(admin_key_file)))
@@ -194,8 +204,6 @@ def drift(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Two-sample drift test on embeddings; prints statistic, calibrated p-value and the verdict."""
-    from taskloom.monitor.drift import drift_files
-
     _print_json(drift_files(reference, current, field=field, method=method, alpha=alpha, permutations=permutations, seed=seed))
 
 
@@ -207,8 +215,6 @@ def pipeline_run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="write the steps' logs to <run folder>/run.log, not stdout"),
 ) -> None:
     """Run a pipeline locally with kfp.local (SubprocessRunner, no venv per step). Exit 2 when a step fails."""
-    from taskloom.kfp import run_local
-
     result = run_local(name, _params(param), root, quiet=quiet)
     _print_json(result)
     if result["state"] != "SUCCEEDED":
@@ -221,8 +227,6 @@ def pipeline_compile(
     out: Path = typer.Option(..., "--out", help="YAML file to write"),
 ) -> None:
     """Compile a pipeline to KFP v2 YAML for a cluster."""
-    from taskloom.kfp import compile_pipeline
-
     typer.echo(str(compile_pipeline(name, out)))
 
 
@@ -234,8 +238,6 @@ def pipeline_submit(
     experiment: str = typer.Option("taskloom", "--experiment"),
 ) -> None:
     """Submit a pipeline run to a Kubeflow Pipelines cluster with kfp.Client."""
-    from taskloom.kfp import submit
-
     _print_json(submit(name, host, _params(param), experiment))
 
 
@@ -251,7 +253,7 @@ def _params(items: list[str]) -> dict[str, str]:
 
 @app.command()
 def monitor(
-    log: Path = typer.Option(..., "--log", help="request log (JSONL {ts, task, text}, see taskloom.monitor.requestlog)"),
+    log: Path = typer.Option(..., "--log", help="request log (JSONL {ts, task, text}, see taskloom.requestlog)"),
     feature_repo: Path = typer.Option(..., "--feature-repo", help="Feast repository holding each task's drift reference"),
     out: Path = typer.Option(..., "--out", help="folder for windows.jsonl, alarms.jsonl and drift_report.html"),
     model: str = typer.Option("minilm", "--model", help="embed with this base name or (served/merged) model folder"),
@@ -271,8 +273,6 @@ def monitor(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Watch served traffic for drift: tumbling windows per task vs the task's reference in Feast; alarm → retrain."""
-    from taskloom.monitor.service import run_monitor
-
     _print_json(run_monitor(log, feature_repo, out, model=model, method=method, tasks=task or None, window=window,
                             min_rows=min_rows, alpha=alpha, consecutive=consecutive, min_effect=min_effect,
                             cooldown=cooldown, permutations=permutations, webhook=webhook, secret_file=secret_file,
@@ -296,8 +296,6 @@ def events_gateway(
     on unchanged to --forward with `Authorization: Bearer <token>`; the caller gets the webhook's status,
     or 502 when the forward fails (the id is then released, so a retry can pass). GET /healthz is the
     health probe. Runs in the foreground until Ctrl-C or SIGTERM."""
-    from taskloom.events.gateway import run_gateway
-
     raise typer.Exit(run_gateway(forward, host=host, port=port, secret_file=secret_file, token_file=token_file,
                                  max_age=max_age, timeout=timeout))
 
@@ -328,9 +326,6 @@ def deploy(
                                                   "(default: env TASKLOOM_TRITON_ADMIN_KEY)"),
 ) -> None:
     """Publish a new version through Triton's model control: canary, switch, smoke; roll back on failure."""
-    from taskloom.serve import deploy as d
-    from taskloom.serve.admin import load_admin_key
-
     admin_key = load_admin_key(admin_key_file)
 
     if rollback:
@@ -364,8 +359,6 @@ def infer(
     embeddings: bool = typer.Option(True, "--embeddings/--no-embeddings", help="include the embedding vectors"),
 ) -> None:
     """Send texts to a served model; prints labels, probabilities and embeddings as JSON."""
-    from taskloom.serve.client import infer_texts
-
     _print_json(infer_texts(url, texts, file, field=field, model=model, protocol=protocol, adapter=adapter,
                             batch_size=batch_size, timeout=timeout, embeddings=embeddings))
 
@@ -377,8 +370,6 @@ def demo(
 ) -> None:
     """The whole loop on built-in tasks: validate, profile to Feast, train, merge, gate, serve on
     Triton, send traffic, detect drift, trigger retraining; ends with a summary and an HTML report."""
-    from taskloom.demo import run_demo
-
     run_demo(out, quick=quick)
 
 

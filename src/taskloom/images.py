@@ -14,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+from taskloom import __version__
+
 DEFAULT_REGISTRY = "ghcr.io/taskloom"
 REGISTRY_ENV = "TASKLOOM_IMAGE_REGISTRY"
 PLATFORM_NAME = "taskloom"
@@ -39,8 +41,6 @@ def version() -> str:
 
         return dist_version("taskloom")
     except PackageNotFoundError:
-        from taskloom import __version__
-
         return __version__
 
 

@@ -1,7 +1,7 @@
 """Running taskloom's Kubeflow pipelines: locally with kfp.local, compiled to YAML, or submitted to a cluster.
 
 The only module of `taskloom` that touches kfp, and only inside functions, so importing taskloom stays
-fast and needs no KFP. Pipelines are looked up by name in `PIPELINES`; parameters arrive as strings
+fast and needs no KFP. Pipelines are looked up by name in the `taskloom.pipelines` entry points; parameters arrive as strings
 (from the CLI or an event) and are converted to the pipeline's declared types here, at the boundary.
 
     taskloom pipeline run train_merge_deploy -p max_steps=20 --root runs/kfp
@@ -10,41 +10,36 @@ fast and needs no KFP. Pipelines are looked up by name in `PIPELINES`; parameter
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import os
 import tempfile
 import uuid
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable
 
+from taskloom.environment import apply_local_env
 from taskloom.errors import UserError
 
-# name → "module:function" of the @dsl.pipeline (imported on first use: compiling needs kfp, listing does not).
-PIPELINES: dict[str, str] = {
-    "train_merge_deploy": "pipelines.train_merge_deploy:train_merge_deploy",
-    "drift_retrain": "pipelines.drift_retrain:drift_retrain",
-    "train_joint": "pipelines.train_joint:train_joint",
-}
+# The entry point group pipelines register in (pyproject.toml): name → the @dsl.pipeline function. The
+# pipelines live outside `taskloom` (they import kfp at module level), so they are found, not imported.
+PIPELINE_GROUP = "taskloom.pipelines"
 
 # Cluster paths (the shared volume) that a local run redirects under its root unless given.
 LOCAL_PATH_PARAMS = ("feature_repo", "model_repository")
 
-_OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}
+
+def pipeline_names() -> list[str]:
+    """The registered pipelines, sorted (listing them imports none of them)."""
+    return sorted({ep.name for ep in entry_points(group=PIPELINE_GROUP)})
 
 
 def load_pipeline(name: str) -> Callable:
     """The pipeline function registered under `name`."""
-    if name not in PIPELINES:
-        raise UserError(f"unknown pipeline {name!r}: use one of [{', '.join(PIPELINES)}]")
-    module, attr = PIPELINES[name].split(":")
-    return getattr(importlib.import_module(module), attr)
+    found = [ep for ep in entry_points(group=PIPELINE_GROUP) if ep.name == name]
+    if not found:
+        raise UserError(f"unknown pipeline {name!r}: use one of [{', '.join(pipeline_names())}]")
+    return found[0].load()
 
 
 def pipeline_parameters(name: str) -> dict[str, tuple[str, Any]]:
@@ -131,8 +126,7 @@ def run_local(name: str, params: dict[str, Any], root: str | Path, quiet: bool =
     for key in LOCAL_PATH_PARAMS:
         if key in declared and key not in kwargs:
             kwargs[key] = str(root / key)
-    for k, v in _OFFLINE_ENV.items():
-        os.environ.setdefault(k, v)
+    apply_local_env()
 
     import warnings
 

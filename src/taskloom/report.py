@@ -6,22 +6,11 @@ curves, and the drift test of each traffic stream against its reference.
 
 from __future__ import annotations
 
-import base64
-import io
 from pathlib import Path
 
-from taskloom.artifacts import write_text
+from taskloom.pages import png, pyplot, write_page
 
-TEMPLATE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>taskloom report</title>
-<style>
- body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1000px; color: #222; }
- h1 { margin-bottom: 0; } .sub { color: #666; margin-top: .2rem; }
- table { border-collapse: collapse; margin: 1rem 0; } th, td { padding: .3rem .8rem; border-bottom: 1px solid #ddd; text-align: right; }
- th:first-child, td:first-child { text-align: left; } .ok { color: #1a7f37; } .bad { color: #b42318; }
- img { max-width: 100%; }
-</style></head><body>
-<h1>taskloom</h1><p class="sub">validate → profile → train → merge → gate → serve → drift → retrain · {{ total_s|round(0)|int }} s</p>
+TEMPLATE = """<h1>taskloom</h1><p class="sub">validate → profile → train → merge → gate → serve → drift → retrain · {{ total_s|round(0)|int }} s</p>
 
 <h2>Tasks</h2>
 <table><tr><th>task</th><th>type</th><th>metric</th><th>base</th><th>tuned</th><th>merged</th></tr>
@@ -55,25 +44,13 @@ TEMPLATE = """<!doctype html>
 <h2>Retrain</h2>
 <p>{% if retrain.run_id %}Drift event accepted; retrain pipeline run <code>{{ retrain.run_id }}</code>: {{ retrain.state }}.
 {% else %}No drift event was sent.{% endif %}</p>
-</body></html>
 """
 
 
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
 def _plots(s: dict) -> dict:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    plt = pyplot()
 
     pngs = {}
     tasks = s.get("tasks", {})
@@ -87,7 +64,7 @@ def _plots(s: dict) -> dict:
         ax.set_ylim(0, 1)
         ax.legend(loc="upper right", fontsize=8)
         ax.set_title("metric on the held-out split")
-        pngs["metrics_png"] = _png(fig)
+        pngs["metrics_png"] = png(fig)
     curves = s.get("curves", {})
     if curves:
         fig, ax = plt.subplots(figsize=(8, 3))
@@ -99,7 +76,7 @@ def _plots(s: dict) -> dict:
         ax.set_ylabel("loss")
         ax.legend(fontsize=8)
         ax.set_title("training loss")
-        pngs["loss_png"] = _png(fig)
+        pngs["loss_png"] = png(fig)
     drift = s.get("drift", {})
     if "in_domain" in drift:
         fig, ax = plt.subplots(figsize=(5, 2.6))
@@ -110,16 +87,11 @@ def _plots(s: dict) -> dict:
         ax.set_yscale("log")
         ax.set_ylabel("MMD p-value")
         ax.legend(fontsize=8)
-        pngs["drift_png"] = _png(fig)
+        pngs["drift_png"] = png(fig)
     return pngs
 
 
 def write_report(path: str | Path, summary: dict) -> Path:
     """Render the summary of a loop run into one self-contained HTML file."""
-    import jinja2
-
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.ChainableUndefined)
-    html = env.from_string(TEMPLATE).render(
-        **summary, total_s=summary.get("timings", {}).get("total_s", 0), **_plots(summary)
-    )
-    return write_text(path, html)
+    total_s = summary.get("timings", {}).get("total_s", 0)
+    return write_page(path, "taskloom report", TEMPLATE, **summary, total_s=total_s, **_plots(summary))

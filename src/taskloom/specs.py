@@ -10,9 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from taskloom.errors import UserError
-
-TaskType = Literal["classification", "pair_similarity", "retrieval", "generation"]
-TASK_TYPES: tuple[str, ...] = ("classification", "pair_similarity", "retrieval", "generation")
+from taskloom.tasks.types import TASK_TYPES
 
 
 class DataFiles(BaseModel):
@@ -26,12 +24,20 @@ class TaskSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$", description="task id (lowercase, - _ .)")
-    type: TaskType
+    type: str = Field(description="a name of taskloom.tasks.types.TASK_TYPES (built-in or a plugin's)")
     description: str = Field(min_length=1, description="what the task is, in words (drives meta-LoRA)")
     labels: list[str] | None = Field(default=None, description="the label set; classification only")
     data: DataFiles
     base_model: str = Field(default="minilm", description="a catalog name or a local model folder")
     root: Path = Field(default=Path("."), exclude=True, description="folder of the task file")
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _known_type(cls, v):
+        if not (isinstance(v, str) and v in TASK_TYPES):
+            names = [repr(n) for n in TASK_TYPES]
+            raise ValueError(f"Input should be {', '.join(names[:-1])} or {names[-1]}")
+        return v
 
     @field_validator("labels")
     @classmethod
@@ -45,10 +51,12 @@ class TaskSpec(BaseModel):
 
     @model_validator(mode="after")
     def _labels_iff_classification(self):
-        if self.type == "classification" and not self.labels:
-            raise ValueError("labels: required for a classification task")
-        if self.type != "classification" and self.labels:
-            raise ValueError(f"labels: only classification tasks have labels, not {self.type}")
+        labelled = TASK_TYPES[self.type].labelled
+        if labelled and not self.labels:
+            raise ValueError(f"labels: required for a {self.type} task")
+        if not labelled and self.labels:
+            labelled_types = " and ".join(n for n, t in TASK_TYPES.items() if t.labelled)
+            raise ValueError(f"labels: only {labelled_types} tasks have labels, not {self.type}")
         return self
 
     @property
@@ -173,3 +181,91 @@ def load_merge(path: str | Path) -> MergeSpec:
         return MergeSpec.model_validate({**doc, "root": path.parent.resolve()})
     except ValidationError as e:
         raise UserError(f"{path}: {_first_error(e)}") from None
+
+
+# The pipeline stages' options. One model per stage: `taskloom.steps` takes it, the CLI and the demo
+# build it, and each KFP component declares exactly its fields as flat parameters (KFP needs flat
+# parameters; tests/components checks that names and defaults agree). KFP has no "unset", so 0 and ""
+# mean "the default" where a field says so. Values are checked where they are used (TrainSpec, the gate,
+# the detector), so a bad one is the same UserError from a pipeline step as from the CLI.
+
+
+class StepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProfileSpec(StepSpec):
+    """Profile the training rows; with a Feast repository, store the profile and the drift reference."""
+
+    feature_repo: str = Field(default="", description="Feast repository to write to (\"\": none)")
+    adapter_id: str = Field(default="", description="id the drift reference is stored under (\"\": the task name)")
+
+
+class TrainRunSpec(StepSpec):
+    """One training run as a pipeline step sees it: the common TrainSpec options (0 or "": TrainSpec's
+    default), where to record the metrics, and how many workers."""
+
+    max_steps: int = Field(default=0, description="stop after this many optimizer steps (0: epochs decide)")
+    epochs: int = Field(default=0, description="passes over the training rows (0: the default)")
+    rank: int = Field(default=0, description="LoRA rank r (0: the default)")
+    base: str = Field(default="", description="override the task's base model (\"\": the task's)")
+    device: str = Field(default="auto", description="auto | cpu | cuda")
+    seed: int = Field(default=0, description="seed of sampling, initialisation and dropout")
+    feature_repo: str = Field(default="", description="Feast repository for the adapter's metrics (\"\": none)")
+    adapter_id: str = Field(default="", description="id of the adapter's metrics (\"\": the task name)")
+    nodes: int = Field(default=1, description="nodes; more than one worker runs a Kubeflow Trainer TrainJob")
+    gpus_per_node: int = Field(default=0, description="GPUs per node (0: one CPU worker)")
+    run_id: str = Field(default="", description="the KFP run id, labels a TrainJob")
+
+    def train_spec(self) -> TrainSpec:
+        """The TrainSpec these options select (0 and "" left to TrainSpec's defaults)."""
+        given = {k: getattr(self, k) for k in TRAIN_OPTIONS if k in type(self).model_fields}
+        try:
+            return TrainSpec(**{k: v for k, v in given.items() if v not in (0, "", None) or k == "seed"})
+        except ValidationError as e:
+            raise UserError(f"train {_first_error(e)}") from None
+
+
+class JointTrainRunSpec(TrainRunSpec):
+    """A training run of one adapter on several tasks."""
+
+    temperature: float = Field(default=0.0, description="sample task i with p ∝ n_i^(1/T) (0: the default)")
+    mixing: str = Field(default="", description="task | mixed (\"\": the default, task)")
+
+
+# The TrainSpec options a pipeline can set.
+TRAIN_OPTIONS = ("max_steps", "epochs", "rank", "base", "device", "seed", "temperature", "mixing")
+
+
+class MergeStepSpec(StepSpec):
+    """Merge the adapters of several runs into one full model, weight 1 each."""
+
+    method: str = Field(default="task_arithmetic", description="a merge method name")
+    parameters: str = Field(default="", description="the method's parameters as a JSON object (\"\": none)")
+
+
+class GateSpec(StepSpec):
+    """Promote a merged model only if every task keeps `share` of its gain."""
+
+    share: float = Field(default=0.9, description="share of each task's gain the merge must keep")
+    feature_repo: str = Field(default="", description="Feast repository to record a promoted model in (\"\": none)")
+    model_name: str = Field(default="taskloom", description="prefix of the model's content-addressed id")
+
+
+class DeploySpec(StepSpec):
+    """Publish a full model for Triton."""
+
+    model_name: str = Field(default="taskloom", description="model name in the Triton repository")
+    head_task: str = Field(default="", description="classification head to serve (\"\": the model's only head)")
+    model_repository: str = Field(default="", description="repository Triton serves from (\"\": none, build only)")
+    server_url: str = Field(default="", description="a running Triton to hot-load into (\"\": write files only)")
+
+
+class DriftSpec(StepSpec):
+    """A two-sample drift test between a reference and a current window."""
+
+    field: str = Field(default="text", description="the text field of the rows")
+    method: str = Field(default="mmd", description="drift test: mmd | ks_pca | ks_pca_bh | classifier | chi2")
+    alpha: float = Field(default=0.05, description="significance level")
+    permutations: int = Field(default=200, description="permutations for the p-value")
+    seed: int = Field(default=0, description="seed of the permutations")

@@ -1,9 +1,10 @@
-"""The pipeline steps as plain functions over folders.
+"""The application layer: one function per stage of the loop, each taking its spec (taskloom.specs).
 
-Each KFP component in `components/` calls exactly one of these, so a component body is a few lines
-mapping artifact paths to one call, and every step runs and is tested without KFP. Inputs are plain
-strings and folders (what a KFP artifact is on disk); results are small JSON-able dicts whose numbers
-the components log as Metrics. Heavy libraries are imported inside the functions.
+The KFP components in `components/`, the CLI and the demo all call these, so the path a cluster runs
+is the path `make test` runs. A component body maps artifact paths and its flat parameters to one
+call. Inputs are plain strings and folders (what a KFP artifact is on disk); results are small
+JSON-able dicts whose numbers the components log as Metrics. Heavy libraries are imported inside the
+functions.
 """
 
 from __future__ import annotations
@@ -13,8 +14,43 @@ import json
 import sys
 from pathlib import Path
 
-from taskloom.artifacts import publish_dir, staging_dir, write_bytes, write_json, write_text
+from taskloom.artifacts import (
+    publish_dir,
+    sha256_file,
+    staging_dir,
+    write_bytes,
+    write_json,
+    write_text,
+)
+from taskloom.data.profile import profile_task
+from taskloom.data.rows import load_rows
+from taskloom.data.validation import validate_task
 from taskloom.errors import UserError
+from taskloom.merge import merge_adapters
+from taskloom.merge.gate import gate
+from taskloom.merge.provenance import trained_base
+from taskloom.merge.weights import weight_files
+from taskloom.monitor.drift import drift_files
+from taskloom.serve.deploy import deploy
+from taskloom.serve.repository import build_repository
+from taskloom.specs import (
+    DeploySpec,
+    DriftSpec,
+    GateSpec,
+    MergeSpec,
+    MergeStepSpec,
+    ProfileSpec,
+    TaskSpec,
+    TrainRunSpec,
+    TrainSpec,
+    load_task,
+)
+from taskloom.store.feature_store import TaskStore
+from taskloom.tasks.catalog import TASK_NAMES, export_task
+from taskloom.train.device import check_required_cuda
+from taskloom.train.evaluate import evaluate_task
+from taskloom.train.lora import train_tasks
+from taskloom.train.trainjob import train_on_trainer, use_trainer
 
 TASK_FILE = "task.yaml"
 
@@ -30,19 +66,16 @@ def parse_task_list(tasks: str) -> list[str]:
     return names
 
 
-def stage_task(task: str, out_dir: str | Path) -> dict:
+def stage_task(task: str, out_dir: str | Path, max_rows: tuple[int | None, int | None] = (None, None)) -> dict:
     """A built-in task name or a task.yaml path → `out_dir/task.yaml` + its data, self-contained.
 
     Later steps read only this folder, so a run never depends on where the user's files live, and
-    the user's files are copied, never modified."""
+    the user's files are copied, never modified. `max_rows`: (train, eval) subsets of a built-in task."""
     import yaml
-
-    from taskloom.specs import load_task
-    from taskloom.tasks.catalog import TASK_NAMES, export_task
 
     out_dir = Path(out_dir)
     if task in TASK_NAMES:
-        path = Path(export_task(task, out_dir))
+        path = Path(export_task(task, out_dir, *max_rows))
     else:
         src = Path(task).expanduser()
         if not src.is_file():
@@ -64,9 +97,6 @@ def stage_task(task: str, out_dir: str | Path) -> dict:
 
 def validate_step(task_dir: str | Path, report_dir: str | Path) -> dict:
     """Great Expectations checks of the staged task; the report is written first, then a failure stops the run."""
-    from taskloom.data.validation import validate_task
-    from taskloom.specs import load_task
-
     spec = load_task(Path(task_dir) / TASK_FILE)
     report = validate_task(spec)
     report_dir = Path(report_dir)
@@ -80,14 +110,16 @@ def validate_step(task_dir: str | Path, report_dir: str | Path) -> dict:
     return {"task": spec.name, "checks": len(report.checks), "errors": len(errors), "warnings": len(warnings)}
 
 
-def profile_step(task_dir: str | Path, out_dir: str | Path, feature_repo: str = "", adapter_id: str = "") -> dict:
+def profile_step(task_dir: str | Path, out_dir: str | Path, options: ProfileSpec = ProfileSpec()) -> dict:
     """Profile the training rows (sizes, label entropy, embedding centroid and reference sample) and,
-    given a Feast repository, write the profile and the drift reference there."""
-    import numpy as np
+    given a Feast repository, write the profile and the drift reference there.
 
-    from taskloom.data.profile import profile_task
-    from taskloom.data.rows import load_rows
-    from taskloom.specs import load_task
+    The one rule for drift references: embeddings by the base MiniLM encoder (`profile_task`), the
+    encoder `taskloom monitor` embeds served traffic with (the chart's `monitor.model`). Input drift is
+    a property of the traffic, not of the model serving it: a fixed encoder keeps every reference and
+    every window in one space, so a redeploy or a retrain never moves the yardstick, and a reference
+    stays valid whichever adapter or merge is being served."""
+    import numpy as np
 
     spec = load_task(Path(task_dir) / TASK_FILE)
     profile = profile_task(spec, load_rows(spec.train_path, spec.type, spec.labels))
@@ -98,13 +130,11 @@ def profile_step(task_dir: str | Path, out_dir: str | Path, feature_repo: str = 
     write_bytes(out_dir / "reference.npy", buf.getvalue())
     summary = {k: v for k, v in profile.items() if k != "reference"}
     write_json(out_dir / "profile.json", summary)
-    if feature_repo:
-        from taskloom.store.feature_store import TaskStore
-
-        store = TaskStore(feature_repo)
+    if options.feature_repo:
+        store = TaskStore(options.feature_repo)
         store.apply()
         store.write_task_profile(profile)
-        store.write_reference(spec.name, adapter_id or spec.name, reference)
+        store.write_reference(spec.name, options.adapter_id or spec.name, reference)
     return {k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
 
 
@@ -116,91 +146,77 @@ def metric_values(result: dict, prefix: str = "") -> dict:
 def train_step(
     task_dir: str | Path | list,
     out_dir: str | Path,
-    max_steps: int = 0,
-    epochs: int = 0,
-    rank: int = 0,
-    base: str = "",
-    device: str = "auto",
-    seed: int = 0,
-    feature_repo: str = "",
-    adapter_id: str = "",
-    nodes: int = 1,
-    gpus_per_node: int = 0,
-    run_id: str = "",
+    run: TrainRunSpec = TrainRunSpec(),
     trainjob: dict | None = None,
-    temperature: float = 0.0,
-    mixing: str = "",
+    progress: bool = False,
 ) -> dict:
-    """Train one LoRA adapter into `out_dir` (adapter/, metrics.json); 0 or "" means the default.
+    """Train one LoRA adapter into `out_dir` (adapter/, metrics.json) with the options of `run`.
     `task_dir`: one staged task, or a list of them for one adapter on every task (multi-task:
-    `temperature` and `mixing` as in `taskloom train`). Given a Feast repository, the adapter's metrics
-    are written there under `adapter_id` (default: the task name; several tasks: `<id>/<task>` per task,
-    the id defaulting to the names joined by "+").
+    `temperature` and `mixing` of a JointTrainRunSpec). Given a Feast repository, the adapter's
+    metrics are recorded there (see `train`).
 
     `nodes` x `gpus_per_node` workers: one trains here, in this process. More than one, in a cluster, run
     as a Kubeflow Trainer TrainJob (`torchrun` on every node, see taskloom.train.trainjob) that this step
     creates, waits for and reads back; `run_id` (the KFP run) labels it; `trainjob` holds overrides for
-    `train_on_trainer` (api, namespace, shared_dir, timeout_s, poll_s)."""
-    from pydantic import ValidationError
-
-    from taskloom.specs import TrainSpec, load_task
-    from taskloom.train.device import check_required_cuda
-    from taskloom.train.trainjob import train_on_trainer, use_trainer
-
+    `train_on_trainer` (api, namespace, shared_dir, timeout_s, poll_s). `progress`: a progress bar
+    on stderr (the demo; a pipeline step's log stays plain)."""
     try:
         check_required_cuda()  # a GPU step without CUDA stops here, before reading anything
     except UserError as e:  # in a pod: one line and exit 2 as the CLI gives, not the KFP executor's traceback
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     task_dirs = [task_dir] if isinstance(task_dir, (str, Path)) else list(task_dir)
-    given = dict(max_steps=max_steps or None, epochs=epochs or None, rank=rank or None, base=base or None,
-                 temperature=temperature or None, mixing=mixing or None)
-    try:
-        spec = TrainSpec(device=device, seed=seed, **{k: v for k, v in given.items() if v is not None})
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise UserError(f"train {err['loc'][0]}: {err['msg']}") from None
+    spec = run.train_spec()
     tasks = [load_task(Path(d) / TASK_FILE) for d in task_dirs]
-    name = "+".join(t.name for t in tasks)
-    if use_trainer(nodes, gpus_per_node):
-        args = [a for k, v in given.items() if v is not None for a in (f"--{k.replace('_', '-')}", str(v))]
-        args += ["--seed", str(seed), "--device", device if device != "auto" else ("cuda" if gpus_per_node else "cpu")]
-        metrics = train_on_trainer(task_dirs, out_dir, task=name, nodes=nodes, gpus_per_node=gpus_per_node,
-                                   train_args=args, run_id=run_id, **(trainjob or {}))
-    else:
-        from taskloom.train.lora import train_tasks
-
-        metrics = train_tasks(tasks, Path(out_dir), spec, progress=False)
-    if feature_repo:
-        from taskloom.store.feature_store import TaskStore
-
-        store = TaskStore(feature_repo)
-        store.apply()
-        if len(tasks) == 1:
-            store.write_adapter_metrics(adapter_id or name, name, metrics)
-        else:  # one adapter, many tasks: a row per task, `<adapter_id>/<task>`
-            for task in tasks:
-                store.write_adapter_metrics(f"{adapter_id or name}/{task.name}", task.name, metrics["tasks"][task.name])
+    if not use_trainer(run.nodes, run.gpus_per_node):
+        return train(tasks, out_dir, spec, feature_repo=run.feature_repo, adapter_id=run.adapter_id, progress=progress)
+    given = {k: getattr(run, k) for k in ("max_steps", "epochs", "rank", "base", "temperature", "mixing")
+             if getattr(run, k, None)}
+    args = [a for k, v in given.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+    device = run.device if run.device != "auto" else ("cuda" if run.gpus_per_node else "cpu")
+    args += ["--seed", str(run.seed), "--device", device]
+    metrics = train_on_trainer(task_dirs, out_dir, task="+".join(t.name for t in tasks), nodes=run.nodes,
+                               gpus_per_node=run.gpus_per_node, train_args=args, run_id=run.run_id, **(trainjob or {}))
+    record_adapter(run.feature_repo, run.adapter_id, tasks, metrics)
     return metrics
 
 
-def _adapter_base(adapter: Path) -> str:
-    """The base model an adapter was trained on: task.json, else the PEFT config, else the catalog default."""
-    for name, key in (("task.json", "base"), ("adapter_config.json", "base_model_name_or_path")):
-        f = adapter / name
-        if f.exists():
-            value = json.loads(f.read_text()).get(key)
-            if value:
-                return str(value)
-    return "minilm"
+def train(
+    tasks: list[TaskSpec],
+    out_dir: str | Path,
+    spec: TrainSpec,
+    feature_repo: str | Path = "",
+    adapter_id: str = "",
+    resume: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Train one LoRA adapter on `tasks` in this process (what `taskloom train` and the demo run) and,
+    given a Feast repository, record its metrics. Under torchrun only rank 0 gets the metrics back."""
+    metrics = train_tasks(tasks, Path(out_dir), spec, resume=resume, progress=progress)
+    if metrics:
+        record_adapter(feature_repo, adapter_id, tasks, metrics)
+    return metrics
 
 
-def merge_step(train_dirs: list[str], out_dir: str | Path, method: str = "task_arithmetic", parameters: str = "") -> dict:
+def record_adapter(feature_repo: str | Path, adapter_id: str, tasks: list[TaskSpec], metrics: dict) -> None:
+    """An adapter's metrics in Feast under `adapter_id` (default: the task names joined by "+"); one
+    adapter on several tasks gets a row per task, `<adapter_id>/<task>`. No repository: nothing."""
+    if not feature_repo:
+        return
+    name = "+".join(t.name for t in tasks)
+    store = TaskStore(feature_repo)
+    store.apply()
+    if len(tasks) == 1:
+        store.write_adapter_metrics(adapter_id or name, name, metrics)
+    else:
+        for task in tasks:
+            store.write_adapter_metrics(f"{adapter_id or name}/{task.name}", task.name, metrics["tasks"][task.name])
+
+
+def merge_step(train_dirs: list[str], out_dir: str | Path, options: MergeStepSpec = MergeStepSpec()) -> dict:
     """Merge the adapters of several training runs (each `<dir>/adapter`) into one full model, weight 1 each."""
+    method, parameters = options.method, options.parameters
     from pydantic import ValidationError
-
-    from taskloom.merge import merge_adapters
-    from taskloom.specs import MergeSpec
 
     adapters = [Path(d) / "adapter" for d in train_dirs]
     for a in adapters:
@@ -212,7 +228,7 @@ def merge_step(train_dirs: list[str], out_dir: str | Path, method: str = "task_a
         raise UserError(f"merge parameters: not JSON ({e.msg}): {parameters!r}") from None
     if not isinstance(params, dict):
         raise UserError(f"merge parameters: expected a JSON object like {{\"lambda\": 1.0}}, got {parameters!r}")
-    bases = {_adapter_base(a) for a in adapters}
+    bases = {trained_base(a) for a in adapters}
     if len(bases) != 1:
         raise UserError(f"merge: the adapters have different base models: {', '.join(sorted(bases))}")
     try:
@@ -233,9 +249,6 @@ def model_id(model_dir: str | Path, name: str = "taskloom") -> str:
     """`<name>-<12 hex>`: a content address of a (merged) model folder, from the digests its merge
     report records (else from its weight files), so the same weights always get the same id."""
     import hashlib
-
-    from taskloom.artifacts import sha256_file
-    from taskloom.merge.weights import weight_files
 
     model_dir = Path(model_dir)
     report = model_dir / "merge_report.json"
@@ -275,9 +288,7 @@ def gate_step(
     train_dirs: list[str],
     model_dir: str | Path,
     out_dir: str | Path,
-    share: float = 0.9,
-    feature_repo: str = "",
-    model_name: str = "taskloom",
+    options: GateSpec = GateSpec(),
 ) -> dict:
     """Evaluate the merged model on every task and promote it only if each task keeps `share` of its gain.
 
@@ -285,10 +296,6 @@ def gate_step(
     is written to the adapter_metrics view under `<model id>/<task>` (the view holds one task per id).
     Not promoted: nothing is recorded, `message` names the failing tasks, and the pipeline's deploy
     step does not run, so the served model stays the previous one. The report lands in out_dir/gate.json."""
-    from taskloom.merge.gate import gate
-    from taskloom.specs import load_task
-    from taskloom.train.evaluate import evaluate_task
-
     tasks = {}
     for d in task_dirs:
         spec = load_task(Path(d) / TASK_FILE)
@@ -311,7 +318,8 @@ def gate_step(
     missing = sorted(set(tasks) - set(base))
     if missing:
         raise UserError(f"gate: no training run for task(s) {', '.join(missing)}")
-    model = model_id(model_dir, model_name or "taskloom")
+    share, feature_repo = options.share, options.feature_repo
+    model = model_id(model_dir, options.model_name or "taskloom")
     for name in runs:
         merged[name] = float(evaluate_task(tasks[name], model=Path(model_dir))["value"])
     report = gate(base, single, merged, share=share)
@@ -319,8 +327,6 @@ def gate_step(
     report["message"] = _gate_message(report, model)
     report["recorded"] = []
     if report["promote"] and feature_repo:
-        from taskloom.store.feature_store import TaskStore
-
         store = TaskStore(feature_repo)
         store.apply()
         for name, row in report["tasks"].items():
@@ -337,36 +343,27 @@ def _only_head(model_dir: Path) -> str | None:
     return heads[0] if len(heads) == 1 else None
 
 
-def deploy_step(
-    model_dir: str | Path,
-    repo_dir: str | Path,
-    name: str = "taskloom",
-    head_task: str = "",
-    publish_to: str = "",
-    server_url: str = "",
-) -> dict:
+def deploy_step(model_dir: str | Path, repo_dir: str | Path, options: DeploySpec = DeploySpec()) -> dict:
     """Publish a full model for Triton. The classifier head served is `head_task`, or the model's only
     head when it carries exactly one.
 
     With `server_url` (a running Triton, explicit model control) the model goes out through
-    `taskloom.serve.deploy.deploy` as the next version in `publish_to` (else `repo_dir`): loaded as a
+    `taskloom.serve.deploy.deploy` as the next version in `model_repository` (else `repo_dir`): loaded as a
     canary, smoke-tested, switched to, rolled back on failure; clients are never cut off, and a refused
     version raises DeployError while the previous one keeps serving. `repo_dir` then holds deploy.json.
-    Without it (local runs) the repository is built into `repo_dir` and, given `publish_to`, each
+    Without it (local runs) the repository is built into `repo_dir` and, given `model_repository`, each
     model folder is swapped in whole, so a server picking it up never sees half a model."""
+    name, head_task, publish_to, server_url = (options.model_name, options.head_task, options.model_repository,
+                                                options.server_url)
     model_dir, repo_dir = Path(model_dir), Path(repo_dir)
     head = head_task or _only_head(model_dir)
     if server_url:
-        from taskloom.serve.deploy import deploy
-
         served = Path(publish_to) if publish_to else repo_dir
         report = deploy(served, server_url, model_dir, name=name, head_task=head or None)
         if served != repo_dir:
             write_json(repo_dir / "deploy.json", report)
         return {"model": name, "head_task": head or "", "repository": str(served),
                 "published": [str(served / name)], "version": report["version"], "deploy": report}
-    from taskloom.serve.repository import build_repository
-
     built = build_repository(model_dir, repo_dir, name=name, head_task=head)
     published = []
     if publish_to:
@@ -381,19 +378,8 @@ def deploy_step(
     return {"model": name, "head_task": head or "", "repository": str(built), "published": published}
 
 
-def drift_step(
-    reference: str | Path,
-    current: str | Path,
-    out_dir: str | Path,
-    field: str = "text",
-    method: str = "mmd",
-    alpha: float = 0.05,
-    permutations: int = 200,
-    seed: int = 0,
-) -> dict:
+def drift_step(reference: str | Path, current: str | Path, out_dir: str | Path, options: DriftSpec = DriftSpec()) -> dict:
     """Two-sample drift test between a reference and a current window; the result is written as drift.json."""
-    from taskloom.monitor.drift import drift_files
-
-    result = drift_files(Path(reference), Path(current), field=field, method=method, alpha=alpha, permutations=permutations, seed=seed)
+    result = drift_files(Path(reference), Path(current), **options.model_dump())
     write_json(Path(out_dir) / "drift.json", result)
     return result

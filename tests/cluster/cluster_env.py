@@ -43,9 +43,10 @@ class Cluster:
     def env(self, **extra: str) -> dict:
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig), **extra}
 
-    def run(self, *cmd: str, check: bool = True, input: str | None = None, env: dict | None = None):
+    def run(self, *cmd: str, check: bool = True, input: str | None = None, env: dict | None = None,
+            timeout: float = 300):
         out = subprocess.run(list(cmd), capture_output=True, text=True, input=input, cwd=REPO,
-                             env=env or self.env(), timeout=300)
+                             env=env or self.env(), timeout=timeout)
         if check and out.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)} -> {out.returncode}\n{out.stdout}\n{out.stderr}")
         return out

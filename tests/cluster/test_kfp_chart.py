@@ -386,7 +386,7 @@ def test_triton_model_control_needs_the_admin_key(docs):
     env = {e["name"]: e for e in c["env"]}
     assert env["TRITON_ADMIN_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "taskloom-triton-admin", "key": "key"}
     # the same Secret the pipelines' deploy step reads (pipelines/placement.py)
-    from pipelines.placement import TRITON_ADMIN_SECRET
+    from taskloom_pipelines.placement import TRITON_ADMIN_SECRET
 
     assert TRITON_ADMIN_SECRET == ("taskloom-triton-admin", "key")
     own = render("triton.adminKey.create=false", "triton.adminKey.secret.name=my-key", "triton.adminKey.header=x-admin")

@@ -32,6 +32,7 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from taskloom.errors import UserError
+from taskloom.specs import TrainRunSpec
 from taskloom.steps import train_step
 from taskloom.train import trainjob as tj
 
@@ -256,8 +257,8 @@ def test_chart_runtime_validates_and_is_the_one_the_trainjob_names(runtime):
 
 
 def test_chart_runtime_runs_the_taskloom_image_on_gpu_nodes_with_the_shared_volume(runtime):
-    from components import IMAGE
-    from pipelines.placement import GPU_NODE_LABEL, GPU_TAINT_KEY, SHARED_MOUNT, SHARED_PVC
+    from taskloom_components import IMAGE
+    from taskloom_pipelines.placement import GPU_NODE_LABEL, GPU_TAINT_KEY, SHARED_MOUNT, SHARED_PVC
 
     pod = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -465,8 +466,8 @@ def test_train_step_hands_two_workers_to_the_trainer_and_reads_the_run_back(tmp_
     before = {p.name: p.read_bytes() for p in task_dir.iterdir()}
     api = FakeTrainJobs([CREATED, RUNNING, run_node])
     clock = Clock()
-    metrics = train_step(task_dir, out, max_steps=2, device="cpu", seed=1, nodes=1, gpus_per_node=2,
-                         run_id="run-1234", trainjob={"api": api, "namespace": "team-a", "shared_dir": shared,
+    metrics = train_step(task_dir, out, TrainRunSpec(max_steps=2, device="cpu", seed=1, nodes=1, gpus_per_node=2,
+                                                   run_id="run-1234"), trainjob={"api": api, "namespace": "team-a", "shared_dir": shared,
                                                       "poll_s": 5.0, "sleep": clock.sleep, "clock": clock})
     ((namespace, name),) = api.jobs
     job = api.jobs[(namespace, name)]["object"]
@@ -492,7 +493,7 @@ def test_train_step_refuses_several_nodes_outside_a_cluster_before_writing(tmp_p
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     task_dir = tiny_task(tmp_path / "staged")
     with pytest.raises(UserError, match="train nodes=2: several nodes need a Kubernetes cluster"):
-        train_step(task_dir, tmp_path / "out", nodes=2, gpus_per_node=1)
+        train_step(task_dir, tmp_path / "out", TrainRunSpec(nodes=2, gpus_per_node=1))
     assert not (tmp_path / "out").exists()
 
 
@@ -501,6 +502,6 @@ def test_hand_off_needs_the_shared_volume(tmp_path, monkeypatch):
     task_dir = tiny_task(tmp_path / "staged")
     api = FakeTrainJobs([COMPLETE])
     with pytest.raises(UserError, match=r"the shared volume is not mounted here"):
-        train_step(task_dir, tmp_path / "out", nodes=2, trainjob={"api": api, "namespace": "ns",
+        train_step(task_dir, tmp_path / "out", TrainRunSpec(nodes=2), trainjob={"api": api, "namespace": "ns",
                                                                    "shared_dir": tmp_path / "missing"})
     assert api.calls == [] and not (tmp_path / "out").exists()

@@ -49,7 +49,8 @@ def test_readme_walkthrough_runs_against_the_api_server(cluster, tmp_path):
     env = cluster.env(PATH=f"{bin_dir}:{REPO / '.venv' / 'bin'}:{os.environ['PATH']}", WORK=str(tmp_path))
     # one shell, as a user types it: variables set by one line are seen by the next; -x names a failing line
     script = "\n".join(c for c in commands if not NOT_RUN.search(c))
-    out = cluster.run("bash", "-euxo", "pipefail", "-c", script, env=env, check=False)
+    # `make images` is a no-op after `make test-cluster` built them, a rebuild (sources changed) takes minutes
+    out = cluster.run("bash", "-euxo", "pipefail", "-c", script, env=env, check=False, timeout=2400)
     assert out.returncode == 0, f"a README command failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     # the walkthrough leaves a deployed release whose workloads were created and placed
     status = cluster.run(str(TOOLS / "helm"), "status", "taskloom", "-n", "taskloom", env=env).stdout

@@ -16,19 +16,20 @@ import pytest
 import yaml
 from kfp.dsl import Artifact, Dataset, Metrics, Model
 
-from components import IMAGE
-from components.deploy import deploy_model
-from components.drift_check import drift_check
-from components.export import export_task
-from components.task_list import task_list
-from components.validate import validate_task
+from taskloom_components import IMAGE
+from taskloom_components.deploy import deploy_model
+from taskloom_components.drift_check import drift_check
+from taskloom_components.export import export_task
+from taskloom_components.task_list import task_list
+from taskloom_components.validate import validate_task
 from taskloom.errors import UserError
+from taskloom.specs import MergeStepSpec
 from taskloom.steps import merge_step, parse_task_list, stage_task
 
 ALL_COMPONENTS = [
-    "components.task_list:task_list", "components.export:export_task", "components.validate:validate_task",
-    "components.profile:profile_task", "components.train:train_adapter", "components.merge:merge_adapters",
-    "components.gate:gate_model", "components.deploy:deploy_model", "components.drift_check:drift_check",
+    "taskloom_components.task_list:task_list", "taskloom_components.export:export_task", "taskloom_components.validate:validate_task",
+    "taskloom_components.profile:profile_task", "taskloom_components.train:train_adapter", "taskloom_components.merge:merge_adapters",
+    "taskloom_components.gate:gate_model", "taskloom_components.deploy:deploy_model", "taskloom_components.drift_check:drift_check",
 ]
 
 
@@ -133,9 +134,9 @@ def test_merge_step_rejects_bad_input_before_merging(tmp_path):
     adapter.mkdir(parents=True)
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "minilm"}))
     with pytest.raises(UserError, match="merge parameters: not JSON"):
-        merge_step([str(tmp_path / "run")], tmp_path / "merged", parameters="lambda=1")
+        merge_step([str(tmp_path / "run")], tmp_path / "merged", MergeStepSpec(parameters="lambda=1"))
     with pytest.raises(UserError, match="expected a JSON object"):
-        merge_step([str(tmp_path / "run")], tmp_path / "merged", parameters="[1, 2]")
+        merge_step([str(tmp_path / "run")], tmp_path / "merged", MergeStepSpec(parameters="[1, 2]"))
     assert not (tmp_path / "merged").exists()
 
 

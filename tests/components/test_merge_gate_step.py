@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from taskloom.errors import UserError
+from taskloom.specs import GateSpec
 from taskloom.steps import gate_step, model_id
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,7 +78,7 @@ def test_promoted_model_is_recorded_in_feast_per_task(setup, tmp_path):
     runs = [_run(tmp_path / "lee", "tiny-lee", "pearson", scores["tiny-lee"] - 0.2, scores["tiny-lee"]),
             _run(tmp_path / "qa", "tiny-qa", "mrr", scores["tiny-qa"] - 0.1, scores["tiny-qa"] + 0.005)]
     repo = tmp_path / "feature_repo"
-    report = gate_step([str(d) for d in tasks.values()], runs, model, tmp_path / "gate", share=0.9, feature_repo=str(repo))
+    report = gate_step([str(d) for d in tasks.values()], runs, model, tmp_path / "gate", GateSpec(share=0.9, feature_repo=str(repo)))
     assert report["promote"] is True and report["failed"] == []
     assert report["tasks"]["tiny-lee"]["kept_share"] == pytest.approx(1.0, abs=1e-6)
     assert report["tasks"]["tiny-qa"]["kept_share"] == pytest.approx(0.1 / 0.105, abs=1e-6)
@@ -101,7 +102,7 @@ def test_failed_gate_names_the_task_and_records_nothing(setup, tmp_path):
     runs = [_run(tmp_path / "lee", "tiny-lee", "pearson", scores["tiny-lee"] - 0.1, scores["tiny-lee"] + 0.3),
             _run(tmp_path / "qa", "tiny-qa", "mrr", scores["tiny-qa"] - 0.1, scores["tiny-qa"])]
     repo = tmp_path / "feature_repo"
-    report = gate_step([str(d) for d in tasks.values()], runs, model, tmp_path / "gate", share=0.9, feature_repo=str(repo))
+    report = gate_step([str(d) for d in tasks.values()], runs, model, tmp_path / "gate", GateSpec(share=0.9, feature_repo=str(repo)))
     assert report["promote"] is False and report["failed"] == ["tiny-lee"]
     assert report["tasks"]["tiny-lee"]["kept_share"] == pytest.approx(0.25, abs=1e-6)
     assert report["tasks"]["tiny-qa"]["ok"] is True

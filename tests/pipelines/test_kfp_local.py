@@ -1,7 +1,8 @@
 """Pipelines run end to end with kfp.local (SubprocessRunner, this environment, no venv per step).
 
-The default tier runs drift_retrain on a tiny task (40 training rows, 2 optimizer steps) and a run
-whose data fails validation; the slow tier runs train_merge_deploy on two built-in tasks.
+The default tier runs each pipeline on tiny tasks (40 training rows, 2 seeded optimizer steps):
+drift_retrain, train_merge_deploy (the gate's decision asserted), train_joint, and a run whose data
+fails validation.
 """
 
 from __future__ import annotations
@@ -112,22 +113,44 @@ def test_invalid_data_stops_the_run_before_training(tmp_path, capsys):
     assert not (root / "model_repository").exists()
 
 
-@pytest.mark.slow
-def test_train_merge_deploy_on_two_builtin_tasks(tmp_path):
+def test_train_merge_deploy_runs_locally_and_deploys_only_what_the_gate_promotes(tmp_path):
+    """The release pipeline end to end on two tiny tasks (2 seeded steps each): the gate's decision is
+    the rule applied to the scores it reports, and deploy ran exactly when it promoted."""
+    from taskloom.merge.gate import gate
     from taskloom.store.feature_store import TaskStore
 
+    first = tiny_task(tmp_path / "a")
+    second = tiny_task(tmp_path / "b")
+    doc = yaml.safe_load(second.read_text())
+    second.write_text(yaml.safe_dump({**doc, "name": "tiny-sentiment-b"}, sort_keys=False))
     root = tmp_path / "kfp"
-    result = run_local("train_merge_deploy", {"tasks": "rt-sentiment,chatterbot-qa", "max_steps": "3"}, root, quiet=True)
+    result = run_local("train_merge_deploy", {"tasks": f"{first},{second}", "max_steps": "2", "seed": "1"},
+                      root, quiet=True)
     assert result["state"] == "SUCCEEDED", result.get("error")
-    gate = json.loads((Path(result["outputs"]["gate"]["path"]) / "gate.json").read_text())
-    assert set(gate["tasks"]) == {"rt-sentiment", "chatterbot-qa"}
+    run_dir = Path(result["run_dir"])
+    gate_report = json.loads((Path(result["outputs"]["gate"]["path"]) / "gate.json").read_text())
+    assert set(gate_report["tasks"]) == {"tiny-sentiment", "tiny-sentiment-b"}
     report = json.loads((Path(result["outputs"]["merged"]["path"]) / "merge_report.json").read_text())
     assert report["method"] == "task_arithmetic"
-    for task in ("rt-sentiment", "chatterbot-qa"):
-        assert 0.0 < gate["tasks"][task]["merged"] <= 1.0
-        assert TaskStore(root / "feature_repo").read_task(task)["task_id"] == task
-    if gate["promote"]:
-        assert (root / "model_repository" / "taskloom" / "config.pbtxt").exists()
+    # the decision: every task kept 90 % of its gain, recomputed from the training runs' own metrics
+    runs = [json.loads(f.read_text()) for f in run_dir.glob("for-loop-*/train-adapter/model/metrics.json")]
+    base = {m["task"]: m["base"] for m in runs}
+    single = {m["task"]: m["tuned"] for m in runs}
+    merged = {t: row["merged"] for t, row in gate_report["tasks"].items()}
+    expected = gate(base, single, merged, share=0.9)
+    assert gate_report["promote"] is expected["promote"] and gate_report["failed"] == expected["failed"]
+    assert result["outputs"]["promoted"] is gate_report["promote"]
+    store = TaskStore(root / "feature_repo")
+    for task in ("tiny-sentiment", "tiny-sentiment-b"):
+        assert store.read_task(task)["task_id"] == task
+    deployed = list(run_dir.glob("**/deploy-model"))
+    if gate_report["promote"]:
+        assert deployed and (root / "model_repository" / "taskloom" / "config.pbtxt").exists()
+        assert store.read_adapter(f"{gate_report['model_id']}/tiny-sentiment")["merged"] == pytest.approx(
+            merged["tiny-sentiment"])
+    else:  # held back: nothing deployed, nothing recorded under the model's id
+        assert not deployed and not (root / "model_repository").exists()
+        assert gate_report["recorded"] == []
 
 
 def test_train_joint_trains_one_adapter_on_two_tasks(tmp_path):

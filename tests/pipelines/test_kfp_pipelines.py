@@ -19,7 +19,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 
 from taskloom import cli
 from taskloom.errors import UserError
-from taskloom.kfp import PIPELINES, coerce_params, compile_pipeline, load_pipeline, pipeline_parameters, run_local, submit
+from taskloom.kfp import coerce_params, compile_pipeline, load_pipeline, pipeline_names, pipeline_parameters, run_local, submit
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "pipelines" / "compiled"
@@ -36,7 +36,7 @@ def normalise(text: str) -> str:
     return re.sub(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d+)?Z?", "<time>", text)
 
 
-@pytest.fixture(scope="module", params=sorted(PIPELINES))
+@pytest.fixture(scope="module", params=pipeline_names())
 def compiled(request, tmp_path_factory):
     name = request.param
     out = compile_pipeline(name, tmp_path_factory.mktemp("compiled") / f"{name}.yaml")
@@ -122,7 +122,7 @@ def test_pipeline_parameters_and_their_types():
 @pytest.mark.parametrize(
     "name, params, message",
     [
-        ("train_and_pray", {}, "unknown pipeline 'train_and_pray': use one of [train_merge_deploy, drift_retrain, train_joint]"),
+        ("train_and_pray", {}, "unknown pipeline 'train_and_pray': use one of [drift_retrain, train_joint, train_merge_deploy]"),
         ("train_merge_deploy", {"max_step": "5"}, "unknown parameter 'max_step'"),
         ("train_merge_deploy", {"max_steps": "five"}, "parameter max_steps: expected an integer, got 'five'"),
         ("train_merge_deploy", {"share": "most"}, "parameter share: expected a number, got 'most'"),
@@ -142,7 +142,7 @@ def test_cli_compile_writes_the_golden_and_bad_names_exit_2(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["pipeline", "compile", "nope", "--out", str(tmp_path / "nope.yaml")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: unknown pipeline 'nope': use one of [train_merge_deploy, drift_retrain, train_joint]"]
+    assert err == ["error: unknown pipeline 'nope': use one of [drift_retrain, train_joint, train_merge_deploy]"]
     assert cli.main(["pipeline", "run", "drift_retrain", "-p", "max_steps"]) == 2
     assert "expected KEY=VALUE" in capsys.readouterr().err
     assert not (tmp_path / "nope.yaml").exists()
@@ -161,7 +161,7 @@ def test_submit_to_an_unreachable_host_is_a_clear_error():
 
 
 def test_registry_names_real_pipeline_functions():
-    for name in PIPELINES:
+    for name in pipeline_names():
         fn = load_pipeline(name)
         assert fn.component_spec.name == name.replace("_", "-")
 

@@ -20,7 +20,7 @@ def make_head_model(root, labels=("fresh", "rotten"), dim=384, seed=0):
     """A model folder: MiniLM's files (symlinked) + heads/toy/ holding a random Linear head."""
     import torch
 
-    from taskloom.train.heads import save_head
+    from taskloom.models.heads import save_head
 
     model = root / "model"
     model.mkdir(parents=True)
@@ -36,7 +36,7 @@ def reference_head(model, texts):
     """In-process head output: softmax(Linear(embed_texts(texts)))."""
     import torch
 
-    from taskloom.train.heads import load_head
+    from taskloom.models.heads import load_head
 
     head, labels = load_head(model / "heads" / "toy")
     emb = embed_texts(texts)
@@ -56,7 +56,7 @@ def make_adapter(root, name, seed, labels=None, scale=0.3, rank=4):
 
     from taskloom.artifacts import write_digest
     from taskloom.models.encoder import cached_encoder
-    from taskloom.train.heads import save_head
+    from taskloom.models.heads import save_head
     from taskloom.train.lora import TARGET_MODULES
 
     folder = root / name
@@ -82,7 +82,7 @@ def reference_adapter(adapter, texts):
     from peft import PeftModel
 
     from taskloom.models.encoder import load_encoder
-    from taskloom.train.heads import has_head, load_head
+    from taskloom.models.heads import has_head, load_head
 
     tok, base = load_encoder("minilm")
     model = PeftModel.from_pretrained(base, str(adapter)).eval()

@@ -115,7 +115,7 @@ def test_measure_latency_reports_percentiles(server):
 
 
 def test_served_texts_land_in_the_request_log_the_monitor_reads(server, tmp_path):
-    from taskloom.monitor.requestlog import LogReader
+    from taskloom.requestlog import LogReader
 
     log = tmp_path / "requests.jsonl"
     with TritonClient(server.grpc_url, model="minilm", protocol="grpc", request_log=log, task="rt-sentiment") as c:

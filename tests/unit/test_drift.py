@@ -93,7 +93,7 @@ def test_parquet_rows_and_ks_pca(files, capsys):
     [
         ("missing", "same", [], "nope.jsonl: no such file"),
         ("ref", "nofield", [], "nofield.jsonl: row 3: missing field 'text'"),
-        ("ref", "badjson", [], "badjson.jsonl: row 2: not valid JSON"),
+        ("ref", "badjson", [], "badjson.jsonl: row 2: malformed JSON"),
         ("ref", "notstr", [], "notstr.jsonl: row 5: field 'text' must be a string"),
         ("few", "same", [], "few.jsonl: 9 rows, need at least 10"),
         ("good", "nan", [], "nan.npy: row 7 contains NaN"),

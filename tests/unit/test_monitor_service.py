@@ -20,7 +20,7 @@ import pytest
 from taskloom.cli import main
 from taskloom.events.receiver import WebhookReceiver
 from taskloom.monitor.policy import idempotency_key
-from taskloom.monitor.requestlog import append
+from taskloom.requestlog import append
 from taskloom.monitor.service import run_monitor
 
 SECRET = "monitor-test-secret"
@@ -225,7 +225,7 @@ def test_chi2_on_the_labels_of_the_model_head(world, tmp_path, capsys):
     import torch
 
     from taskloom.models.registry import resolve_base
-    from taskloom.train.heads import save_head
+    from taskloom.models.heads import save_head
 
     model = tmp_path / "model"
     model.mkdir()

@@ -51,7 +51,7 @@ def test_kfp_train_component_exits_2_with_one_line(task, tmp_path):
     """The KFP train component, as its container runs it (the component's function in a fresh Python, no
     CLI around it), stops before reading the task: one line and exit 2, not the KFP executor's traceback."""
     code = (  # artifacts are objects with .path, as KFP's executor hands them
-        "import sys; from types import SimpleNamespace as A; from components.train import train_adapter; "
+        "import sys; from types import SimpleNamespace as A; from taskloom_components.train import train_adapter; "
         "train_adapter.python_func(dataset=A(path=sys.argv[1]), max_steps=1, epochs=1, rank=4, base='', "
         "device='auto', seed=0, feature_repo='', adapter_id='a', model=A(path=sys.argv[2], metadata={}), metrics=None)"
     )

@@ -14,7 +14,8 @@ import pytest
 
 from taskloom.data.rows import load_rows
 from taskloom.errors import UserError
-from taskloom.models.causal import CAUSAL_TARGET_MODULES, MARKER, cached_gguf_folder, load_causal
+from taskloom.models.cache import MARKER, cached_gguf_folder
+from taskloom.models.causal import CAUSAL_TARGET_MODULES, load_causal
 from taskloom.models.registry import base_kind, resolve_base
 from taskloom.train.generation import (
     IGNORE,

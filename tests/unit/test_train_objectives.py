@@ -10,7 +10,7 @@ import torch
 
 from taskloom.errors import UserError
 from taskloom.models.chunks import by_length, padded_slots
-from taskloom.train.heads import align_head, fit_probe, load_head, save_head
+from taskloom.models.heads import align_head, fit_probe, load_head, save_head
 from taskloom.train.objectives import classification_loss, cosent_loss, info_nce_loss
 
 

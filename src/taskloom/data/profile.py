@@ -12,7 +12,8 @@ from collections import Counter
 
 import numpy as np
 
-from taskloom.data.rows import MAIN_TEXT
+from taskloom.models.encoder import embed_texts
+from taskloom.tasks.types import TASK_TYPES
 
 REFERENCE_SIZE = 500
 SEED = 0
@@ -37,10 +38,8 @@ def profile_task(spec, train_rows: list[dict], sample: int = REFERENCE_SIZE, see
     large task costs one encoder pass over `sample` texts, not over every row. The encoder is
     MiniLM whatever the task's base model, so profiles of all tasks share one space.
     """
-    from taskloom.models.encoder import embed_texts
-
     task_type = _field(spec, "type")
-    field = MAIN_TEXT[task_type]
+    field = TASK_TYPES[task_type].main_text
     texts = [str(r[field]) for r in train_rows]
     distinct = list(dict.fromkeys(texts))
     chosen = sorted(random.Random(seed).sample(range(len(distinct)), min(sample, len(distinct))))
@@ -49,7 +48,7 @@ def profile_task(spec, train_rows: list[dict], sample: int = REFERENCE_SIZE, see
         "task_id": _field(spec, "name"),
         "type": task_type,
         "rows": len(train_rows),
-        "label_entropy": label_entropy([r["label"] for r in train_rows]) if task_type == "classification" else 0.0,
+        "label_entropy": label_entropy([r["label"] for r in train_rows]) if TASK_TYPES[task_type].labelled else 0.0,
         "mean_length": float(np.mean([len(t) for t in texts])) if texts else 0.0,
         "centroid": reference.mean(axis=0).astype(float).tolist() if len(reference) else [],
         "reference": reference,

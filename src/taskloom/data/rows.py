@@ -12,35 +12,13 @@ import json
 import math
 from pathlib import Path
 
+from taskloom.artifacts import write_bytes
 from taskloom.errors import UserError
-
-# Required fields per task type, and their kind: "str", "score" (number in [0, 1]) or "str_list".
-FIELDS: dict[str, dict[str, str]] = {
-    "classification": {"text": "str", "label": "str"},
-    "pair_similarity": {"text_a": "str", "text_b": "str", "score": "score"},
-    "retrieval": {"query": "str", "positive": "str"},
-    "generation": {"prompt": "str", "response": "str"},
-}
-OPTIONAL_FIELDS: dict[str, dict[str, str]] = {
-    "retrieval": {"negatives": "str_list"},
-    "generation": {"keys": "str_list"},  # the response's answer-bearing parts (token weighting)
-}
-
-# The field that carries the main input text of a row (profiles, drift, leakage checks).
-MAIN_TEXT: dict[str, str] = {
-    "classification": "text",
-    "pair_similarity": "text_a",
-    "retrieval": "query",
-    "generation": "prompt",
-}
+from taskloom.jsonfiles import read_numbered
+from taskloom.tasks.types import TASK_TYPES, TaskType
 
 JSONL_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
-
-
-def text_fields(task_type: str) -> list[str]:
-    """The string fields of a task type (what length, null and leakage checks look at)."""
-    return [f for f, kind in FIELDS[task_type].items() if kind == "str"]
 
 
 def load_rows(path: str | Path, task_type: str, labels: list[str] | None = None) -> list[dict]:
@@ -51,15 +29,15 @@ def load_rows(path: str | Path, task_type: str, labels: list[str] | None = None)
 def load_numbered_rows(path: str | Path, task_type: str, labels: list[str] | None = None) -> list[tuple[int, dict]]:
     """Like `load_rows`, with each row's number (JSONL: its line; Parquet: its 1-based row)."""
     path = Path(path)
-    if task_type not in FIELDS:
-        raise UserError(f"{path}: unknown task type {task_type!r}: use one of [{', '.join(FIELDS)}]")
+    if task_type not in TASK_TYPES:
+        raise UserError(f"{path}: unknown task type {task_type!r}: use one of [{', '.join(TASK_TYPES)}]")
     if not path.exists():
         raise UserError(f"{path}: file not found")
     if path.is_dir():
         raise UserError(f"{path}: is a folder, expected a JSONL or Parquet file")
     suffix = path.suffix.lower()
     if suffix in JSONL_SUFFIXES:
-        numbered = _read_jsonl(path)
+        numbered = read_numbered(path)
     elif suffix in PARQUET_SUFFIXES:
         numbered = _read_parquet(path)
     else:
@@ -67,25 +45,8 @@ def load_numbered_rows(path: str | Path, task_type: str, labels: list[str] | Non
     if not numbered:
         raise UserError(f"{path}: no rows (the file is empty)")
     for n, row in numbered:
-        _check_row(path, n, row, task_type, labels)
+        _check_row(path, n, row, TASK_TYPES[task_type], labels)
     return numbered
-
-
-def _read_jsonl(path: Path) -> list[tuple[int, object]]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
-        raise UserError(f"{path}: row {line}: not UTF-8 text") from None
-    out = []
-    for n, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 may sit inside a string
-        if not line.strip():
-            continue
-        try:
-            out.append((n, json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: row {n}: malformed JSON: {e.msg} (column {e.colno})") from None
-    return out
 
 
 def _read_parquet(path: Path) -> list[tuple[int, object]]:
@@ -115,27 +76,21 @@ def _kind_name(value) -> str:
     return type(value).__name__
 
 
-def _check_row(path: Path, n: int, row, task_type: str, labels: list[str] | None) -> None:
+def _check_row(path: Path, n: int, row, task_type: TaskType, labels: list[str] | None) -> None:
     where = f"{path}: row {n}"
+    fields = task_type.fields
     if not isinstance(row, dict):
-        raise UserError(f"{where}: expected a JSON object with fields [{', '.join(FIELDS[task_type])}], got {_kind_name(row)}")
-    for field, kind in FIELDS[task_type].items():
+        raise UserError(f"{where}: expected a JSON object with fields [{', '.join(fields)}], got {_kind_name(row)}")
+    for field, kind in fields.items():
         if field not in row:
-            raise UserError(f"{where}: field {field!r}: missing (a {task_type} row needs [{', '.join(FIELDS[task_type])}])")
+            raise UserError(f"{where}: field {field!r}: missing (a {task_type.name} row needs [{', '.join(fields)}])")
         if row[field] is None:
             raise UserError(f"{where}: field {field!r}: is null")
         _check_value(where, field, kind, row[field])
-    for field, kind in OPTIONAL_FIELDS.get(task_type, {}).items():
+    for field, kind in task_type.optional_fields.items():
         if row.get(field) is not None:
             _check_value(where, field, kind, row[field])
-    if task_type == "generation":
-        for key in row.get("keys") or []:
-            if not key.strip():
-                raise UserError(f"{where}: field 'keys': a key is blank")
-            if key not in row["response"]:
-                raise UserError(f"{where}: field 'keys': {key!r} is not part of the response")
-    if labels is not None and task_type == "classification" and row["label"] not in labels:
-        raise UserError(f"{where}: field 'label': {row['label']!r} is not one of [{', '.join(labels)}]")
+    task_type.check_row(where, row, labels)
 
 
 def _check_value(where: str, field: str, kind: str, value) -> None:
@@ -154,8 +109,6 @@ def _check_value(where: str, field: str, kind: str, value) -> None:
 
 def write_rows(path: str | Path, rows: list[dict]) -> Path:
     """Write rows atomically (temp file + rename, sha256 beside): JSONL, or Parquet by suffix."""
-    from taskloom.artifacts import write_bytes
-
     path = Path(path)
     if path.suffix.lower() in PARQUET_SUFFIXES:
         import pyarrow as pa

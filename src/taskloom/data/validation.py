@@ -18,32 +18,17 @@ from __future__ import annotations
 import html
 import io
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import typer
-
-from taskloom.data.rows import FIELDS, load_numbered_rows
-from taskloom.errors import UserError
+from taskloom.data.rows import load_numbered_rows
+from taskloom.models.registry import resolve_base
+from taskloom.pages import page
+from taskloom.tasks.types import BALANCE_FRACTION, TASK_TYPES
 
 MIN_ROWS = {"train": 20, "eval": 10}
 MAX_TEXT_CHARS = 10_000  # longer than any document taskloom trains on; catches pasted files
-BALANCE_FRACTION = 0.25  # warn when the smallest class has < 25% of an even share of the rows
-
-# Which fields hold text (lengths, blanks) and which identify a row (duplicates, leakage).
-TEXT_FIELDS = {
-    "classification": ["text"],
-    "pair_similarity": ["text_a", "text_b"],
-    "retrieval": ["query", "positive"],
-    "generation": ["prompt", "response"],
-}
-IDENTITY_FIELDS = {
-    "classification": ["text"],
-    "pair_similarity": ["text_a", "text_b"],
-    "retrieval": ["query"],
-    "generation": ["prompt"],
-}
-
 
 @dataclass
 class Check:
@@ -127,14 +112,9 @@ class ValidationReport:
             + "</tr>"
             for c in self.checks
         )
-        title = html.escape(f"validation of {self.task}: {verdict}")
-        return (
-            f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>"
-            "body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
-            "padding:4px 8px;text-align:left}.failed{background:#fdd}.warn{background:#ffd}"
-            f"</style></head><body><h1>{title}</h1><p>{html.escape(self.engine)}</p>"
-            f"<table><tr>{head}</tr>{body}</table></body></html>\n"
-        )
+        title = f"validation of {self.task}: {verdict}"
+        heading = f"<h1>{html.escape(title)}</h1><p class='sub'>{html.escape(self.engine)}</p>"
+        return page(title, f"{heading}<div class='text'><table><tr>{head}</tr>{body}</table></div>")
 
 
 def _key(text) -> str:
@@ -147,7 +127,7 @@ def _frame(numbered: list[tuple[int, dict]], task_type: str):
     import pandas as pd
 
     df = pd.DataFrame([r for _, r in numbered], index=[n for n, _ in numbered])
-    for f in IDENTITY_FIELDS[task_type]:
+    for f in TASK_TYPES[task_type].identity_fields:
         if f in df.columns:
             df[f"_key_{f}"] = df[f].map(_key)
     return df
@@ -162,29 +142,22 @@ def _suite(task_type: str, labels: list[str] | None, split: str, train_keys: lis
     def add(check, severity, fld, exp):
         items.append((check, severity, fld, exp))
 
-    required = list(FIELDS[task_type])
-    for f in required:
+    kind = TASK_TYPES[task_type]
+    for f in kind.fields:
         add("schema", "error", f, gxe.ExpectColumnToExist(column=f))
         add("nulls", "error", f, gxe.ExpectColumnValuesToNotBeNull(column=f))
-    if task_type == "classification":
-        add("label_set", "error", "label", gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(labels or [])))
-        min_share = BALANCE_FRACTION / max(len(labels or []), 1)
-        for label in labels or []:
-            exp = gxe.ExpectColumnValuesToBeInSet(column="label", value_set=[label], mostly=min_share)
-            add("class_balance", "warning", label, exp)
-    if task_type == "pair_similarity":
-        add("score_range", "error", "score", gxe.ExpectColumnValuesToBeBetween(column="score", min_value=0.0, max_value=1.0))
-    for f in TEXT_FIELDS[task_type]:
+    items += kind.expectations(labels)  # the type's own: label set and balance, score range, ...
+    for f in kind.text_fields:
         add("text_lengths", "error", f, gxe.ExpectColumnValueLengthsToBeBetween(column=f, min_value=1, max_value=MAX_TEXT_CHARS))
         add("text_lengths", "error", f, gxe.ExpectColumnValuesToNotMatchRegex(column=f, regex=r"^\s*$"))
-    keys = [f"_key_{f}" for f in IDENTITY_FIELDS[task_type]]
+    keys = [f"_key_{f}" for f in kind.identity_fields]
     if len(keys) == 1:
-        add("duplicates", "error", IDENTITY_FIELDS[task_type][0], gxe.ExpectColumnValuesToBeUnique(column=keys[0]))
+        add("duplicates", "error", kind.identity_fields[0], gxe.ExpectColumnValuesToBeUnique(column=keys[0]))
     else:
-        add("duplicates", "error", "+".join(IDENTITY_FIELDS[task_type]), gxe.ExpectCompoundColumnsToBeUnique(column_list=keys))
+        add("duplicates", "error", "+".join(kind.identity_fields), gxe.ExpectCompoundColumnsToBeUnique(column_list=keys))
     add("min_rows", "error", None, gxe.ExpectTableRowCountToBeBetween(min_value=MIN_ROWS[split]))
     if split == "eval" and train_keys is not None:
-        for f in IDENTITY_FIELDS[task_type]:
+        for f in kind.identity_fields:
             add("leakage", "error", f, gxe.ExpectColumnValuesToNotBeInSet(column=f"_key_{f}", value_set=train_keys))
     return items
 
@@ -292,15 +265,11 @@ def validate_task(spec) -> ValidationReport:
 
     Raises UserError for what stops validation outright: an unknown base model or a malformed file.
     """
-    from importlib.metadata import version
-
-    from taskloom.models.registry import resolve_base
-
     resolve_base(spec.base_model)
     paths = {"train": spec.train_path, "eval": spec.eval_path}
     numbered = {split: load_numbered_rows(p, spec.type) for split, p in paths.items()}
     frames = {split: _frame(rows, spec.type) for split, rows in numbered.items()}
-    train_keys = sorted({k for f in IDENTITY_FIELDS[spec.type] for k in frames["train"][f"_key_{f}"]})
+    train_keys = sorted({k for f in TASK_TYPES[spec.type].identity_fields for k in frames["train"][f"_key_{f}"]})
 
     source = _gx_context().data_sources.add_pandas(name="taskloom")
     checks: list[Check] = []
@@ -316,35 +285,3 @@ def validate_task(spec) -> ValidationReport:
         files={s: str(p) for s, p in paths.items()},
         engine=f"great_expectations {version('great_expectations')}",
     )
-
-
-def validate_cli(task_path: str | Path, out_dir: str | Path | None = None) -> int:
-    """`taskloom validate`: print the report, write it under `out_dir`, return 0 (valid) or 2.
-
-    A failed validation also prints one `error:` line on stderr naming the first failing check
-    with its file, row and field.
-    """
-    from taskloom.artifacts import write_json, write_text
-    from taskloom.models.registry import resolve_base
-    from taskloom.specs import load_task
-
-    task_path = Path(task_path)
-    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
-        raise UserError(f"--out {out_dir}: exists and is not a folder")
-    spec = load_task(task_path)
-    try:
-        resolve_base(spec.base_model)
-    except UserError as e:
-        raise UserError(f"{task_path}: base_model: {e}") from None
-    report = validate_task(spec)
-    typer.echo(report.render())
-    if out_dir is not None:
-        out = Path(out_dir)
-        write_json(out / "validation.json", report.to_dict())
-        write_text(out / "validation.html", report.to_html())
-    if report.success:
-        return 0
-    first = report.failures[0]
-    more = f" (+{len(report.failures) - 1} more failed checks)" if len(report.failures) > 1 else ""
-    typer.echo(f"error: {task_path}: validation failed: {first.name} ({first.split}): {first.detail}{more}", err=True)
-    return 2

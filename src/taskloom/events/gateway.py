@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from taskloom.errors import UserError
-from taskloom.events.cloudevent import _secret_bytes
+from taskloom.events.cloudevent import _secret_bytes, load_secret
 from taskloom.events.receiver import MAX_BODY, Rejected, _event_time, verify
 
 log = logging.getLogger("taskloom.events.gateway")
@@ -202,8 +202,6 @@ def run_gateway(forward: str, *, host: str = "127.0.0.1", port: int = 8080, secr
     """`taskloom events gateway`: serve in the foreground until Ctrl-C or SIGTERM; prints its URL first."""
     import signal
     import sys
-
-    from taskloom.events.cloudevent import load_secret
 
     secret = load_secret(secret_file)
     token = load_token(token_file)

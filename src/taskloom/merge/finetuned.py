@@ -11,7 +11,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from taskloom.errors import UserError
-from taskloom.merge.provenance import read_json
+from taskloom.jsonfiles import read_json
 from taskloom.merge.weights import KeyMatcher, ModelWeights, is_float, weight_files
 
 _ARCH_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size")

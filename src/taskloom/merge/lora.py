@@ -1,52 +1,25 @@
 """A PEFT LoRA adapter read as task vectors: Δ = s·B·A for each targeted base tensor, exactly.
 
-PEFT saves `base_model.model.<module>.lora_A.weight` (r × in) and `.lora_B.weight` (out × r); the
-base tensor is `<module>.weight`. The scaling s is lora_alpha / r (lora_alpha / √r with rsLoRA), per
-module through `rank_pattern` / `alpha_pattern`. Embeddings store A (r × vocab) and B (dim × r), and
-Δ = (B·A)ᵀ; `fan_in_fan_out` layers (GPT-2 Conv1D) also take the transpose; `lora_bias` adds
-s·b to the base bias. Modules saved whole (`modules_to_save`) give Δ = W_saved − W₀.
+The folder, its config and its tensor names are read by `taskloom.models.adapter` (the same reader
+serving uses); the base tensor of a factor is `<module>.weight`. Embeddings store A (r × vocab) and
+B (dim × r), and Δ = (B·A)ᵀ; `fan_in_fan_out` layers (GPT-2 Conv1D) also take the transpose;
+`lora_bias` adds s·b to the base bias. Modules saved whole (`modules_to_save`) give Δ = W_saved − W₀.
 """
 
 from __future__ import annotations
 
-import math
-import re
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from taskloom.errors import UserError
-from taskloom.merge.provenance import read_json
 from taskloom.merge.weights import KeyMatcher, ModelWeights, all_finite
-
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-_PREFIX = "base_model.model."
-_LORA_KEY = re.compile(
-    r"^(?P<module>.+?)\.(?P<part>lora_embedding_A|lora_embedding_B|lora_A|lora_B|lora_magnitude_vector)(?P<rest>(?:\.[^.]+)*)$"
+from taskloom.models.adapter import (
+    ADAPTER_WEIGHTS,
+    factor_scaling,
+    read_config,
+    split_keys,
 )
-# LoRA variants whose effect is not a fixed additive Δ on the base weights: refused, never merged wrongly.
-_UNSUPPORTED = {
-    "use_dora": "DoRA (weight-decomposed LoRA)",
-    "alora_invocation_tokens": "activated LoRA (aLoRA)",
-    "layer_replication": "layer replication",
-    "trainable_token_indices": "trainable tokens",
-    "use_bdlora": "block-diagonal LoRA",
-    "use_qalora": "QA-LoRA",
-}
-
-
-def pattern_value(patterns: dict, module: str, default):
-    """PEFT's `rank_pattern` / `alpha_pattern` lookup: the first key matching the end of the module name."""
-    for key, value in (patterns or {}).items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return value
-    return default
-
-
-def lora_scaling(alpha: float, r: int, use_rslora: bool) -> float:
-    """s = α/r, or α/√r with rank-stabilised LoRA (PEFT's definition)."""
-    return alpha / math.sqrt(r) if use_rslora else alpha / r
 
 
 @dataclass(frozen=True)
@@ -69,20 +42,8 @@ class LoraAdapter:
 
     def __init__(self, folder: Path, base: ModelWeights, matcher: KeyMatcher, stack: ExitStack, label: str):
         self.folder, self.label = folder, label
-        for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
-            if not (folder / name).exists():
-                raise UserError(f"{label}: missing {name} in {folder}")
-        self.config = cfg = read_json(folder / ADAPTER_CONFIG, label)
-        if str(cfg.get("peft_type", "LORA")).upper() != "LORA":
-            raise UserError(f"{label}: peft_type {cfg.get('peft_type')!r} is not LORA")
-        for field, what in _UNSUPPORTED.items():
-            if cfg.get(field):
-                raise UserError(f"{label}: {field}: {what} adapters are not additive and cannot be merged")
-        try:
-            r, alpha = int(cfg.get("r", 8)), float(cfg.get("lora_alpha", 8))
-        except (TypeError, ValueError):
-            raise UserError(f"{label}: {ADAPTER_CONFIG}: r and lora_alpha must be numbers") from None
-        rslora, fan_in_fan_out = bool(cfg.get("use_rslora")), bool(cfg.get("fan_in_fan_out"))
+        self.config = cfg = read_config(folder, label)
+        fan_in_fan_out = bool(cfg.get("fan_in_fan_out"))
         self.weights = ModelWeights([folder / ADAPTER_WEIGHTS], stack, label)
 
         for key in self.weights.keys():
@@ -91,27 +52,20 @@ class LoraAdapter:
             if not all_finite(self.weights.get(key)):
                 raise UserError(f"{label}: tensor {key} has NaN or infinite values")
 
-        parts: dict[str, dict[str, str]] = {}
+        parts, plain = split_keys(self.weights.keys())
         self.replaced: dict[str, str] = {}  # base key -> adapter key of a module saved whole
         self.ignored: list[str] = []  # tensors with no counterpart in the base (e.g. a task head)
-        for key in self.weights.keys():
-            name = re.sub(r"\.modules_to_save\.[^.]+", "", key.removeprefix(_PREFIX))
-            m = _LORA_KEY.match(name)
-            if m is None:
-                base_key = matcher.find(name)
-                if base_key is None:
-                    self.ignored.append(key)
-                    continue
-                if tuple(self.weights.shape(key)) != base.shape(base_key):
-                    raise UserError(
-                        f"{label}: {key} has shape {self.weights.shape(key)}, the base's {base_key} has "
-                        f"{base.shape(base_key)}: adapter made for a different base model?"
-                    )
-                self.replaced[base_key] = key
+        for name, key in plain.items():
+            base_key = matcher.find(name)
+            if base_key is None:
+                self.ignored.append(key)
                 continue
-            rest = m["rest"].split(".")
-            part = m["part"] + (".bias" if rest[-1] == "bias" else "")
-            parts.setdefault(m["module"], {})[part] = key
+            if tuple(self.weights.shape(key)) != base.shape(base_key):
+                raise UserError(
+                    f"{label}: {key} has shape {self.weights.shape(key)}, the base's {base_key} has "
+                    f"{base.shape(base_key)}: adapter made for a different base model?"
+                )
+            self.replaced[base_key] = key
 
         self.targets: dict[str, Factor] = {}
         for module, p in parts.items():
@@ -126,13 +80,7 @@ class LoraAdapter:
             if base_key is None:
                 raise UserError(f"{label}: module {module} is not in the base model: adapter made for another base?")
             a_shape, b_shape = self.weights.shape(p[a_name]), self.weights.shape(p[b_name])
-            if len(a_shape) != 2 or len(b_shape) != 2 or a_shape[0] != b_shape[1]:
-                raise UserError(f"{label}: {module}: A {a_shape} and B {b_shape} are not LoRA factors of one rank")
-            rank = a_shape[0]
-            r_cfg = int(pattern_value(cfg.get("rank_pattern"), module, r))
-            if r_cfg != rank:
-                raise UserError(f"{label}: {module}: factors have rank {rank}, {ADAPTER_CONFIG} says r={r_cfg}")
-            s = lora_scaling(float(pattern_value(cfg.get("alpha_pattern"), module, alpha)), rank, rslora)
+            rank, s = factor_scaling(cfg, module, a_shape, b_shape, label)
             transpose = embedding or fan_in_fan_out
             delta_shape = (a_shape[1], b_shape[0]) if transpose else (b_shape[0], a_shape[1])
             if delta_shape != base.shape(base_key):

@@ -21,12 +21,24 @@ from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
-from taskloom.artifacts import publish_dir, recorded_digest, sha256_file, staging_dir, write_digest, write_json, write_text
+from taskloom.artifacts import (
+    publish_dir,
+    recorded_digest,
+    save_safetensors,
+    sha256_file,
+    staging_dir,
+    write_digest,
+    write_json,
+    write_text,
+)
 from taskloom.errors import UserError
+from taskloom.jsonfiles import read_json
+from taskloom.merge.factor import refactor
 from taskloom.merge.finetuned import FineTunedModel
-from taskloom.merge.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoraAdapter
+from taskloom.merge.lora import LoraAdapter
 from taskloom.merge.methods import Delta, TensorContext, get_method
-from taskloom.merge.provenance import check_base, read_json, recorded_base
+from taskloom.merge.provenance import check_base, recorded_base
+from taskloom.merge.search import run_search
 from taskloom.merge.weights import (
     WEIGHT_SUFFIXES,
     KeyMatcher,
@@ -36,6 +48,7 @@ from taskloom.merge.weights import (
     is_float,
     weight_files,
 )
+from taskloom.models.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from taskloom.models.registry import resolve_base
 from taskloom.specs import MergeSpec, load_merge
 
@@ -90,8 +103,6 @@ def merge_adapters(spec: MergeSpec, out: Path, *, max_shard_bytes: int = 2 << 30
 
         search, per_tensor = None, None
         if getattr(method, "searches", False):
-            from taskloom.merge.search import run_search
-
             chosen, search = run_search(method, spec, inputs, base, base_dir, params, score)
             per_tensor = search.pop("tensor_weights", None)
             search = {"final_method": method.final, "weights": chosen, **search}
@@ -147,8 +158,7 @@ def _open_input(folder: Path, label: str, base_name: str, base_dir: Path, base, 
     if not lora and not ((folder / "config.json").exists() and weight_files(folder)):
         raise UserError(f"{label}: {folder} holds neither a LoRA adapter ({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS}) "
                         "nor a model (config.json + *.safetensors)")
-    config = read_json(folder / ADAPTER_CONFIG, label) if (folder / ADAPTER_CONFIG).exists() else None
-    base_check = check_base(recorded_base(folder, config), base_name, base_dir, label)  # before shapes: clearer
+    base_check = check_base(recorded_base(folder, label), base_name, base_dir, label)  # before shapes: clearer
     if lora:
         inp = LoraAdapter(folder, base, matcher, stack, label)
     else:
@@ -259,9 +269,6 @@ def _write_adapter(base, base_dir, inputs, method, params, weights_of, staging, 
     """The merged Δ of each LoRA-targeted tensor re-factored as B·A at one rank (exact error reported);
     modules an input saved whole are written whole (`modules_to_save`)."""
     import torch
-
-    from taskloom.artifacts import save_safetensors
-    from taskloom.merge.factor import refactor
 
     whole = set().union(*(inp.replaced for inp in inputs))
     factors = {}  # base key -> Factor (kind, module, transpose) of the first input that targets it

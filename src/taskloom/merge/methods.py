@@ -24,20 +24,25 @@ inputs. A tensor larger than the merger's block size is merged in blocks of rows
 methods (all but DARE's): what needs the whole tensor (TIES's trim threshold, delta_guided's RMS) is
 found first by `tensor_stats` over the blocks, and the result is the same. `Delta.get()` recomputes a task vector; random drops are seeded by (seed, tensor name, input)
 so both passes, and every run, see the same mask.
+
+A new method is one file with a `Method` subclass and one entry point in the
+`taskloom.merge_methods` group (taskloom's own are listed in pyproject.toml the same way).
 """
 
 from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from taskloom.errors import UserError
 from taskloom.merge import sparsify
-
+from taskloom.merge.weights import all_finite
+from taskloom.plugins import Registry
 
 # Sign-electing methods keep their inputs' sparsified tensors between passes up to this many bytes.
 CACHE_BYTES = 512 << 20
@@ -53,8 +58,6 @@ class Delta:
 
     def get(self):
         import torch
-
-        from taskloom.merge.weights import all_finite
 
         if self._compute is None:
             return torch.zeros(self.shape)
@@ -368,17 +371,9 @@ def _weighted_sum(deltas: list[Delta], weights: list[float]):
     return acc if acc is not None else torch.zeros(deltas[0].shape)
 
 
-METHODS: dict[str, Method] = {
-    "linear": Linear(),
-    "task_arithmetic": TaskArithmetic(),
-    "ties": Ties(),
-    "dare_linear": DareLinear(),
-    "dare_ties": DareTies(),
-    "magnitude_prune": MagnitudePrune(),
-    "delta_guided": DeltaGuided(),
-    "greedy_soup": GreedySoup(),
-    "self_positioning": SelfPositioning(),
-}
+# name → method: taskloom's own and every installed plugin's, through the `taskloom.merge_methods`
+# entry points (pyproject.toml; see taskloom.plugins)
+METHODS: Mapping[str, Method] = Registry("taskloom.merge_methods", Method, "merge method")
 
 
 def get_method(name: str) -> Method:

@@ -13,32 +13,31 @@ from pathlib import Path
 
 from taskloom.artifacts import sha256_file
 from taskloom.errors import UserError
+from taskloom.jsonfiles import read_json
+from taskloom.merge.weights import weight_files
 from taskloom.models.registry import CATALOG, resolve_base
 
 
-def read_json(path: Path, label: str) -> dict:
-    """A JSON object from `path`, or UserError naming the file."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"{path}: not valid JSON ({e.__class__.__name__}) in {label}") from None
-    if not isinstance(doc, dict):
-        raise UserError(f"{path}: expected a JSON object in {label}")
-    return doc
-
-
-def recorded_base(folder: Path, adapter_config: dict | None) -> str | None:
-    """The base an input says it was trained on, or None when it does not say."""
-    task_json = folder / "task.json"
-    if task_json.exists():
-        base = read_json(task_json, str(folder)).get("base")
-        if base:
-            return str(base)
-    if adapter_config:
-        base = adapter_config.get("base_model_name_or_path")
-        if base:
-            return str(base)
+def recorded_base(folder: Path, label: str | None = None) -> str | None:
+    """The base an input says it was trained on (task.json `base`, else adapter_config.json
+    `base_model_name_or_path`), or None when it does not say. `label` names the input in errors."""
+    folder = Path(folder)
+    for name, key in (("task.json", "base"), ("adapter_config.json", "base_model_name_or_path")):
+        if (folder / name).exists():
+            base = read_json(folder / name, label or str(folder)).get(key)
+            if base:
+                return str(base)
     return None
+
+
+def trained_base(folder: Path) -> str:
+    """The base an adapter was trained on; a UserError when it does not say (guessing one would
+    merge or serve it on the wrong model without a word)."""
+    base = recorded_base(folder)
+    if base is None:
+        raise UserError(f"{folder}: no recorded base model (neither task.json 'base' nor "
+                        "adapter_config.json 'base_model_name_or_path')")
+    return base
 
 
 def _catalog_name(ref: str) -> str | None:
@@ -55,8 +54,6 @@ def _catalog_name(ref: str) -> str | None:
 
 def _same_weights(a: Path, b: Path) -> bool:
     """Two model folders hold the same model: same config (but its name) and identical weight files."""
-    from taskloom.merge.weights import weight_files
-
     def config(p: Path) -> dict:
         try:
             doc = json.loads((p / "config.json").read_text())

@@ -34,7 +34,14 @@ from pathlib import Path
 from typing import Callable
 
 from taskloom.errors import UserError
+from taskloom.merge.methods import Delta
 from taskloom.merge.weights import KeyMatcher
+from taskloom.models.encoder import load_encoder, mean_pool
+from taskloom.models.heads import align_head, has_head, load_head
+from taskloom.specs import load_task
+from taskloom.tasks.types import PAIR_OBJECTIVE, TASK_TYPES
+from taskloom.train.evaluate import check_trainable_type, load_split, score_encoder
+from taskloom.train.objectives import PAIR_LOSSES, classification_loss, info_nce_loss
 
 # score(tok, model) -> {task: metric}; higher is better.
 Scorer = Callable[[object, object], dict]
@@ -52,10 +59,6 @@ class Probe:
 def load_probes(task_paths: list[Path], inputs, rows_per_task: int, seed: int, heads: bool = True) -> list[Probe]:
     """Probes for the merge's tasks; a classification task takes its head from the input trained on it
     (`heads`: the head is required; otherwise it is taken when there is one)."""
-    from taskloom.specs import load_task
-    from taskloom.train.evaluate import check_trainable_type, load_split
-    from taskloom.train.heads import align_head, has_head, load_head
-
     if not task_paths:
         raise UserError("tasks: this method evaluates candidates: list the task.yaml files of the adapters under `tasks:`")
     probes = []
@@ -65,7 +68,7 @@ def load_probes(task_paths: list[Path], inputs, rows_per_task: int, seed: int, h
         rows = load_split(task, "train")
         rows = random.Random(f"{seed}:{task.name}").sample(rows, min(rows_per_task, len(rows)))
         head = None
-        if task.type == "classification":
+        if TASK_TYPES[task.type].labelled:
             owner = next((inp for inp in inputs if inp.task == task.name and has_head(inp.folder)), None)
             if owner is None and not heads:
                 probes.append(Probe(task, rows, None))
@@ -81,8 +84,6 @@ def load_probes(task_paths: list[Path], inputs, rows_per_task: int, seed: int, h
 
 def probe_scorer(probes: list[Probe]) -> Scorer:
     """The default scorer: each task's metric (taskloom.train.evaluate) on its probe rows."""
-    from taskloom.train.evaluate import score_encoder
-
     def score(tok, model) -> dict:
         return {p.task.name: float(score_encoder(p.task, tok, model, rows=p.rows, head=p.head)["value"]) for p in probes}
 
@@ -93,8 +94,6 @@ class TaskVectors:
     """W₀ and every input's Δ for the tensors any input touches, keyed by the encoder's parameter names."""
 
     def __init__(self, base, inputs, model):
-        from taskloom.merge.methods import Delta
-
         params = dict(model.named_parameters())
         matcher = KeyMatcher(params)
         keys = sorted(set().union(*(inp.keys() for inp in inputs)))
@@ -178,8 +177,6 @@ def _embed(model, params: dict, tok, texts: list[str], max_length: int):
     import torch.nn.functional as F
     from torch.func import functional_call
 
-    from taskloom.models.encoder import mean_pool
-
     batch = tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     out = functional_call(model, params, args=(), kwargs=dict(batch))
     return F.normalize(mean_pool(out.last_hidden_state, batch["attention_mask"]), dim=-1)
@@ -188,13 +185,6 @@ def _embed(model, params: dict, tok, texts: list[str], max_length: int):
 def _task_loss(probe: Probe, rows: list[dict], model, params, tok, max_length: int):
     """The task's training objective on a batch of its probe rows."""
     import torch
-
-    from taskloom.train.objectives import PAIR_LOSSES, classification_loss, info_nce_loss
-
-    try:  # the pair objective the trainer uses
-        from taskloom.train.encoder_task import PAIR_OBJECTIVE
-    except ImportError:
-        PAIR_OBJECTIVE = "cosine_mse"
 
     task = probe.task
     if task.type == "classification":
@@ -212,8 +202,8 @@ def _task_loss(probe: Probe, rows: list[dict], model, params, tok, max_length: i
 
 def probe_texts(probe: Probe) -> list[str]:
     """The distinct texts of a probe's rows (both sides of pairs, queries and their positives)."""
-    fields = {"classification": ("text",), "pair_similarity": ("text_a", "text_b"), "retrieval": ("query", "positive")}
-    return list(dict.fromkeys(r[f] for f in fields[probe.task.type] for r in probe.rows))
+    fields = TASK_TYPES[probe.task.type].text_fields
+    return list(dict.fromkeys(r[f] for f in fields for r in probe.rows))
 
 
 class _Distill:
@@ -319,8 +309,6 @@ def self_positioning(tv: TaskVectors, tok, model, probes: list[Probe], init: lis
 def run_search(method, spec, inputs, base, base_dir, params, score: Scorer | None) -> tuple[list[float], dict]:
     """Load the encoder and the probes, search, return (weights for the final exact merge, report)."""
     import torch
-
-    from taskloom.models.encoder import load_encoder
 
     tok, model = load_encoder(base_dir)
     with torch.no_grad():

@@ -6,12 +6,15 @@ taskloom shares (profiles, training, evaluation, serving, drift), so their numbe
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from taskloom.errors import UserError
+from taskloom.models.chunks import by_length, overhead_for
 from taskloom.models.registry import resolve_base
 
 
@@ -46,8 +49,6 @@ def encode(model, tok, texts: list[str], max_length: int = 128, normalize: bool 
     padded to its own longest row: the numbers of one padded batch, with little work spent on padding."""
     import torch
     import torch.nn.functional as F
-
-    from taskloom.models.chunks import by_length, overhead_for
 
     device = next(model.parameters()).device
     if not texts:
@@ -94,3 +95,12 @@ def embed_texts(
 
 def model_dir_has_weights(path: Path) -> bool:
     return any(path.glob("*.safetensors")) or any(path.glob("*.safetensors.index.json"))
+
+
+def hidden_size(model_path: Path) -> int:
+    """The embedding width from a model folder's config.json, without loading the weights."""
+    cfg = json.loads((model_path / "config.json").read_text())
+    for key in ("hidden_size", "d_model", "dim", "n_embd"):
+        if isinstance(cfg.get(key), int):
+            return cfg[key]
+    raise UserError(f"{model_path / 'config.json'}: no hidden_size, cannot size the EMBEDDING output")

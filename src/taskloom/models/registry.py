@@ -3,12 +3,14 @@ any local Hugging Face model folder. Nothing here downloads."""
 
 from __future__ import annotations
 
-import importlib.util
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from taskloom.errors import UserError
+from taskloom.models.cache import cached_gguf_folder
+from taskloom.packages import package_dir
 
 
 @dataclass(frozen=True)
@@ -29,24 +31,13 @@ CATALOG: dict[str, BaseModel] = {
 }
 
 
-def _package_dir(package: str) -> Path | None:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
-
-
 def resolve_base(name_or_path: str | os.PathLike) -> Path:
     """A catalog name or a local folder → the folder holding config.json and weights."""
     key = str(name_or_path)
     if key in CATALOG:
         entry = CATALOG[key]
-        pkg = _package_dir(entry.package)
-        if pkg is None:
-            raise UserError(f"base model {key!r}: its package {entry.package!r} is not installed (run `make setup`)")
+        pkg = package_dir(entry.package, f"base model {key!r}")
         if entry.gguf:
-            from taskloom.models.causal import cached_gguf_folder
-
             return cached_gguf_folder(pkg / entry.subdir, entry.gguf, entry.cache_name)
         return pkg / entry.subdir
     path = Path(key).expanduser()
@@ -63,8 +54,6 @@ def base_kind(name_or_path: str | os.PathLike) -> str:
     key = str(name_or_path)
     if key in CATALOG:
         return CATALOG[key].kind
-    import json
-
     cfg = json.loads((resolve_base(key) / "config.json").read_text())
     archs = " ".join(cfg.get("architectures") or [])
     return "causal_lm" if "CausalLM" in archs else "encoder"

@@ -5,14 +5,23 @@ Every detector takes a reference and a current sample (embeddings n × d and m �
 calibrated p-value under "same distribution", so one alpha means the same thing for all of them,
 and an effect size ("effect", 0 = no difference), so an alarm can also ask for a difference that
 matters: with large windows a tiny, harmless shift is already significant.
+
+A new detector is one file with a `Detector` object and one entry point in the `taskloom.detectors`
+group (taskloom's own are listed in pyproject.toml the same way).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
+
+from taskloom.monitor.chi2_labels import chi2_labels_test
+from taskloom.monitor.classifier import classifier_test
+from taskloom.monitor.ks_pca import ks_pca_test
+from taskloom.monitor.mmd import mmd_test
+from taskloom.plugins import Registry
 
 
 @dataclass(frozen=True)
@@ -29,43 +38,34 @@ class Detector:
 
 
 def _mmd(reference, current, permutations, seed):
-    from taskloom.monitor.mmd import mmd_test
-
     out = mmd_test(reference, current, permutations=permutations, seed=seed)
     return {**out, "effect": float(np.sqrt(max(out["statistic"], 0.0)))}
 
 
 def _ks_pca(reference, current, permutations, seed):
-    from taskloom.monitor.ks_pca import ks_pca_test
-
     return ks_pca_test(reference, current, correction="bonferroni")
 
 
 def _ks_pca_bh(reference, current, permutations, seed):
-    from taskloom.monitor.ks_pca import ks_pca_test
-
     return ks_pca_test(reference, current, correction="bh")
 
 
 def _classifier(reference, current, permutations, seed):
-    from taskloom.monitor.classifier import classifier_test
-
     return classifier_test(reference, current, seed=seed)
 
 
 def _chi2(reference, current, permutations, seed):
-    from taskloom.monitor.chi2_labels import chi2_labels_test
-
     return chi2_labels_test(reference, current, permutations=permutations, seed=seed)
 
 
-DETECTORS: dict[str, Detector] = {
-    d.name: d
-    for d in [
-        Detector("mmd", "MMD² with an RBF kernel (median bandwidth), permutation p-value", _mmd, "MMD (sqrt of MMD²)", 0.03),
-        Detector("ks_pca", "KS on the pooled sample's top 10 principal components, Bonferroni", _ks_pca, "largest KS D", 0.1),
-        Detector("ks_pca_bh", "KS on the pooled sample's top 10 principal components, Benjamini-Hochberg", _ks_pca_bh, "largest KS D", 0.1),
-        Detector("classifier", "logistic regression told apart on a held-out fold, Mann-Whitney p-value", _classifier, "AUC - 0.5", 0.03),
-        Detector("chi2", "chi-squared on predicted labels (lists or argmax of probabilities)", _chi2, "Cramér's V", 0.05, "labels"),
-    ]
-}
+MMD = Detector("mmd", "MMD² with an RBF kernel (median bandwidth), permutation p-value", _mmd, "MMD (sqrt of MMD²)", 0.03)
+KS_PCA = Detector("ks_pca", "KS on the pooled sample's top 10 principal components, Bonferroni", _ks_pca, "largest KS D", 0.1)
+KS_PCA_BH = Detector("ks_pca_bh", "KS on the pooled sample's top 10 principal components, Benjamini-Hochberg", _ks_pca_bh,
+                     "largest KS D", 0.1)
+CLASSIFIER = Detector("classifier", "logistic regression told apart on a held-out fold, Mann-Whitney p-value", _classifier,
+                      "AUC - 0.5", 0.03)
+CHI2 = Detector("chi2", "chi-squared on predicted labels (lists or argmax of probabilities)", _chi2, "Cramér's V", 0.05, "labels")
+
+# name → detector: the ones above and every installed plugin's, through the `taskloom.detectors`
+# entry points (pyproject.toml; see taskloom.plugins)
+DETECTORS: Mapping[str, Detector] = Registry("taskloom.detectors", Detector, "drift detector")

@@ -10,12 +10,13 @@ file, the row or the option, in one line.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from taskloom.errors import UserError
+from taskloom.jsonfiles import read_numbered
+from taskloom.models.encoder import embed_texts
 from taskloom.monitor.detectors import DETECTORS
 
 MIN_ROWS = 10  # per side: below this no test has power and the median bandwidth is noise
@@ -113,17 +114,7 @@ def read_texts(path: Path, field: str) -> list[str]:
         values = df[field].tolist()
     else:
         values = []
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError:
-            raise UserError(f"{path}: not UTF-8 text") from None
-        for lineno, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}: row {lineno}: not valid JSON ({e.msg})") from None
+        for lineno, row in read_numbered(path):
             if not isinstance(row, dict):
                 raise UserError(f"{path}: row {lineno}: expected a JSON object, got {type(row).__name__}")
             if field not in row:
@@ -178,8 +169,6 @@ def drift_files(reference, current, field: str = "text", method: str = "mmd", al
         return out
     texts = [s for kind, s in samples if kind == "texts"]
     if texts:  # one encoder pass for both sides
-        from taskloom.models.encoder import embed_texts
-
         emb = embed_texts([t for group in texts for t in group])
         start = 0
         for i, (kind, s) in enumerate(samples):

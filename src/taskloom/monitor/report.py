@@ -7,23 +7,12 @@ table of the alarms with their delivery and the retrain run each started.
 
 from __future__ import annotations
 
-import base64
-import io
 from datetime import datetime
 from pathlib import Path
 
-from taskloom.artifacts import write_text
+from taskloom.pages import png, pyplot, write_page
 
-TEMPLATE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>taskloom drift report</title>
-<style>
- body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1000px; color: #222; }
- h1 { margin-bottom: 0; } .sub { color: #666; margin-top: .2rem; }
- table { border-collapse: collapse; margin: .8rem 0; } th, td { padding: .25rem .7rem; border-bottom: 1px solid #ddd; text-align: right; }
- th:first-child, td:first-child { text-align: left; } .ok { color: #1a7f37; } .bad { color: #b42318; } code { font-size: .9em; }
- img { max-width: 100%; }
-</style></head><body>
-<h1>taskloom drift report</h1>
+TEMPLATE = """<h1>taskloom drift report</h1>
 <p class="sub">{{ meta.detector }} · effect: {{ meta.effect }} · windows of {{ meta.window_s|round(0)|int }} s ·
 alarm after {{ meta.policy.consecutive }} windows in a row with BH q ≤ {{ meta.policy.alpha }} and effect ≥ {{ meta.policy.min_effect }},
 then {{ meta.policy.cooldown }} windows of cooldown · log <code>{{ meta.log }}</code></p>
@@ -43,26 +32,12 @@ reference adapter{{ '' if t.adapters|length == 1 else 's' }} {{ t.adapters|join(
 <td class="{{ 'bad' if w.hit else 'ok' }}">{{ 'yes' if w.hit else 'no' }}</td>{% else %}<td colspan="4">too small to test</td>{% endif %}
 <td>{% if w.alarm %}<code class="bad">{{ w.alarm[:12] }}</code>{% elif w.cooldown %}cooldown{% endif %}</td></tr>{% endfor %}</table>
 {% endfor %}
-</body></html>
 """
-
-
-def _png(fig) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
 
 
 def _plot(windows: list[dict], meta: dict) -> str:
     """p-values (log) over time on top, effect sizes below; alarmed windows in red, untested as grey ticks."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     tested = [w for w in windows if w["status"] == "tested"]
     when = lambda ws: [datetime.fromisoformat(w["start_iso"].replace("Z", "+00:00")) for w in ws]  # noqa: E731
     fig, (ax_p, ax_e) = plt.subplots(2, 1, figsize=(8, 4.2), sharex=True)
@@ -87,13 +62,11 @@ def _plot(windows: list[dict], meta: dict) -> str:
     ax_p.legend(fontsize=7, loc="lower left")
     ax_e.legend(fontsize=7, loc="upper left")
     fig.autofmt_xdate()
-    return _png(fig)
+    return png(fig)
 
 
 def write_drift_report(path: str | Path, windows: list[dict], alarms: list[dict], meta: dict) -> Path:
     """Render windows.jsonl and alarms.jsonl records of a monitor run into one HTML file."""
-    import jinja2
-
     tasks = []
     for name in sorted({w["task"] for w in windows}):
         ws = sorted((w for w in windows if w["task"] == name), key=lambda w: w["start"])
@@ -106,5 +79,4 @@ def write_drift_report(path: str | Path, windows: list[dict], alarms: list[dict]
             "alarms": [a for a in alarms if a["task"] == name],
             "png": _plot(ws, meta),
         })
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.ChainableUndefined)
-    return write_text(path, env.from_string(TEMPLATE).render(tasks=tasks, meta=meta))
+    return write_page(path, "taskloom drift report", TEMPLATE, tasks=tasks, meta=meta)

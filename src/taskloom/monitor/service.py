@@ -5,7 +5,7 @@ start a retrain when the alarm policy says so.
         --webhook http://127.0.0.1:12000/taskloom/drift --secret-file webhook.secret          # follows the log
     taskloom monitor ... --once                                                                # one batch pass
 
-Per poll: read the new lines of the request log (`taskloom.monitor.requestlog`), put them in
+Per poll: read the new lines of the request log (`taskloom.requestlog`), put them in
 tumbling windows per task (`windows`), and for each window that is over: embed its texts with the
 served model folder or the base encoder (`--model`), test them against the task's latest reference
 sample in Feast (`TaskStore.read_reference_record`) with the chosen detector, and pass the p-values
@@ -30,11 +30,17 @@ import numpy as np
 
 from taskloom.artifacts import write_text
 from taskloom.errors import UserError
+from taskloom.events.cloudevent import load_secret, send_event
+from taskloom.jsonfiles import read_jsonl
+from taskloom.models.encoder import cached_encoder, embed_texts
+from taskloom.models.heads import load_head
 from taskloom.monitor.detectors import DETECTORS
-from taskloom.monitor.drift import MIN_ROWS, check_options
+from taskloom.monitor.drift import MIN_ROWS, check_options, drift_embeddings
 from taskloom.monitor.policy import AlarmPolicy, AlarmTracker
-from taskloom.monitor.requestlog import LogReader
+from taskloom.monitor.report import write_drift_report
 from taskloom.monitor.windows import TumblingWindows, Window, iso
+from taskloom.requestlog import LogReader
+from taskloom.store.feature_store import TaskStore
 
 EVENT_TYPE = "io.taskloom.drift.detected"
 EVENT_SOURCE = "taskloom/monitor"
@@ -46,19 +52,6 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise UserError(f"{path}: line {i}: not valid JSON (a damaged output of an earlier run?)") from None
-    return out
-
-
 def _jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(r, default=str) + "\n" for r in rows)
 
@@ -67,8 +60,6 @@ class References:
     """Each task's latest reference from Feast, checked once per read (finite, enough rows, the model's dims)."""
 
     def __init__(self, feature_repo: Path, dims: int, model: str, labeler=None):
-        from taskloom.store.feature_store import TaskStore
-
         self.repo = feature_repo
         self.store = TaskStore(feature_repo)
         self.dims, self.model, self.labeler = dims, model, labeler
@@ -98,8 +89,6 @@ def _head_labeler(model: str):
     """For a labels detector: predicted labels = the task's classification head on the embeddings."""
     import torch
 
-    from taskloom.train.heads import load_head
-
     heads: dict = {}
 
     def labels(task: str, emb: np.ndarray) -> np.ndarray:
@@ -118,8 +107,6 @@ def _head_labeler(model: str):
 
 def deliver(alarm: dict, webhook: str, secret: bytes, timeout: float, sleep: Callable[[float], None] = time.sleep) -> dict:
     """Send one alarm as a signed CloudEvent (id = its key); retry network errors and 5xx with the same id."""
-    from taskloom.events.cloudevent import send_event
-
     data = {k: alarm[k] for k in ("task", "first_window_start", "window_start", "windows", "p_values", "q_value",
                                   "effect", "method")}
     data.update(adapter_id=alarm["retrain_adapter_id"], drifted_adapter_id=alarm["adapter_id"], idempotency_key=alarm["key"])
@@ -197,12 +184,8 @@ def run_monitor(
         raise UserError(f"--out {out}: exists and is not a folder")
     secret = None
     if webhook:
-        from taskloom.events.cloudevent import load_secret
-
         secret = load_secret(secret_file)
     watch = set(tasks) if tasks else None
-
-    from taskloom.models.encoder import cached_encoder, embed_texts
 
     _, encoder = cached_encoder(str(model))
     labeler = _head_labeler(str(model)) if detector.inputs == "labels" else None
@@ -212,8 +195,8 @@ def run_monitor(
 
     # -- state: what earlier runs on this --out decided ----------------------------------------
     windows_path, alarms_path, report_path = out / "windows.jsonl", out / "alarms.jsonl", out / "drift_report.html"
-    records = _read_jsonl(windows_path)
-    alarms = _read_jsonl(alarms_path)
+    records = read_jsonl(windows_path) if windows_path.exists() else []
+    alarms = read_jsonl(alarms_path) if alarms_path.exists() else []
     alarm_by_key = {a["key"]: a for a in alarms}
     tracker = AlarmTracker(policy)
     for start in sorted({r["start"] for r in records}):
@@ -241,8 +224,6 @@ def run_monitor(
         write_text(alarms_path, _jsonl(alarms))
         if not report:
             return
-        from taskloom.monitor.report import write_drift_report
-
         write_drift_report(report_path, records, alarms, {"method": method, "detector": detector.description,
                                                           "effect": detector.effect, "policy": policy.__dict__,
                                                           "window_s": float(window), "log": str(log)})
@@ -271,8 +252,6 @@ def run_monitor(
             else:
                 emb = flat[offsets[w.task]:offsets[w.task] + w.n]
                 sample = labeler(w.task, emb) if labeler else emb
-                from taskloom.monitor.drift import drift_embeddings
-
                 r = drift_embeddings(ref["sample"], sample, method=method, alpha=alpha, permutations=permutations,
                                      seed=seed, names=(f"reference of task '{w.task}'", f"window {iso(w.start)} of '{w.task}'"))
                 rec.update(status="tested", statistic=r["statistic"], p_value=r["p_value"], effect=r["effect"],

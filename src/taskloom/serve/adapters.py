@@ -11,7 +11,10 @@ import json
 import re
 from pathlib import Path
 
+from taskloom.artifacts import verify_digest
 from taskloom.errors import UserError
+from taskloom.models.heads import load_head
+from taskloom.serve.lora import read_servable_config
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 BASE = "__base__"  # what PEFT calls "no adapter" in a mixed batch; not a valid adapter name
@@ -39,23 +42,11 @@ def default_name(path: Path) -> str:
 
 def check_adapter(path, name: str | None = None, dim: int | None = None) -> dict:
     """Validate one adapter folder; returns {"name", "path", "labels", "task", "rank"}. Never writes."""
-    from taskloom.artifacts import verify_digest
-    from taskloom.serve.lora import check_config
-
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path}: no such adapter folder")
-    cfg_path = path / "adapter_config.json"
-    if not cfg_path.exists():
-        raise UserError(f"{path}: not a LoRA adapter folder (no adapter_config.json)")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except ValueError as e:
-        raise UserError(f"{cfg_path}: not valid JSON ({e})") from None
-    check_config(cfg, str(cfg_path))
+    cfg = read_servable_config(path)
     weights = path / "adapter_model.safetensors"
-    if not weights.exists():
-        raise UserError(f"{path}: no adapter_model.safetensors (adapters are served as safetensors only)")
     for f in (weights, path / "head.safetensors"):
         if not f.exists():
             continue
@@ -65,8 +56,6 @@ def check_adapter(path, name: str | None = None, dim: int | None = None) -> dict
             raise UserError(f"{f}: sha256 does not match {f.name}.sha256 (corrupted or replaced file): refused")
     labels = None
     if (path / "head.safetensors").exists() or (path / "head.json").exists():
-        from taskloom.train.heads import load_head
-
         head, labels = load_head(path)
         if dim is not None and head.in_features != dim:
             raise UserError(f"{path}/head.safetensors: head expects {head.in_features} inputs, the model gives {dim}")

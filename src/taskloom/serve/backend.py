@@ -16,8 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from taskloom.artifacts import sha256_file, verify_digest
 from taskloom.errors import UserError
 from taskloom.models.chunks import by_length
+from taskloom.models.encoder import hidden_size, mean_pool
+from taskloom.models.heads import has_head, load_head
+from taskloom.serve.lora import attach
+from taskloom.serve.onnx_runtime import input_names, session
 
 MAX_TEXT_CHARS = 100_000
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -106,9 +111,6 @@ class EncoderBackend:
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        from taskloom.artifacts import verify_digest
-        from taskloom.train.heads import has_head, load_head
-
         hf_logging.disable_progress_bar()
         weights_dir = Path(weights_dir)
         if not any(weights_dir.glob("*.safetensors")):
@@ -129,12 +131,8 @@ class EncoderBackend:
         self.tok = AutoTokenizer.from_pretrained(weights_dir)
         self.session = None
         if onnx_file is not None:  # the body runs in ONNX Runtime; no torch copy of the weights is kept
-            from taskloom.serve.onnx_runtime import input_names, session
-
             self.session, self.inputs = session(onnx_file, threads), input_names(self.tok)
             model = None
-            from taskloom.serve.repository import hidden_size  # imported here: repository imports this module
-
             self.dim = hidden_size(weights_dir)
         else:
             model = AutoModel.from_pretrained(weights_dir).eval()
@@ -147,8 +145,6 @@ class EncoderBackend:
             self.heads[None] = load_head(head_dir)
         self.router = None
         if self.adapters:
-            from taskloom.serve.lora import attach
-
             self.router = attach(model, {name: adapters[name] for name in self.adapters})
             for name in self.adapters:
                 if has_head(adapters[name]):
@@ -226,8 +222,6 @@ class EncoderBackend:
 
         import torch
         import torch.nn.functional as F
-
-        from taskloom.models.encoder import mean_pool
 
         names = [self.check_adapter(a) for a in adapters] if adapters is not None else [None] * len(texts)
         enc = self.tok(texts, truncation=True, max_length=self.max_length)
@@ -319,8 +313,6 @@ def route(names: list) -> list:
 
 def verify_manifest(version_dir: Path) -> None:
     """Every file listed in version_dir/manifest.json must exist with its recorded sha256."""
-    from taskloom.artifacts import sha256_file
-
     path = Path(version_dir) / "manifest.json"
     if not path.exists():
         return

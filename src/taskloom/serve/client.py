@@ -19,7 +19,9 @@ import time
 
 import numpy as np
 
+from taskloom import requestlog
 from taskloom.errors import UserError
+from taskloom.serve.admin import admin_headers, check_key, load_admin_key
 
 PROTOCOLS = ("http", "grpc")
 UNAVAILABLE = ("StatusCode.UNAVAILABLE",)
@@ -42,8 +44,6 @@ class TritonClient:
         """request_log: append every served text to this JSONL log (what `taskloom monitor` reads), under
         `task` (default: the adapter asked for, else the model name). admin_key: sent with model control
         (default: $TASKLOOM_TRITON_ADMIN_KEY, none when unset)."""
-        from taskloom.serve.admin import admin_headers, check_key, load_admin_key
-
         if protocol not in PROTOCOLS:
             raise UserError(f"protocol {protocol!r}: use one of {list(PROTOCOLS)}")
         self.url, self.model, self.protocol, self.timeout = _host_port(url), model, protocol, float(timeout)
@@ -168,8 +168,6 @@ class TritonClient:
         res = self._call(f"model {self.model}" + (f" adapter {adapter}" if adapter else ""), self._client.infer,
                          self.model, [inp], outputs=outputs, parameters=params)
         if self.request_log is not None:
-            from taskloom.monitor import requestlog
-
             requestlog.append(self.request_log, self.task or adapter or self.model, texts)
         labels = res.as_numpy("LABEL") if "LABEL" in names else None
         probs = res.as_numpy("PROBS") if "PROBS" in names else None

@@ -30,7 +30,20 @@ from pathlib import Path
 
 import numpy as np
 
+from taskloom.artifacts import staging_dir, write_json, write_text
 from taskloom.errors import UserError
+from taskloom.serve.adapters import check_adapter, check_name
+from taskloom.serve.client import TritonClient
+from taskloom.serve.repository import (
+    VERSIONS_FILE,
+    config_for,
+    read_manifest,
+    resolve_model_dir,
+    serving_options,
+    version_numbers,
+    version_record,
+    write_version,
+)
 
 SMOKE_TEXTS = ("A fine, funny and moving film.", "Dull and far too long.")
 CANDIDATE_SUFFIX = ".candidate"
@@ -69,8 +82,6 @@ def read_state(model_folder: Path) -> dict:
     """versions.json (rebuilt from the folders and config.pbtxt when missing)."""
     import re
 
-    from taskloom.serve.repository import VERSIONS_FILE, version_numbers
-
     path = model_folder / VERSIONS_FILE
     if path.exists():
         return json.loads(path.read_text())
@@ -86,16 +97,10 @@ def read_state(model_folder: Path) -> dict:
 
 
 def _write_state(model_folder: Path, state: dict) -> None:
-    from taskloom.artifacts import write_json
-    from taskloom.serve.repository import VERSIONS_FILE
-
     write_json(model_folder / VERSIONS_FILE, state)
 
 
 def _write_config(model_folder: Path, version: int, name: str) -> None:
-    from taskloom.artifacts import write_text
-    from taskloom.serve.repository import config_for, read_manifest
-
     write_text(model_folder / "config.pbtxt", config_for(read_manifest(model_folder / str(version)), version, name),
                digest=False)
 
@@ -130,8 +135,6 @@ def smoke(client, manifest: dict, adapters: list, texts=SMOKE_TEXTS, expect: lis
 
 
 def _client(server_url: str, name: str, protocol: str, timeout: float, admin_key: str | None = None):
-    from taskloom.serve.client import TritonClient
-
     return TritonClient(server_url, model=name, protocol=protocol, timeout=timeout, retries=3, backoff=0.2,
                         admin_key=admin_key)
 
@@ -188,9 +191,6 @@ def _canary(client, repo: Path, name: str, version: int, manifest: dict, targets
     """Load `version` as <name>.candidate (a config + a link to the version folder) and smoke it."""
     import os
 
-    from taskloom.artifacts import write_text
-    from taskloom.serve.repository import config_for
-
     cand = name + CANDIDATE_SUFFIX
     folder = repo / cand
     shutil.rmtree(folder, ignore_errors=True)
@@ -210,17 +210,12 @@ def _canary(client, repo: Path, name: str, version: int, manifest: dict, targets
 
 
 def _client_like(client, model: str):
-    from taskloom.serve.client import TritonClient
-
     return TritonClient(client.url, model=model, protocol=client.protocol, timeout=client.timeout,
                         retries=client.retries, backoff=client.backoff, admin_key=client.admin_key)
 
 
 def _plan(model_folder: Path, state: dict, source, adapter_name, remove, head_task) -> dict:
     """What the new version holds: base folder, base head, adapters {name: folder}; checked, nothing written."""
-    from taskloom.serve.adapters import check_adapter, check_name
-    from taskloom.serve.repository import read_manifest, resolve_model_dir
-
     serving = state.get("serving")
     prev = read_manifest(model_folder / str(serving)) if serving is not None else None
     remove = [check_name(r) for r in (remove or [])]
@@ -274,9 +269,6 @@ def deploy(repo_dir, server_url: str, model_dir_or_adapter=None, *, name: str = 
     A refused or rolled-back version raises DeployError (its `.report`): the previous one serves.
     admin_key: for a server whose model control is restricted (default: $TASKLOOM_TRITON_ADMIN_KEY).
     """
-    from taskloom.artifacts import staging_dir
-    from taskloom.serve.repository import serving_options, version_numbers, version_record, write_version
-
     t0 = time.monotonic()
     repo = Path(repo_dir)
     model_folder = repo / name
@@ -357,8 +349,6 @@ def deploy(repo_dir, server_url: str, model_dir_or_adapter=None, *, name: str = 
 
 
 def read_state_manifest(model_folder: Path, version: int) -> dict:
-    from taskloom.serve.repository import read_manifest
-
     return read_manifest(model_folder / str(version))
 
 

@@ -31,18 +31,16 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from taskloom.environment import OFFLINE_ENV, QUIET_ENV
 from taskloom.errors import UserError
+from taskloom.models.registry import CATALOG
+from taskloom.packages import package_dir
+from taskloom.serve.admin import admin_header, server_args
+from taskloom.serve.repository import build_repository, is_repository
 
 LOOPBACK = "127.0.0.1"
 SHM_DIR = Path("/dev/shm")
 ENV_VAR = "TASKLOOM_TRITON_ENV"
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}
 
 
 class ServerStartError(UserError):
@@ -100,7 +98,7 @@ def _describe_env(root: str) -> ServingEnv:
     except (subprocess.SubprocessError, OSError, ValueError, IndexError) as e:
         raise UserError(f"{root}/bin/python: cannot run it ({type(e).__name__}): run `make setup`") from None
     site = Path(info["purelib"])
-    base = site / "pytriton" / "tritonserver"
+    base = package_dir("pytriton", f"serving environment {root}", site=site) / "tritonserver"
     env = ServingEnv(
         root=root,
         python_version=info["version"],
@@ -273,8 +271,6 @@ class TritonServer:
         if self.model_control == "explicit":
             cmd += [f"--load-model={m}" for m in self.models]
         if self.admin_key:
-            from taskloom.serve.admin import server_args
-
             cmd += server_args(self.admin_key)
         return cmd + self.extra_args
 
@@ -282,7 +278,7 @@ class TritonServer:
         """LIBDIR of the serving python first (else the stub links a bundled libpython of another
         version), the serving venv's bin first on PATH (the stub finds site-packages from `python3`)."""
         e = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
-        e.update(OFFLINE_ENV)
+        e.update(OFFLINE_ENV | QUIET_ENV)
         # idle OpenMP threads sleep instead of spinning: on shared or busy CPUs spinning torch threads made
         # a MiniLM forward 5-20x slower (measured: 0.11-0.48 s spinning vs 0.011-0.023 s passive)
         e.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -460,9 +456,6 @@ def serve_foreground(path, http_port: int = 8000, grpc_port: int = 8001, metrics
     """`taskloom serve`: a repository (folder with */config.pbtxt) or a model folder (exported to a
     repository in a temp workspace first); prints the URLs; Ctrl-C or SIGTERM stop it cleanly. With
     `admin_key`, model control answers only requests carrying it (taskloom.serve.admin)."""
-    from taskloom.models.registry import CATALOG
-    from taskloom.serve.repository import build_repository, is_repository
-
     path = Path(path)
     is_repo = is_repository(path)
     is_model = not is_repo and ((path / "config.json").exists() or (str(path) in CATALOG and not path.exists()))
@@ -502,8 +495,6 @@ def serve_foreground(path, http_port: int = 8000, grpc_port: int = 8001, metrics
         print(f"  metrics  {server.metrics_url}", flush=True)
         print(f"  log      {server.log_path}", flush=True)
         if admin_key:
-            from taskloom.serve.admin import admin_header
-
             print(f"  control  restricted: load/unload/index need the header {admin_header()}", flush=True)
         print(f"  repo     {repo} (taskloom deploy ... --repo {repo} --url {server.http_url})", flush=True)
         print("Ctrl-C stops the server.", flush=True)

@@ -1,43 +1,37 @@
 """LoRA adapters served unmerged beside one copy of the base: each row of a batch uses its own adapter.
 
-PEFT's own files are read (adapter_config.json + adapter_model.safetensors) and every adapted Linear
-is wrapped once: y = W·x + b + Σ_adapters s·B·A·x over the rows routed to that adapter, with
-s = lora_alpha / r (lora_alpha / √r for rsLoRA) as PEFT computes it. One forward pass then serves a
+PEFT's own files are read by `taskloom.models.adapter` (the same reader the merge uses) and every
+adapted Linear is wrapped once: y = W·x + b + Σ_adapters s·B·A·x over the rows routed to that
+adapter, with s as PEFT computes it. One forward pass then serves a
 chunk mixing adapters. Written out rather than through PEFT so a serving process does not import
 PEFT (seconds per model load: each hot swap pays it) and a forward pass registers no hooks.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import re
 from pathlib import Path
 
 from taskloom.errors import UserError
+from taskloom.models.adapter import (
+    ADAPTER_WEIGHTS,
+    factor_scaling,
+    read_config,
+    split_keys,
+)
 
-PREFIX = "base_model.model."
 
-
-def check_config(cfg: dict, where: str) -> None:
-    """Only plain LoRA on Linear layers is served; anything else is named and refused."""
-    if str(cfg.get("peft_type", "LORA")).upper() != "LORA":
-        raise UserError(f"{where}: peft_type {cfg.get('peft_type')!r}: only LoRA adapters are served")
-    for key, ok in (("use_dora", False), ("fan_in_fan_out", False)):
-        if bool(cfg.get(key)) != ok:
-            raise UserError(f"{where}: {key}={cfg.get(key)!r} is not supported for serving")
+def read_servable_config(folder, label: str | None = None) -> dict:
+    """The adapter's config (`models.adapter.read_config`), and only plain LoRA on Linear layers:
+    what the wrappers below compute. Anything else is named and refused."""
+    cfg = read_config(folder, label)
+    where = label or str(Path(folder) / "adapter_config.json")
+    if cfg.get("fan_in_fan_out"):
+        raise UserError(f"{where}: fan_in_fan_out={cfg.get('fan_in_fan_out')!r} is not supported for serving")
     if cfg.get("bias", "none") != "none":
         raise UserError(f"{where}: bias={cfg['bias']!r}: only bias='none' adapters are served")
     if cfg.get("modules_to_save"):
         raise UserError(f"{where}: modules_to_save {cfg['modules_to_save']}: only LoRA factors are served")
-
-
-def _pattern_value(patterns: dict, module: str, default):
-    """PEFT's rank/alpha patterns: the first key matching the end of the module's name."""
-    for key, value in (patterns or {}).items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return value
-    return default
+    return cfg
 
 
 def read_lora(folder) -> dict[str, tuple]:
@@ -45,26 +39,23 @@ def read_lora(folder) -> dict[str, tuple]:
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    cfg_path = folder / "adapter_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    check_config(cfg, str(cfg_path))
-    tensors = load_file(folder / "adapter_model.safetensors")
-    factors: dict[str, dict] = {}
-    for key, value in tensors.items():
-        m = re.fullmatch(r"(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.[^.]+)?\.weight", key)
-        if not m:
-            raise UserError(f"{folder / 'adapter_model.safetensors'}: tensor {key!r} is not a LoRA factor of a Linear layer")
-        factors.setdefault(m.group(1), {})[m.group(2)] = value.float()
+    cfg = read_servable_config(folder)
+    weights = folder / ADAPTER_WEIGHTS
+    tensors = load_file(weights)
+    parts, plain = split_keys(tensors)
+    if plain:
+        raise UserError(f"{weights}: tensor {next(iter(plain.values()))!r} is not a LoRA factor of a Linear layer")
     out = {}
-    for module, ab in sorted(factors.items()):
-        if set(ab) != {"A", "B"} or ab["A"].shape[0] != ab["B"].shape[1]:
-            raise UserError(f"{folder}: {module}: LoRA factors A/B missing or of different rank")
-        r = ab["A"].shape[0]
-        alpha = _pattern_value(cfg.get("alpha_pattern"), module, cfg.get("lora_alpha", 8))
-        scaling = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
-        out[module] = (ab["A"].contiguous(), ab["B"].contiguous(), float(scaling))
+    for module, p in sorted(parts.items()):
+        if set(p) != {"lora_A", "lora_B"}:
+            odd = sorted(set(p) - {"lora_A", "lora_B"})
+            what = f"tensor {p[odd[0]]!r} is not a LoRA factor of a Linear layer" if odd else "LoRA factor A or B missing"
+            raise UserError(f"{weights}: {module}: {what}")
+        a, b = tensors[p["lora_A"]].float(), tensors[p["lora_B"]].float()
+        _rank, scaling = factor_scaling(cfg, module, a.shape, b.shape, str(folder))
+        out[module] = (a.contiguous(), b.contiguous(), float(scaling))
     if not out:
-        raise UserError(f"{folder / 'adapter_model.safetensors'}: no LoRA factors")
+        raise UserError(f"{weights}: no LoRA factors")
     return out
 
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from taskloom.artifacts import sha256_file
 from taskloom.errors import UserError
+from taskloom.models.cache import cache_root
 
 OPSET = 17
 OUTPUT = "last_hidden_state"
@@ -30,9 +32,6 @@ def input_names(tokenizer) -> list[str]:
 def export_encoder(weights_dir: Path, out_file: Path) -> Path:
     """Write the encoder at `weights_dir` as ONNX to `out_file` (atomically; reused from the cache)."""
     import shutil
-
-    from taskloom.artifacts import sha256_file
-    from taskloom.models.causal import cache_root
 
     weights_dir, out_file = Path(weights_dir), Path(out_file)
     digest = "-".join(sha256_file(f)[:16] for f in sorted(weights_dir.glob("*.safetensors")))

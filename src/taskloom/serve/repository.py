@@ -28,10 +28,22 @@ import shutil
 import time
 from pathlib import Path
 
-from taskloom.artifacts import publish_dir, recorded_digest, staging_dir, write_digest, write_json, write_text
+from taskloom.artifacts import (
+    publish_dir,
+    recorded_digest,
+    staging_dir,
+    verify_digest,
+    write_digest,
+    write_json,
+    write_text,
+)
 from taskloom.errors import UserError
+from taskloom.models.encoder import hidden_size, model_dir_has_weights
+from taskloom.models.heads import has_head, load_head
+from taskloom.models.registry import CATALOG, resolve_base
 from taskloom.serve.adapters import NAME_RE, SERVED_FILES, check_adapter, check_name
 from taskloom.serve.backend import ENGINES, ONNX_FILE, PRECISIONS, resolve_engine
+from taskloom.serve.onnx_runtime import export_encoder
 
 # Triton's python-backend model, package data (never imported here: it needs Triton's own module).
 SERVING_MODEL_PY = Path(__file__).resolve().parent / "triton" / "model.py"
@@ -49,9 +61,6 @@ def model_py_source() -> str:
 
 def resolve_model_dir(model_dir) -> Path:
     """A catalog name ("minilm") or a model folder with config.json and safetensors weights."""
-    from taskloom.models.encoder import model_dir_has_weights
-    from taskloom.models.registry import CATALOG, resolve_base
-
     key = str(model_dir)
     path = Path(key).expanduser()
     if key not in CATALOG and not path.exists():
@@ -60,14 +69,6 @@ def resolve_model_dir(model_dir) -> Path:
     if not model_dir_has_weights(path):
         raise UserError(f"{path}: no safetensors weights (model.safetensors) in the model folder")
     return path
-
-
-def hidden_size(model_path: Path) -> int:
-    cfg = json.loads((model_path / "config.json").read_text())
-    for key in ("hidden_size", "d_model", "dim", "n_embd"):
-        if isinstance(cfg.get(key), int):
-            return cfg[key]
-    raise UserError(f"{model_path / 'config.json'}: no hidden_size, cannot size the EMBEDDING output")
 
 
 def available_heads(model_path: Path) -> list[str]:
@@ -183,8 +184,6 @@ def write_version(version_dir: Path, src: Path, *, name: str, version: int, head
     head.json for the base; adapters: {name: adapter folder}, each checked (sha256 included) first.
     Files already inside `repo_root` (older versions) are hard-linked, not copied.
     """
-    from taskloom.train.heads import has_head, load_head
-
     options = options or serving_options()
     dim = hidden_size(src)
     labels = None
@@ -219,8 +218,6 @@ def write_version(version_dir: Path, src: Path, *, name: str, version: int, head
                 if f.endswith(".safetensors"):
                     write_digest(version_dir / "adapters" / a_name / f)
     if engine == "onnxruntime":
-        from taskloom.serve.onnx_runtime import export_encoder
-
         export_encoder(weights, version_dir / ONNX_FILE)
     write_text(version_dir / "model.py", model_py_source(), digest=False)
     for p in sorted(version_dir.rglob("*")):
@@ -247,8 +244,6 @@ def write_version(version_dir: Path, src: Path, *, name: str, version: int, head
 
 
 def read_manifest(version_dir: Path) -> dict:
-    from taskloom.artifacts import verify_digest
-
     path = Path(version_dir) / "manifest.json"
     if not path.exists():
         raise UserError(f"{path}: missing (not a version written by taskloom)")

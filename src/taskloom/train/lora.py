@@ -23,7 +23,28 @@ from pathlib import Path
 
 import numpy as np
 
+from taskloom.artifacts import (
+    publish_dir,
+    sha256_file,
+    staging_dir,
+    write_digest,
+    write_json,
+    write_text,
+)
 from taskloom.errors import UserError
+from taskloom.jsonfiles import read_jsonl
+from taskloom.models.causal import CAUSAL_TARGET_MODULES, load_causal
+from taskloom.models.encoder import load_encoder
+from taskloom.models.registry import base_kind, resolve_base
+from taskloom.tasks.types import TASK_TYPES
+from taskloom.train import checkpoint, distributed, loop
+from taskloom.train.card import model_card
+from taskloom.train.device import resolve_device, resolve_precision
+from taskloom.train.encoder_task import EncoderTask
+from taskloom.train.evaluate import load_split
+from taskloom.train.generation_task import GenerationTask
+from taskloom.train.report import write_train_report
+from taskloom.train.sampling import steps_per_epoch
 
 # LoRA on every linear layer of every transformer block: attention query, key, value and output, and
 # both feed-forward layers (the pooler, unused by mean pooling, stays out). On rt-sentiment, one epoch
@@ -38,8 +59,6 @@ DEFAULTS = {"encoder": {"lr": 1e-3, "max_length": 64}, "causal_lm": {"lr": 2e-3,
 def _target_modules(kind: str) -> str:
     if kind == "encoder":
         return TARGET_MODULES
-    from taskloom.models.causal import CAUSAL_TARGET_MODULES
-
     return CAUSAL_TARGET_MODULES
 
 
@@ -65,8 +84,6 @@ def _say(line: str) -> None:
 
 def _fingerprint(tasks, spec, base: str) -> str:
     """What makes two runs the same run: the tasks' data, the base and every option that changes training."""
-    from taskloom.artifacts import sha256_file
-
     keep = spec.model_dump(exclude={"device", "checkpoint_every"})
     parts = [base, json.dumps(keep, sort_keys=True, default=str)]
     parts += [f"{t.name}:{t.type}:{sha256_file(t.train_path)}" for t in tasks]
@@ -86,15 +103,6 @@ def train_tasks(tasks: list, out, spec, progress: bool = True, resume: bool = Fa
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from taskloom.artifacts import publish_dir, staging_dir, write_digest, write_json, write_text
-    from taskloom.models.registry import base_kind, resolve_base
-    from taskloom.train import checkpoint, distributed, loop
-    from taskloom.train.card import model_card
-    from taskloom.train.device import resolve_device, resolve_precision
-    from taskloom.train.evaluate import load_split
-    from taskloom.train.report import write_train_report
-    from taskloom.train.sampling import steps_per_epoch
-
     # ---- 1. check every input before anything is written --------------------------------------
     out = Path(out)
     if not tasks:
@@ -108,8 +116,9 @@ def train_tasks(tasks: list, out, spec, progress: bool = True, resume: bool = Fa
     resolve_base(base)
     kind = base_kind(base)
     for t in tasks:
-        if (t.type == "generation") != (kind == "causal_lm"):
-            need = "a causal LM base (e.g. smollm2)" if t.type == "generation" else "an encoder base (e.g. minilm)"
+        wanted = TASK_TYPES[t.type].base_kind
+        if wanted != kind:
+            need = "a causal LM base (e.g. smollm2)" if wanted == "causal_lm" else "an encoder base (e.g. minilm)"
             raise UserError(f"task {t.name}: a {t.type} task needs {need}, not {base!r}")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
@@ -130,15 +139,9 @@ def train_tasks(tasks: list, out, spec, progress: bool = True, resume: bool = Fa
                 splits[t.name] = ([rows[i] for i in keep], splits[t.name][1])
     fingerprint = _fingerprint(tasks, spec, base)
     if kind == "encoder":
-        from taskloom.models.encoder import load_encoder
-        from taskloom.train.encoder_task import EncoderTask
-
         tok, model = load_encoder(base)
         works = [EncoderTask(t, *splits[t.name], tok, max_length) for t in tasks]
     else:
-        from taskloom.models.causal import load_causal
-        from taskloom.train.generation_task import GenerationTask
-
         tok, model = load_causal(base)
         works = [GenerationTask(t, *splits[t.name], tok, max_length, spec.key_weight) for t in tasks]
     targets = _target_modules(kind)
@@ -249,7 +252,7 @@ def train_tasks(tasks: list, out, spec, progress: bool = True, resume: bool = Fa
         publish_dir(stage, out / "adapter")
         os.replace(out / loop.LOG_NAME, out / "steps.jsonl")
         write_digest(out / "steps.jsonl")
-        write_train_report(out / "report.html", metrics, [json.loads(x) for x in (out / "steps.jsonl").read_text().splitlines()])
+        write_train_report(out / "report.html", metrics, read_jsonl(out / "steps.jsonl"))
         write_json(out / "metrics.json", metrics)
         checkpoint.clear(out)
         distributed.stop(world)

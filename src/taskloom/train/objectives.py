@@ -46,5 +46,5 @@ def info_nce_loss(queries, documents, positives, temperature: float = INFONCE_TE
     return F.cross_entropy(logits, positives)
 
 
-# pair_similarity objectives by name (lora.PAIR_OBJECTIVE picks one)
+# pair_similarity objectives by name (taskloom.tasks.types.PAIR_OBJECTIVE picks one)
 PAIR_LOSSES = {"cosine_mse": cosine_mse_loss, "cosent": cosent_loss}

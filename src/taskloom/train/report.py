@@ -5,13 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from taskloom.artifacts import write_text
+from taskloom.pages import png, pyplot, write_page
 
-TEMPLATE = """<!doctype html><html><head><meta charset="utf-8"><title>taskloom train: {{ title }}</title>
-<style>body{font-family:system-ui,sans-serif;max-width:900px;margin:2em auto;color:#1f2328}
-table{border-collapse:collapse}td,th{border:1px solid #d0d7de;padding:4px 10px;text-align:right}
-th:first-child,td:first-child{text-align:left}</style></head><body>
-<h1>Training run: {{ title }}</h1>
+TEMPLATE = """<h1>Training run: {{ title }}</h1>
 <p>{{ m.steps }} steps on {{ m.base_model }} (rank {{ m.rank }}), {{ m.train_seconds }} s,
 {{ "{:,.0f}".format(m.tokens_per_s) }} useful tokens/s, {{ m.world_size }} process(es) on {{ m.device }}.</p>
 <table><tr><th>task</th><th>metric</th><th>base</th><th>tuned</th><th>eval loss: base → tuned</th></tr>
@@ -20,7 +16,6 @@ th:first-child,td:first-child{text-align:left}</style></head><body>
 {% endfor %}</table>
 <h2>Loss</h2><img alt="training loss" src="data:image/png;base64,{{ loss_png }}">
 <h2>Throughput</h2><img alt="tokens per second" src="data:image/png;base64,{{ speed_png }}">
-</body></html>
 """
 
 
@@ -35,14 +30,7 @@ def _smooth(values: list[float], k: int) -> list[float]:
 
 
 def write_train_report(path: str | Path, metrics: dict, records: list[dict]) -> Path:
-    import jinja2
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from taskloom.report import _png
-
+    plt = pyplot()
     k = max(1, len(records) // 20)
     fig, ax = plt.subplots(figsize=(8, 3.2))
     groups = {}
@@ -54,13 +42,12 @@ def write_train_report(path: str | Path, metrics: dict, records: list[dict]) -> 
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend(fontsize=8)
-    loss_png = _png(fig)
+    loss_png = png(fig)
     fig, ax = plt.subplots(figsize=(8, 2.4))
     ax.plot([r["step"] for r in records], _smooth([r["tokens_per_s"] for r in records], k), lw=1.2, color="#2f6fdf")
     ax.set_xlabel("step")
     ax.set_ylabel("useful tokens/s")
-    speed_png = _png(fig)
+    speed_png = png(fig)
     tasks = metrics["tasks"] if "tasks" in metrics else {metrics["task"]: metrics}
-    html = jinja2.Environment(autoescape=True).from_string(TEMPLATE).render(
-        title=metrics["task"], m=metrics, tasks=tasks, loss_png=loss_png, speed_png=speed_png)
-    return write_text(path, html)
+    return write_page(path, f"taskloom train: {metrics['task']}", TEMPLATE,
+                      title=metrics["task"], m=metrics, tasks=tasks, loss_png=loss_png, speed_png=speed_png)

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from taskloom.artifacts import publish_dir, staging_dir, write_json
 from taskloom.errors import UserError
 
 GROUP = "trainer.kubeflow.org"
@@ -299,8 +300,6 @@ def train_on_trainer(
     `<shared>/trainjobs/<name>/out/` (rank 0), and that folder is published whole into `out_dir`.
     The manifest sent is kept beside them as trainjob.json."""
     import json
-
-    from taskloom.artifacts import publish_dir, staging_dir, write_json
 
     shared = Path(shared_dir or os.environ.get("TASKLOOM_SHARED_DIR") or SHARED_DIR)
     if not shared.is_dir():

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
+from taskloom.serve.backend import EncoderBackend
+
 
 def request_adapter(request):
     """The request's `adapter` parameter (None when absent)."""
@@ -25,8 +27,6 @@ def request_adapter(request):
 
 class TritonPythonModel:
     def initialize(self, args):
-        from taskloom.serve.backend import EncoderBackend
-
         config = json.loads(args["model_config"])
         version_dir = Path(args["model_repository"]) / str(args["model_version"])
         self.backend = EncoderBackend.from_triton(version_dir, config)

@@ -5,7 +5,7 @@
 `ts` is seconds since the epoch (UTC), `task` the task the request was for, `text` the input.
 Writers (the client side of Triton, or a proxy in front of it) call
 
-    from taskloom.monitor.requestlog import append
+    from taskloom.requestlog import append
     append("runs/requests.jsonl", "rt-sentiment", texts)
 
 The lines of one call go out in one `write` on a file opened for appending, under an exclusive
