@@ -34,8 +34,11 @@ test-cluster: setup tools images testenv ## the cluster tier: the chart, RBAC, s
 test-all: setup tools ## every tier, slow included (gpu tests skip without CUDA)
 	$(PY) -m pytest -q -m ''
 
-lint: setup
+lint: setup       ## ruff (lint + format check) and mypy; versions pinned in requirements/platform.txt
 	$(PY) -m compileall -q src components pipelines serving bench
+	$(PY) -m ruff check src components pipelines bench tests \
+	  && $(PY) -m ruff format --check src components pipelines \
+	  && $(PY) -m mypy
 
 bench: setup      ## benchmarks: taskloom vs its baseline in one run; see BENCHMARKS.md
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -33,7 +33,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-
 from drift_data import load_embeddings  # noqa: E402
 
 ALPHA = 0.05
@@ -57,7 +56,7 @@ def windows(pool, size, n, rng, foreign=None, share=0.0):
     for _ in range(n):
         idx = rng.permutation(pool)
         ref, cur = idx[:size], idx[size:2 * size]
-        k = int(round(share * size))
+        k = round(share * size)
         yield ref, cur, (rng.choice(foreign, k, replace=False) if k else np.array([], dtype=int))
 
 
@@ -121,7 +120,7 @@ def main() -> int:
     for i in range(args.power_windows):
         ref = rng.choice(pool, args.size, replace=False)
         rest_f, rest_r = np.setdiff1d(fresh, ref), np.setdiff1d(rotten, ref)
-        k = int(round(0.80 * args.size))
+        k = round(0.80 * args.size)
         cur = np.concatenate([rng.choice(rest_f, k, replace=False), rng.choice(rest_r, args.size - k, replace=False)])
         out = run_detectors(list(prior), all_emb[ref], all_emb[cur], pred[ref], pred[cur], seed=i,
                             permutations=args.permutations)

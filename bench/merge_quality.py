@@ -37,7 +37,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from merge_adapters import CACHE, task_file, trained, trained_joint  # noqa: E402
+from merge_adapters import CACHE, task_file, trained, trained_joint
 
 for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
                "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
@@ -209,7 +209,7 @@ def main() -> None:
              "lee-similarity": "lee-similarity (Pearson)", "chatterbot-topic": "chatterbot-topic (acc)"}
     steps = ", ".join(f"{t} {metrics[t]['steps']}" for t in TASKS)
     print(f"adapters: {'taskloom defaults (2 epochs)' if not args.max_steps else f'{args.max_steps} steps each'}, batch 32, r=8; steps: {steps}")
-    print(f"gains of each adapter on its own task: "
+    print("gains of each adapter on its own task: "
           + ", ".join(f"{t} {tuned[t] - base[t]:+.3f}" for t in TASKS))
     if joint_metrics is None:
         print("joint multi-task training: taskloom.train.lora has no train_tasks; no row")
@@ -237,7 +237,7 @@ def main() -> None:
             verdict = "pass" if g["promote"] else "fail: " + ", ".join(g["failed"])
         probe = f"{r['probe']:.4f}" if "probe" in r else "-"
         print(f"| {label} | " + " | ".join(f"{s[t]:.4f}" for t in TASKS) + f" | {avg:.4f} | {probe} | {verdict} |")
-    print(f"| (each adapter on its own task, metrics.json) | " + " | ".join(f"{tuned[t]:.4f}" for t in TASKS)
+    print("| (each adapter on its own task, metrics.json) | " + " | ".join(f"{tuned[t]:.4f}" for t in TASKS)
           + f" | {sum(tuned.values()) / n:.4f} | | |")
     print()
     ta_avg = next(v for k, v in averages.items() if k.startswith("task_arithmetic"))

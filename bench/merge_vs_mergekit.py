@@ -75,11 +75,11 @@ def ensure_mergekit() -> Path:
     if exe.exists():
         return exe
     print(f"creating {VENV} with mergekit (once; log in .cache/bench-mergekit-install.log)", flush=True)
-    log = open(ROOT / ".cache" / "bench-mergekit-install.log", "w")
-    for cmd in ([sys.executable, "-m", "venv", str(VENV)],
-                [str(VENV / "bin" / "pip"), "install", "torch==2.13.0"],
-                [str(VENV / "bin" / "pip"), "install", "mergekit"]):
-        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+    with open(ROOT / ".cache" / "bench-mergekit-install.log", "w") as log:
+        for cmd in ([sys.executable, "-m", "venv", str(VENV)],
+                    [str(VENV / "bin" / "pip"), "install", "torch==2.13.0"],
+                    [str(VENV / "bin" / "pip"), "install", "mergekit"]):
+            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
     return exe
 
 

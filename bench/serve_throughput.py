@@ -136,7 +136,7 @@ def taskloom_on_triton(texts: list[str], levels, fast: str, queue_delay_us: int,
             for model in models:
                 clients = []
 
-                def call(_, text, model=model):
+                def call(_, text, model=model, clients=clients):
                     c = getattr(local, model, None)
                     if c is None:
                         c = TritonClient(server.grpc_url, model=model, protocol="grpc", timeout=120)

@@ -42,10 +42,10 @@ def main() -> int:
     ap.add_argument("--only", nargs="*", help="run only these rows (task names or 'joint')")
     ap.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temp folder)")
     args = ap.parse_args()
-    rows = ENCODER_TASKS + ["chatterbot-gen", "joint"]
+    rows = [*ENCODER_TASKS, "chatterbot-gen", "joint"]
     rows = [r for r in rows if not args.only or r in args.only]
     work = args.out or Path(tempfile.mkdtemp(prefix="train-quality-"))
-    files = {t: export_task(t, work / "tasks" / t) for t in ENCODER_TASKS + ["chatterbot-gen"]}
+    files = {t: export_task(t, work / "tasks" / t) for t in [*ENCODER_TASKS, "chatterbot-gen"]}
     results, steps = [], 0
     for row in rows:
         tasks = [load_task(files[t]) for t in (ENCODER_TASKS if row == "joint" else [row])]

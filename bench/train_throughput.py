@@ -120,9 +120,9 @@ def train_spec(args):
 
 def run_taskloom(task, work: Path, args, run: int) -> dict:
     """taskloom's real trainer; its own timing from metrics.json, steps from steps.jsonl."""
+    from taskloom.models.heads import load_head
     from taskloom.models.registry import resolve_base
     from taskloom.train.evaluate import load_adapter_model, load_split
-    from taskloom.models.heads import load_head
     from taskloom.train.lora import train_adapter
 
     out = work / f"taskloom-{run}"
@@ -191,8 +191,8 @@ def run_baseline(task, work: Path, args, run: int) -> dict:
 
     from taskloom.models.encoder import load_encoder
     from taskloom.train.evaluate import fit_probe_head, load_split
-    from taskloom.train.lora import LORA_DROPOUT, TARGET_MODULES
     from taskloom.train.loop import MAX_GRAD_NORM, WARMUP_SHARE, WEIGHT_DECAY
+    from taskloom.train.lora import LORA_DROPOUT, TARGET_MODULES
 
     hf_logging.set_verbosity_error()
     train_rows, eval_rows = load_split(task, "train"), load_split(task, "eval")

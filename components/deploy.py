@@ -23,8 +23,13 @@ def deploy_model(
     from taskloom.specs import DeploySpec
     from taskloom.steps import deploy_step
 
-    result = deploy_step(merged.path, repository.path, DeploySpec(
-        model_name=model_name, head_task=head_task, model_repository=model_repository, server_url=server_url))
+    result = deploy_step(
+        merged.path,
+        repository.path,
+        DeploySpec(
+            model_name=model_name, head_task=head_task, model_repository=model_repository, server_url=server_url
+        ),
+    )
     repository.metadata.update({"model": result["model"], "head_task": result["head_task"]})
     if "version" in result:
         repository.metadata["version"] = result["version"]

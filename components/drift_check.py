@@ -26,8 +26,12 @@ def drift_check(
     from taskloom.specs import DriftSpec
     from taskloom.steps import drift_step
 
-    out = drift_step(reference, current, result.path, DriftSpec(field=field, method=method, alpha=alpha,
-                                                                permutations=permutations, seed=seed))
+    out = drift_step(
+        reference,
+        current,
+        result.path,
+        DriftSpec(field=field, method=method, alpha=alpha, permutations=permutations, seed=seed),
+    )
     for k in ("statistic", "p_value", "n_reference", "n_current"):
         if isinstance(out.get(k), (int, float)):
             metrics.log_metric(k, out[k])

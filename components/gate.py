@@ -30,8 +30,13 @@ def gate_model(
     from taskloom.specs import GateSpec
     from taskloom.steps import gate_step
 
-    result = gate_step([d.path for d in datasets], [a.path for a in adapters], merged.path, report.path,
-                       GateSpec(share=share, feature_repo=feature_repo, model_name=model_name))
+    result = gate_step(
+        [d.path for d in datasets],
+        [a.path for a in adapters],
+        merged.path,
+        report.path,
+        GateSpec(share=share, feature_repo=feature_repo, model_name=model_name),
+    )
     print(result["message"])
     report.metadata.update({"model_id": result["model_id"], "failed": ",".join(result["failed"])})
     for task, row in result["tasks"].items():

@@ -1,6 +1,6 @@
 """The table of components in components/README.md, generated from the components themselves.
 
-    python -m taskloom_components.table          # rewrite components/README.md
+python -m taskloom_components.table          # rewrite components/README.md
 """
 
 import importlib
@@ -42,8 +42,10 @@ def _section(doc: str, name: str) -> str:
 
 def render() -> str:
     """The README: one row per component (what it does, its inputs, options, outputs and the call)."""
-    rows = ["| component | file | what it does | inputs | options (spec) | outputs | calls |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| component | file | what it does | inputs | options (spec) | outputs | calls |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for module, comp in components():
         name = comp.python_func.__name__
         doc = comp.python_func.__doc__ or ""
@@ -51,8 +53,15 @@ def render() -> str:
         options = f"{spec.__name__}: " + ", ".join(spec.model_fields) if spec else "none"
         inputs = _section(doc, "Inputs") or ", ".join(DATA_PARAMETERS.get(name, ()))
         summary = " ".join(doc.strip().split("\n\n")[0].split())
-        cells = [f"`{name}`", f"`components/{module}.py`", summary, inputs, options, _section(doc, "Outputs"),
-                 _section(doc, "Calls")]
+        cells = [
+            f"`{name}`",
+            f"`components/{module}.py`",
+            summary,
+            inputs,
+            options,
+            _section(doc, "Outputs"),
+            _section(doc, "Calls"),
+        ]
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return HEADER + "\n".join(rows) + "\n"
 

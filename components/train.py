@@ -36,10 +36,23 @@ def train_adapter(
     from taskloom.specs import TrainRunSpec
     from taskloom.steps import metric_values, train_step
 
-    result = train_step(dataset.path, model.path, TrainRunSpec(
-        max_steps=max_steps, epochs=epochs, rank=rank, base=base, device=device, seed=seed, feature_repo=feature_repo,
-        adapter_id=adapter_id, nodes=nodes, gpus_per_node=gpus_per_node, run_id=run_id,
-    ))
+    result = train_step(
+        dataset.path,
+        model.path,
+        TrainRunSpec(
+            max_steps=max_steps,
+            epochs=epochs,
+            rank=rank,
+            base=base,
+            device=device,
+            seed=seed,
+            feature_repo=feature_repo,
+            adapter_id=adapter_id,
+            nodes=nodes,
+            gpus_per_node=gpus_per_node,
+            run_id=run_id,
+        ),
+    )
     model.metadata.update({k: result[k] for k in ("task", "type", "metric") if k in result})
     for k, v in metric_values(result).items():
         metrics.log_metric(k, v)
@@ -73,11 +86,25 @@ def train_joint_adapter(
     from taskloom.specs import JointTrainRunSpec
     from taskloom.steps import metric_values, train_step
 
-    result = train_step([d.path for d in datasets], model.path, JointTrainRunSpec(
-        max_steps=max_steps, epochs=epochs, rank=rank, base=base, device=device, seed=seed, feature_repo=feature_repo,
-        adapter_id=adapter_id, nodes=nodes, gpus_per_node=gpus_per_node, run_id=run_id, temperature=temperature,
-        mixing=mixing,
-    ))
+    result = train_step(
+        [d.path for d in datasets],
+        model.path,
+        JointTrainRunSpec(
+            max_steps=max_steps,
+            epochs=epochs,
+            rank=rank,
+            base=base,
+            device=device,
+            seed=seed,
+            feature_repo=feature_repo,
+            adapter_id=adapter_id,
+            nodes=nodes,
+            gpus_per_node=gpus_per_node,
+            run_id=run_id,
+            temperature=temperature,
+            mixing=mixing,
+        ),
+    )
     model.metadata.update({"task": result["task"], "type": result["type"]})
     per_task = result.get("tasks") or {result["task"]: result}
     for task, row in per_task.items():

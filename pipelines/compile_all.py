@@ -1,6 +1,6 @@
 """Regenerate the golden compiled pipelines in pipelines/compiled/ (what a cluster runs).
 
-    python -m taskloom_pipelines.compile_all        # or: make golden
+python -m taskloom_pipelines.compile_all        # or: make golden
 """
 
 from pathlib import Path

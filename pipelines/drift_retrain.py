@@ -20,7 +20,11 @@ from taskloom_pipelines.placement import FEATURE_REPO, MODEL_REPOSITORY, offline
 from taskloom_pipelines.release import gate_then_deploy
 from taskloom_pipelines.staging import stage_task
 
-Outputs = NamedTuple("Outputs", promoted=bool, gate=Artifact, merged=Model)
+
+class Outputs(NamedTuple):
+    promoted: bool
+    gate: Artifact
+    merged: Model
 
 
 @dsl.pipeline(
@@ -54,16 +58,32 @@ def drift_retrain(
     with dsl.ParallelFor(names.output, name="per-task") as item:
         staged, checked = stage_task(item, feature_repo, adapter_id)
         trained = train_adapter(
-            dataset=staged.outputs["dataset"], max_steps=max_steps, epochs=epochs, rank=rank, base=base,
-            device=device, seed=seed, feature_repo=feature_repo, adapter_id=adapter_id,
-            nodes=nodes, gpus_per_node=gpus_per_node, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            dataset=staged.outputs["dataset"],
+            max_steps=max_steps,
+            epochs=epochs,
+            rank=rank,
+            base=base,
+            device=device,
+            seed=seed,
+            feature_repo=feature_repo,
+            adapter_id=adapter_id,
+            nodes=nodes,
+            gpus_per_node=gpus_per_node,
+            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         )
         with_shared_volume(on_gpu(offline(trained))).set_display_name("train").set_caching_options(False)
         trained.after(checked)
     folded = merge_adapters(adapters=dsl.Collected(trained.outputs["model"]), method="linear", parameters="")
     on_cpu(offline(folded), cpu="2", memory="8Gi").set_display_name("fold")
     gated = gate_then_deploy(
-        staged, trained, folded, share=share, feature_repo=feature_repo, model_name=model_name,
-        head_task=head_task, model_repository=model_repository, server_url=server_url,
+        staged,
+        trained,
+        folded,
+        share=share,
+        feature_repo=feature_repo,
+        model_name=model_name,
+        head_task=head_task,
+        model_repository=model_repository,
+        server_url=server_url,
     )
     return Outputs(promoted=gated.outputs["Output"], gate=gated.outputs["report"], merged=folded.outputs["merged"])

@@ -19,7 +19,9 @@ from taskloom_components.train import train_joint_adapter
 from taskloom_pipelines.placement import FEATURE_REPO, offline, on_cpu, on_gpu, with_shared_volume
 from taskloom_pipelines.staging import stage_task
 
-Outputs = NamedTuple("Outputs", adapter=Model)
+
+class Outputs(NamedTuple):
+    adapter: Model
 
 
 @dsl.pipeline(
@@ -48,9 +50,20 @@ def train_joint(
     with dsl.ParallelFor(names.output, name="per-task") as task:
         staged, checked = stage_task(task, feature_repo)
     trained = train_joint_adapter(
-        datasets=dsl.Collected(staged.outputs["dataset"]), max_steps=max_steps, epochs=epochs, rank=rank,
-        base=base, device=device, seed=seed, temperature=temperature, mixing=mixing, feature_repo=feature_repo,
-        adapter_id=adapter_id, nodes=nodes, gpus_per_node=gpus_per_node, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        datasets=dsl.Collected(staged.outputs["dataset"]),
+        max_steps=max_steps,
+        epochs=epochs,
+        rank=rank,
+        base=base,
+        device=device,
+        seed=seed,
+        temperature=temperature,
+        mixing=mixing,
+        feature_repo=feature_repo,
+        adapter_id=adapter_id,
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
     )
     with_shared_volume(on_gpu(offline(trained))).set_display_name("train").set_caching_options(False)
     trained.after(checked)

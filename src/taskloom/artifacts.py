@@ -69,7 +69,9 @@ def write_json(path: str | os.PathLike, obj: Any, *, digest: bool = True) -> Pat
 def write_digest(path: str | os.PathLike) -> Path:
     """Record `sha256  name` beside `path` (the format `sha256sum -c` reads)."""
     path = Path(path)
-    return write_bytes(path.with_name(path.name + ".sha256"), f"{sha256_file(path)}  {path.name}\n".encode(), digest=False)
+    return write_bytes(
+        path.with_name(path.name + ".sha256"), f"{sha256_file(path)}  {path.name}\n".encode(), digest=False
+    )
 
 
 def recorded_digest(path: str | os.PathLike) -> str:

@@ -119,8 +119,11 @@ def run_demo(out: Path, quick: bool = False) -> DemoResult:
 
     stages = ["validate + profile", "train", "merge + gate", "serve", "drift", "retrain"]
     progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), console=console,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
     )
     with progress:
         loop = progress.add_task("loop", total=len(stages))
@@ -147,10 +150,15 @@ def run_demo(out: Path, quick: bool = False) -> DemoResult:
         t0 = time.perf_counter()
         runs = {n: out / "runs" / n for n in specs}
         for name, run in runs.items():
-            metrics = steps.train_step(task_dirs[name], run, TrainRunSpec(**settings.train, feature_repo=feature_repo,
-                                                                          adapter_id=f"{name}-v1"), progress=True)
-            res.tasks[name].update(metric=metrics["metric"], base=metrics["base"], tuned=metrics["tuned"],
-                                   adapter=str(run / "adapter"))
+            metrics = steps.train_step(
+                task_dirs[name],
+                run,
+                TrainRunSpec(**settings.train, feature_repo=feature_repo, adapter_id=f"{name}-v1"),
+                progress=True,
+            )
+            res.tasks[name].update(
+                metric=metrics["metric"], base=metrics["base"], tuned=metrics["tuned"], adapter=str(run / "adapter")
+            )
             steps_log = run / "steps.jsonl"
             if steps_log.exists():
                 res.curves[name] = [(r["step"], r["loss"]) for r in read_jsonl(steps_log)]
@@ -164,9 +172,16 @@ def run_demo(out: Path, quick: bool = False) -> DemoResult:
         for method in settings.merge_methods:
             merged_dir = out / "merged" / method
             params = '{"lambda": 1.0}' if method == "task_arithmetic" else ""
-            steps.merge_step([str(r) for r in runs.values()], merged_dir, MergeStepSpec(method=method, parameters=params))
-            verdict = steps.gate_step([str(d) for d in task_dirs.values()], [str(r) for r in runs.values()], merged_dir,
-                                      out / "gate" / method, GateSpec(share=settings.share, feature_repo=feature_repo))
+            steps.merge_step(
+                [str(r) for r in runs.values()], merged_dir, MergeStepSpec(method=method, parameters=params)
+            )
+            verdict = steps.gate_step(
+                [str(d) for d in task_dirs.values()],
+                [str(r) for r in runs.values()],
+                merged_dir,
+                out / "gate" / method,
+                GateSpec(share=settings.share, feature_repo=feature_repo),
+            )
             merged = {n: verdict["tasks"][n]["merged"] for n in specs}
             res.merge[method] = {"dir": str(merged_dir), "merged": merged, "gate": verdict}
             candidates.append((verdict["promote"], float(np.mean(list(merged.values()))), method))
@@ -185,8 +200,10 @@ def run_demo(out: Path, quick: bool = False) -> DemoResult:
             # no merge kept every task's gain: keep serving what would have been there before, the
             # watched task's own adapter folded into the base (`linear`, weight 1: exactly W0 + delta),
             # as drift_retrain folds
-            console.print(f"[yellow]gate: no merge kept {settings.share:.0%} of every task's gain "
-                          f"(failed: {', '.join(chosen['gate']['failed'])}); serving {watched}'s own adapter")
+            console.print(
+                f"[yellow]gate: no merge kept {settings.share:.0%} of every task's gain "
+                f"(failed: {', '.join(chosen['gate']['failed'])}); serving {watched}'s own adapter"
+            )
             merged_dir, model_id = out / "merged" / f"{watched}-only", f"{watched}-v1"
             steps.merge_step([str(runs[watched])], merged_dir, MergeStepSpec(method="linear"))
         res.gate["served"] = model_id
@@ -194,8 +211,9 @@ def run_demo(out: Path, quick: bool = False) -> DemoResult:
         # 4. deploy and serve on Triton ---------------------------------------------------------
         stage("serve")
         t0 = time.perf_counter()
-        deployed = steps.deploy_step(merged_dir, out / "model_repository",
-                                     DeploySpec(model_name="taskloom", head_task=head_task or ""))
+        deployed = steps.deploy_step(
+            merged_dir, out / "model_repository", DeploySpec(model_name="taskloom", head_task=head_task or "")
+        )
         wspec = specs[watched]
         eval_rows = load_rows(wspec.eval_path, wspec.type, wspec.labels)
         in_domain = [_main_text(r) for r in eval_rows][: settings.window]
@@ -204,8 +222,9 @@ def run_demo(out: Path, quick: bool = False) -> DemoResult:
         with TritonServer(Path(deployed["repository"]), log_dir=out / "logs") as server:
             res.timings["triton_ready_s"] = time.perf_counter() - t0
             # every served text goes to the request log `taskloom monitor` reads in a deployment
-            client = TritonClient(server.grpc_url, model="taskloom", protocol="grpc",
-                                  request_log=out / "requests.jsonl", task=watched)
+            client = TritonClient(
+                server.grpc_url, model="taskloom", protocol="grpc", request_log=out / "requests.jsonl", task=watched
+            )
             check = in_domain[:32]
             served = client.infer(check)["embedding"]
             local = embed_texts(check, model=enc, tok=tok)
@@ -223,7 +242,9 @@ def run_demo(out: Path, quick: bool = False) -> DemoResult:
         reference = out / "profiles" / watched / "reference.npy"
         res.drift = {"task": watched}
         for label, texts in (("in_domain", in_domain), ("shifted", shifted)):
-            window = write_text(out / "traffic" / f"{label}.jsonl", "".join(json.dumps({"text": t}) + "\n" for t in texts))
+            window = write_text(
+                out / "traffic" / f"{label}.jsonl", "".join(json.dumps({"text": t}) + "\n" for t in texts)
+            )
             res.drift[label] = steps.drift_step(reference, window, out / "drift" / label, DriftSpec(permutations=500))
         progress.advance(loop)
 
@@ -234,8 +255,13 @@ def run_demo(out: Path, quick: bool = False) -> DemoResult:
 
         def start_retrain(data: dict) -> str:
             task_file = str(specs[data["task"]].root / "task.yaml")  # the demo's copy of the task
-            params = {"task": task_file, "adapter_id": f"{data['task']}-retrained", "max_steps": settings.retrain_steps,
-                      "feature_repo": feature_repo, "model_repository": str(out / "model_repository")}
+            params = {
+                "task": task_file,
+                "adapter_id": f"{data['task']}-retrained",
+                "max_steps": settings.retrain_steps,
+                "feature_repo": feature_repo,
+                "model_repository": str(out / "model_repository"),
+            }
             run = run_local("drift_retrain", params, out / "kfp", quiet=True)
             res.retrain["run"] = run
             return run["run_id"]
@@ -244,9 +270,13 @@ def run_demo(out: Path, quick: bool = False) -> DemoResult:
             for label in ("in_domain", "shifted"):
                 verdict = res.drift[label]
                 if verdict["drift"]:
-                    ack = send_event(receiver.url, "io.taskloom.drift.detected",
-                                     {"task": watched, "adapter_id": model_id, "window": label,
-                                      "p_value": verdict["p_value"]}, secret, timeout=1800)
+                    ack = send_event(
+                        receiver.url,
+                        "io.taskloom.drift.detected",
+                        {"task": watched, "adapter_id": model_id, "window": label, "p_value": verdict["p_value"]},
+                        secret,
+                        timeout=1800,
+                    )
                     res.retrain.setdefault("events", []).append({"window": label, **ack})
             res.retrain["received"] = list(receiver.received)
         res.timings["retrain_s"] = time.perf_counter() - t0
@@ -269,13 +299,18 @@ def _summary_dict(res: DemoResult) -> dict:
     retrain_run = res.retrain.get("run", {})
     return {
         "tasks": res.tasks,
-        "merge": {m: {"merged": v["merged"], "promote": v["gate"]["promote"], "failed": v["gate"]["failed"]}
-                  for m, v in res.merge.items()},
+        "merge": {
+            m: {"merged": v["merged"], "promote": v["gate"]["promote"], "failed": v["gate"]["failed"]}
+            for m, v in res.merge.items()
+        },
         "gate": res.gate,
         "serving": res.serving,
         "drift": res.drift,
-        "retrain": {"run_id": retrain_run.get("run_id"), "state": retrain_run.get("state"),
-                    "events": res.retrain.get("events", [])},
+        "retrain": {
+            "run_id": retrain_run.get("run_id"),
+            "state": retrain_run.get("state"),
+            "events": res.retrain.get("events", []),
+        },
         "timings": res.timings,
         "curves": res.curves,
     }
@@ -286,16 +321,29 @@ def _summary_table(s: dict) -> Table:
     for col in ("what", "metric", "base", "tuned", "merged"):
         t.add_column(col)
     for name, r in s["tasks"].items():
-        t.add_row(name, r.get("metric", ""), f"{r.get('base', float('nan')):.3f}", f"{r.get('tuned', float('nan')):.3f}",
-                  f"{r.get('merged', float('nan')):.3f}")
+        t.add_row(
+            name,
+            r.get("metric", ""),
+            f"{r.get('base', float('nan')):.3f}",
+            f"{r.get('tuned', float('nan')):.3f}",
+            f"{r.get('merged', float('nan')):.3f}",
+        )
     g = s["gate"]
-    t.add_row("gate", g.get("method", ""), "", "", "promoted" if g.get("promote") else f"held: {', '.join(g.get('failed', []))}")
+    t.add_row(
+        "gate",
+        g.get("method", ""),
+        "",
+        "",
+        "promoted" if g.get("promote") else f"held: {', '.join(g.get('failed', []))}",
+    )
     t.add_row("served", "", "", "", g.get("served", ""))
     sv = s["serving"]
     t.add_row("Triton latency", "p50 / p99 ms", "", "", f"{sv.get('p50_ms', 0):.2f} / {sv.get('p99_ms', 0):.2f}")
     t.add_row("Triton vs in-process", "min cosine", "", "", f"{sv.get('min_cosine_vs_in_process', 0):.5f}")
     d = s["drift"]
-    t.add_row("drift in-domain", "MMD p-value", "", "", f"{d['in_domain']['p_value']:.3f} (drift={d['in_domain']['drift']})")
+    t.add_row(
+        "drift in-domain", "MMD p-value", "", "", f"{d['in_domain']['p_value']:.3f} (drift={d['in_domain']['drift']})"
+    )
     t.add_row("drift shifted", "MMD p-value", "", "", f"{d['shifted']['p_value']:.3f} (drift={d['shifted']['drift']})")
     r = s["retrain"]
     t.add_row("retrain", "run id", "", "", f"{r.get('run_id')} ({r.get('state')})")

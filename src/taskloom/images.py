@@ -25,16 +25,13 @@ TRITON_NAME = "taskloom-triton"
 def version() -> str:
     """pyproject.toml's version in a source checkout, else the installed distribution's."""
     pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
-    if pyproject.is_file():
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            tomllib = None
-        if tomllib is not None:
-            with open(pyproject, "rb") as f:
-                project = tomllib.load(f).get("project", {})
-            if project.get("name") == "taskloom" and project.get("version"):
-                return str(project["version"])
+    if pyproject.is_file() and sys.version_info >= (3, 11):  # tomllib: Python 3.11+
+        import tomllib
+
+        with open(pyproject, "rb") as f:
+            project = tomllib.load(f).get("project", {})
+        if project.get("name") == "taskloom" and project.get("version"):
+            return str(project["version"])
     try:
         from importlib.metadata import PackageNotFoundError
         from importlib.metadata import version as dist_version

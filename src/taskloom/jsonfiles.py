@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from taskloom.errors import UserError
 
@@ -26,14 +27,14 @@ def read_json(path: str | Path, label: str | None = None) -> dict:
     return doc
 
 
-def read_numbered(path: str | Path) -> list[tuple[int, object]]:
+def read_numbered(path: str | Path) -> list[tuple[int, Any]]:
     """(line number, value) for every non-blank line; a UTF-8 byte-order mark is allowed."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
-        raise UserError(f"{path}: row {line}: not UTF-8 text") from None
+        row = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise UserError(f"{path}: row {row}: not UTF-8 text") from None
     out = []
     for n, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 may sit inside a string
         if not line.strip():

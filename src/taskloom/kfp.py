@@ -16,7 +16,7 @@ import tempfile
 import uuid
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from taskloom.environment import apply_local_env
 from taskloom.errors import UserError
@@ -34,8 +34,8 @@ def pipeline_names() -> list[str]:
     return sorted({ep.name for ep in entry_points(group=PIPELINE_GROUP)})
 
 
-def load_pipeline(name: str) -> Callable:
-    """The pipeline function registered under `name`."""
+def load_pipeline(name: str) -> Any:
+    """The pipeline function registered under `name` (a KFP pipeline: callable, with `.component_spec`)."""
     found = [ep for ep in entry_points(group=PIPELINE_GROUP) if ep.name == name]
     if not found:
         raise UserError(f"unknown pipeline {name!r}: use one of [{', '.join(pipeline_names())}]")
@@ -146,12 +146,14 @@ def run_local(name: str, params: dict[str, Any], root: str | Path, quiet: bool =
             try:
                 task = fn(**kwargs)
                 outputs = {k: _jsonable(v) for k, v in (task.outputs or {}).items()}
-            except RuntimeError as e:  # kfp.local: "Pipeline '...' finished with status FAILURE. Inner task failed: '...'."
+            except (
+                RuntimeError
+            ) as e:  # kfp.local: "Pipeline '...' finished with status FAILURE. Inner task failed: '...'."
                 state, error = "FAILED", " ".join(str(e).split())
     runs = sorted(p for p in root.iterdir() if p.name not in before and p.name.startswith(spec_name + "-"))
     run_dir = runs[-1] if runs else None
     run_id = run_dir.name if run_dir else f"{spec_name}-{uuid.uuid4().hex[:12]}"
-    result = {
+    result: dict[str, Any] = {
         "pipeline": name,
         "run_id": run_id,
         "state": state,

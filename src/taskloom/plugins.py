@@ -40,8 +40,10 @@ def _entry_points(group: str) -> dict[str, EntryPoint]:
 
     for ep in sorted(entry_points(group=group), key=order):
         if ep.name in found and found[ep.name].value != ep.value:
-            raise UserError(f"plugin {ep.name} = {ep.value}: the name {ep.name!r} is already taken in {group} "
-                            f"by {found[ep.name].value}")
+            raise UserError(
+                f"plugin {ep.name} = {ep.value}: the name {ep.name!r} is already taken in {group} "
+                f"by {found[ep.name].value}"
+            )
         found.setdefault(ep.name, ep)
     return found
 
@@ -58,12 +60,14 @@ def load(ep: EntryPoint, kind: type[T], what: str) -> T:
         obj = ep.load()
         if isinstance(obj, type) and issubclass(obj, kind):
             obj = obj()
-    except Exception as e:  # noqa: BLE001 (a plugin may fail in any way while importing or building itself)
+    except Exception as e:  # a plugin may fail in any way while importing or building itself
         raise UserError(f"{where}: cannot be loaded: {_first_line(e)}") from None
     if not isinstance(obj, kind):
         got = f"the class {obj.__name__}" if isinstance(obj, type) else f"{type(obj).__name__} {obj!r:.40}"
-        raise UserError(f"{where}: is not a {what} (got {got}; expected a subclass or instance of "
-                        f"{kind.__module__}.{kind.__qualname__})")
+        raise UserError(
+            f"{where}: is not a {what} (got {got}; expected a subclass or instance of "
+            f"{kind.__module__}.{kind.__qualname__})"
+        )
     name = getattr(obj, "name", None)
     if name != ep.name:
         raise UserError(f"{where}: its name is {name!r}, not {ep.name!r}")

@@ -62,7 +62,7 @@ def append(path: str | os.PathLike, task: str, texts, ts=None) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX)
         view = memoryview(data.encode("utf-8"))
         while view:  # one write normally; loop only if the kernel takes less
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
     finally:
         os.close(fd)  # closing releases the lock
     return len(texts)

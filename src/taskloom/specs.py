@@ -123,20 +123,31 @@ class TrainSpec(BaseModel):
     alpha: float = Field(default=16.0, gt=0, description="LoRA alpha (scaling = alpha / r)")
     lr: float | None = Field(default=None, gt=0, description="AdamW learning rate (encoder 1e-3, causal LM 2e-3)")
     batch_size: int = Field(default=32, ge=1, description="rows per optimizer step (the global batch under torchrun)")
-    max_length: int | None = Field(default=None, ge=8, description="tokens per text in training, truncated beyond "
-                                   "(encoder 64, causal LM 96; encoder eval uses 128)")
+    max_length: int | None = Field(
+        default=None,
+        ge=8,
+        description="tokens per text in training, truncated beyond (encoder 64, causal LM 96; encoder eval uses 128)",
+    )
     max_train_rows: int | None = Field(default=None, ge=1, description="subsample each task's training rows (seeded)")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = Field(default="auto", description="auto: bf16 autocast on CUDA and on "
-                                                       "CPUs with AMX or AVX512-BF16, float32 elsewhere")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto", description="auto: bf16 autocast on CUDA and on CPUs with AMX or AVX512-BF16, float32 elsewhere"
+    )
     temperature: float = Field(default=2.0, gt=0, description="multi-task: sample task i with p ∝ n_i^(1/T)")
-    mixing: Literal["task", "mixed"] = Field(default="task", description="multi-task: one task per step, or "
-                                             "every task in every step")
-    key_weight: float = Field(default=1.0, gt=0, description="generation: loss weight of the answer's key tokens "
-                              "(1 = every answer token alike)")
-    dropout: bool = Field(default=True, description="False: no dropout in the base or LoRA, so runs with any "
-                          "number of processes follow the same loss curve")
+    mixing: Literal["task", "mixed"] = Field(
+        default="task", description="multi-task: one task per step, or every task in every step"
+    )
+    key_weight: float = Field(
+        default=1.0,
+        gt=0,
+        description="generation: loss weight of the answer's key tokens (1 = every answer token alike)",
+    )
+    dropout: bool = Field(
+        default=True,
+        description="False: no dropout in the base or LoRA, so runs with any "
+        "number of processes follow the same loss curve",
+    )
     checkpoint_every: int = Field(default=50, ge=0, description="write a resumable checkpoint every N steps (0: never)")
 
 
@@ -161,10 +172,17 @@ class MergeSpec(BaseModel):
     adapters: list[AdapterRef] = Field(min_length=1, description="inputs: LoRA adapter or full model folders")
     parameters: dict[str, float | int | str | bool] = Field(default_factory=dict, description="the method's parameters")
     output: Literal["full", "adapter"] = Field(default="full", description="full: merged weights; adapter: merged LoRA")
-    rank: int | None = Field(default=None, ge=1, description="output: adapter only: LoRA rank of the re-factored Δ "
-                             "(default: the sum of the input ranks, which is exact for linear merges)")
-    tasks: list[Path] = Field(default_factory=list, description="task.yaml files whose train rows probe candidates "
-                              "(self_positioning, greedy_soup); relative to the file")
+    rank: int | None = Field(
+        default=None,
+        ge=1,
+        description="output: adapter only: LoRA rank of the re-factored Δ "
+        "(default: the sum of the input ranks, which is exact for linear merges)",
+    )
+    tasks: list[Path] = Field(
+        default_factory=list,
+        description="task.yaml files whose train rows probe candidates "
+        "(self_positioning, greedy_soup); relative to the file",
+    )
     root: Path = Field(default=Path("."), exclude=True)
 
     def adapter_paths(self) -> list[Path]:
@@ -197,8 +215,8 @@ class StepSpec(BaseModel):
 class ProfileSpec(StepSpec):
     """Profile the training rows; with a Feast repository, store the profile and the drift reference."""
 
-    feature_repo: str = Field(default="", description="Feast repository to write to (\"\": none)")
-    adapter_id: str = Field(default="", description="id the drift reference is stored under (\"\": the task name)")
+    feature_repo: str = Field(default="", description='Feast repository to write to ("": none)')
+    adapter_id: str = Field(default="", description='id the drift reference is stored under ("": the task name)')
 
 
 class TrainRunSpec(StepSpec):
@@ -211,8 +229,8 @@ class TrainRunSpec(StepSpec):
     base: str = Field(default="", description="override the task's base model (\"\": the task's)")
     device: str = Field(default="auto", description="auto | cpu | cuda")
     seed: int = Field(default=0, description="seed of sampling, initialisation and dropout")
-    feature_repo: str = Field(default="", description="Feast repository for the adapter's metrics (\"\": none)")
-    adapter_id: str = Field(default="", description="id of the adapter's metrics (\"\": the task name)")
+    feature_repo: str = Field(default="", description='Feast repository for the adapter\'s metrics ("": none)')
+    adapter_id: str = Field(default="", description='id of the adapter\'s metrics ("": the task name)')
     nodes: int = Field(default=1, description="nodes; more than one worker runs a Kubeflow Trainer TrainJob")
     gpus_per_node: int = Field(default=0, description="GPUs per node (0: one CPU worker)")
     run_id: str = Field(default="", description="the KFP run id, labels a TrainJob")
@@ -230,7 +248,7 @@ class JointTrainRunSpec(TrainRunSpec):
     """A training run of one adapter on several tasks."""
 
     temperature: float = Field(default=0.0, description="sample task i with p ∝ n_i^(1/T) (0: the default)")
-    mixing: str = Field(default="", description="task | mixed (\"\": the default, task)")
+    mixing: str = Field(default="", description='task | mixed ("": the default, task)')
 
 
 # The TrainSpec options a pipeline can set.
@@ -241,14 +259,14 @@ class MergeStepSpec(StepSpec):
     """Merge the adapters of several runs into one full model, weight 1 each."""
 
     method: str = Field(default="task_arithmetic", description="a merge method name")
-    parameters: str = Field(default="", description="the method's parameters as a JSON object (\"\": none)")
+    parameters: str = Field(default="", description='the method\'s parameters as a JSON object ("": none)')
 
 
 class GateSpec(StepSpec):
     """Promote a merged model only if every task keeps `share` of its gain."""
 
     share: float = Field(default=0.9, description="share of each task's gain the merge must keep")
-    feature_repo: str = Field(default="", description="Feast repository to record a promoted model in (\"\": none)")
+    feature_repo: str = Field(default="", description='Feast repository to record a promoted model in ("": none)')
     model_name: str = Field(default="taskloom", description="prefix of the model's content-addressed id")
 
 
@@ -256,9 +274,34 @@ class DeploySpec(StepSpec):
     """Publish a full model for Triton."""
 
     model_name: str = Field(default="taskloom", description="model name in the Triton repository")
-    head_task: str = Field(default="", description="classification head to serve (\"\": the model's only head)")
-    model_repository: str = Field(default="", description="repository Triton serves from (\"\": none, build only)")
-    server_url: str = Field(default="", description="a running Triton to hot-load into (\"\": write files only)")
+    head_task: str = Field(default="", description='classification head to serve ("": the model\'s only head)')
+    model_repository: str = Field(default="", description='repository Triton serves from ("": none, build only)')
+    server_url: str = Field(default="", description='a running Triton to hot-load into ("": write files only)')
+
+
+class MonitorSpec(StepSpec):
+    """The drift monitor's options: which windows it tests, with what, and when it raises an alarm."""
+
+    model: str = Field(default="minilm", description="embed with this base name or (served/merged) model folder")
+    method: str = Field(default="mmd", description="drift test: mmd | ks_pca | ks_pca_bh | classifier | chi2")
+    tasks: list[str] = Field(default_factory=list, description="watch only these tasks (empty: every task in the log)")
+    window: float = Field(default=300.0, description="tumbling window length in seconds")
+    min_rows: int = Field(default=50, description="windows with fewer requests are not tested")
+    alpha: float = Field(default=0.05, description="Benjamini-Hochberg level across the tasks of a window")
+    consecutive: int = Field(default=2, description="significant windows in a row before an alarm")
+    min_effect: float | None = Field(
+        default=None, description="smallest effect size for an alarm (None: the detector's)"
+    )
+    cooldown: int = Field(default=3, description="windows without alarms for a task after its alarm")
+    permutations: int = Field(default=200, description="permutations for the p-value")
+    seed: int = Field(default=0, description="seed of the permutations")
+    webhook: str | None = Field(default=None, description="send alarms as signed CloudEvents to this URL")
+    secret_file: str | None = Field(default=None, description="webhook secret (None: env TASKLOOM_WEBHOOK_SECRET)")
+    once: bool = Field(default=False, description="read the log once, test every window, exit")
+    poll: float = Field(default=5.0, description="seconds between reads of the log when following it")
+    lateness: float = Field(default=5.0, description="seconds a window stays open for late requests")
+    max_polls: int | None = Field(default=None, description="stop after this many reads of the log (None: never)")
+    timeout: float = Field(default=10.0, description="seconds per webhook call")
 
 
 class DriftSpec(StepSpec):

@@ -34,6 +34,7 @@ from taskloom.monitor.drift import drift_files
 from taskloom.serve.deploy import deploy
 from taskloom.serve.repository import build_repository
 from taskloom.specs import (
+    AdapterRef,
     DeploySpec,
     DriftSpec,
     GateSpec,
@@ -110,7 +111,7 @@ def validate_step(task_dir: str | Path, report_dir: str | Path) -> dict:
     return {"task": spec.name, "checks": len(report.checks), "errors": len(errors), "warnings": len(warnings)}
 
 
-def profile_step(task_dir: str | Path, out_dir: str | Path, options: ProfileSpec = ProfileSpec()) -> dict:
+def profile_step(task_dir: str | Path, out_dir: str | Path, options: ProfileSpec | None = None) -> dict:
     """Profile the training rows (sizes, label entropy, embedding centroid and reference sample) and,
     given a Feast repository, write the profile and the drift reference there.
 
@@ -119,6 +120,7 @@ def profile_step(task_dir: str | Path, out_dir: str | Path, options: ProfileSpec
     a property of the traffic, not of the model serving it: a fixed encoder keeps every reference and
     every window in one space, so a redeploy or a retrain never moves the yardstick, and a reference
     stays valid whichever adapter or merge is being served."""
+    options = options or ProfileSpec()
     import numpy as np
 
     spec = load_task(Path(task_dir) / TASK_FILE)
@@ -146,7 +148,7 @@ def metric_values(result: dict, prefix: str = "") -> dict:
 def train_step(
     task_dir: str | Path | list,
     out_dir: str | Path,
-    run: TrainRunSpec = TrainRunSpec(),
+    run: TrainRunSpec | None = None,
     trainjob: dict | None = None,
     progress: bool = False,
 ) -> dict:
@@ -160,6 +162,7 @@ def train_step(
     creates, waits for and reads back; `run_id` (the KFP run) labels it; `trainjob` holds overrides for
     `train_on_trainer` (api, namespace, shared_dir, timeout_s, poll_s). `progress`: a progress bar
     on stderr (the demo; a pipeline step's log stays plain)."""
+    run = run or TrainRunSpec()
     try:
         check_required_cuda()  # a GPU step without CUDA stops here, before reading anything
     except UserError as e:  # in a pod: one line and exit 2 as the CLI gives, not the KFP executor's traceback
@@ -170,13 +173,24 @@ def train_step(
     tasks = [load_task(Path(d) / TASK_FILE) for d in task_dirs]
     if not use_trainer(run.nodes, run.gpus_per_node):
         return train(tasks, out_dir, spec, feature_repo=run.feature_repo, adapter_id=run.adapter_id, progress=progress)
-    given = {k: getattr(run, k) for k in ("max_steps", "epochs", "rank", "base", "temperature", "mixing")
-             if getattr(run, k, None)}
+    given = {
+        k: getattr(run, k)
+        for k in ("max_steps", "epochs", "rank", "base", "temperature", "mixing")
+        if getattr(run, k, None)
+    }
     args = [a for k, v in given.items() for a in (f"--{k.replace('_', '-')}", str(v))]
     device = run.device if run.device != "auto" else ("cuda" if run.gpus_per_node else "cpu")
     args += ["--seed", str(run.seed), "--device", device]
-    metrics = train_on_trainer(task_dirs, out_dir, task="+".join(t.name for t in tasks), nodes=run.nodes,
-                               gpus_per_node=run.gpus_per_node, train_args=args, run_id=run.run_id, **(trainjob or {}))
+    metrics = train_on_trainer(
+        task_dirs,
+        out_dir,
+        task="+".join(t.name for t in tasks),
+        nodes=run.nodes,
+        gpus_per_node=run.gpus_per_node,
+        train_args=args,
+        run_id=run.run_id,
+        **(trainjob or {}),
+    )
     record_adapter(run.feature_repo, run.adapter_id, tasks, metrics)
     return metrics
 
@@ -213,8 +227,9 @@ def record_adapter(feature_repo: str | Path, adapter_id: str, tasks: list[TaskSp
             store.write_adapter_metrics(f"{adapter_id or name}/{task.name}", task.name, metrics["tasks"][task.name])
 
 
-def merge_step(train_dirs: list[str], out_dir: str | Path, options: MergeStepSpec = MergeStepSpec()) -> dict:
+def merge_step(train_dirs: list[str], out_dir: str | Path, options: MergeStepSpec | None = None) -> dict:
     """Merge the adapters of several training runs (each `<dir>/adapter`) into one full model, weight 1 each."""
+    options = options or MergeStepSpec()
     method, parameters = options.method, options.parameters
     from pydantic import ValidationError
 
@@ -227,7 +242,7 @@ def merge_step(train_dirs: list[str], out_dir: str | Path, options: MergeStepSpe
     except json.JSONDecodeError as e:
         raise UserError(f"merge parameters: not JSON ({e.msg}): {parameters!r}") from None
     if not isinstance(params, dict):
-        raise UserError(f"merge parameters: expected a JSON object like {{\"lambda\": 1.0}}, got {parameters!r}")
+        raise UserError(f'merge parameters: expected a JSON object like {{"lambda": 1.0}}, got {parameters!r}')
     bases = {trained_base(a) for a in adapters}
     if len(bases) != 1:
         raise UserError(f"merge: the adapters have different base models: {', '.join(sorted(bases))}")
@@ -235,7 +250,7 @@ def merge_step(train_dirs: list[str], out_dir: str | Path, options: MergeStepSpe
         spec = MergeSpec(
             method=method,
             base_model=bases.pop(),
-            adapters=[{"path": a, "weight": 1.0} for a in adapters],
+            adapters=[AdapterRef(path=a, weight=1.0) for a in adapters],
             parameters=params,
             output="full",
         )
@@ -275,11 +290,15 @@ def _gate_message(report: dict, model: str) -> str:
     for task in report["failed"]:
         row = report["tasks"][task]
         if row["kept_share"] is not None:
-            parts.append(f"{task} kept {row['kept_share']:.0%} of its gain (needs {report['share']:.0%}; "
-                         f"base {row['base']:.4f}, single {row['single']:.4f}, merged {row['merged']:.4f})")
+            parts.append(
+                f"{task} kept {row['kept_share']:.0%} of its gain (needs {report['share']:.0%}; "
+                f"base {row['base']:.4f}, single {row['single']:.4f}, merged {row['merged']:.4f})"
+            )
         else:
-            parts.append(f"{task} scored {row['merged']:.4f} merged vs {row['single']:.4f} single "
-                         f"(no gain to keep; tolerance {report['tolerance']})")
+            parts.append(
+                f"{task} scored {row['merged']:.4f} merged vs {row['single']:.4f} single "
+                f"(no gain to keep; tolerance {report['tolerance']})"
+            )
     return f"kept the previous model, {model} not promoted: " + "; ".join(parts)
 
 
@@ -288,7 +307,7 @@ def gate_step(
     train_dirs: list[str],
     model_dir: str | Path,
     out_dir: str | Path,
-    options: GateSpec = GateSpec(),
+    options: GateSpec | None = None,
 ) -> dict:
     """Evaluate the merged model on every task and promote it only if each task keeps `share` of its gain.
 
@@ -296,6 +315,7 @@ def gate_step(
     is written to the adapter_metrics view under `<model id>/<task>` (the view holds one task per id).
     Not promoted: nothing is recorded, `message` names the failing tasks, and the pipeline's deploy
     step does not run, so the served model stays the previous one. The report lands in out_dir/gate.json."""
+    options = options or GateSpec()
     tasks = {}
     for d in task_dirs:
         spec = load_task(Path(d) / TASK_FILE)
@@ -331,8 +351,11 @@ def gate_step(
         store.apply()
         for name, row in report["tasks"].items():
             adapter_id = f"{model}/{name}"
-            store.write_adapter_metrics(adapter_id, name, {"metric": metric[name], "base": row["base"],
-                                                           "tuned": row["single"], "merged": row["merged"]})
+            store.write_adapter_metrics(
+                adapter_id,
+                name,
+                {"metric": metric[name], "base": row["base"], "tuned": row["single"], "merged": row["merged"]},
+            )
             report["recorded"].append(adapter_id)
     write_json(Path(out_dir) / "gate.json", report)
     return report
@@ -343,7 +366,7 @@ def _only_head(model_dir: Path) -> str | None:
     return heads[0] if len(heads) == 1 else None
 
 
-def deploy_step(model_dir: str | Path, repo_dir: str | Path, options: DeploySpec = DeploySpec()) -> dict:
+def deploy_step(model_dir: str | Path, repo_dir: str | Path, options: DeploySpec | None = None) -> dict:
     """Publish a full model for Triton. The classifier head served is `head_task`, or the model's only
     head when it carries exactly one.
 
@@ -353,8 +376,13 @@ def deploy_step(model_dir: str | Path, repo_dir: str | Path, options: DeploySpec
     version raises DeployError while the previous one keeps serving. `repo_dir` then holds deploy.json.
     Without it (local runs) the repository is built into `repo_dir` and, given `model_repository`, each
     model folder is swapped in whole, so a server picking it up never sees half a model."""
-    name, head_task, publish_to, server_url = (options.model_name, options.head_task, options.model_repository,
-                                                options.server_url)
+    options = options or DeploySpec()
+    name, head_task, publish_to, server_url = (
+        options.model_name,
+        options.head_task,
+        options.model_repository,
+        options.server_url,
+    )
     model_dir, repo_dir = Path(model_dir), Path(repo_dir)
     head = head_task or _only_head(model_dir)
     if server_url:
@@ -362,8 +390,14 @@ def deploy_step(model_dir: str | Path, repo_dir: str | Path, options: DeploySpec
         report = deploy(served, server_url, model_dir, name=name, head_task=head or None)
         if served != repo_dir:
             write_json(repo_dir / "deploy.json", report)
-        return {"model": name, "head_task": head or "", "repository": str(served),
-                "published": [str(served / name)], "version": report["version"], "deploy": report}
+        return {
+            "model": name,
+            "head_task": head or "",
+            "repository": str(served),
+            "published": [str(served / name)],
+            "version": report["version"],
+            "deploy": report,
+        }
     built = build_repository(model_dir, repo_dir, name=name, head_task=head)
     published = []
     if publish_to:
@@ -378,8 +412,11 @@ def deploy_step(model_dir: str | Path, repo_dir: str | Path, options: DeploySpec
     return {"model": name, "head_task": head or "", "repository": str(built), "published": published}
 
 
-def drift_step(reference: str | Path, current: str | Path, out_dir: str | Path, options: DriftSpec = DriftSpec()) -> dict:
+def drift_step(
+    reference: str | Path, current: str | Path, out_dir: str | Path, options: DriftSpec | None = None
+) -> dict:
     """Two-sample drift test between a reference and a current window; the result is written as drift.json."""
+    options = options or DriftSpec()
     result = drift_files(Path(reference), Path(current), **options.model_dump())
     write_json(Path(out_dir) / "drift.json", result)
     return result

@@ -17,7 +17,7 @@ def cluster(tmp_path_factory) -> Cluster:
     assert up.returncode == 0, f"k8s-testenv up failed:\n{up.stdout}\n{up.stderr}"
     c = Cluster(dir=state, kubeconfig=state / "kubeconfig")
     try:
-        c.kubectl("apply", *sum((["-f", str(p)] for p in ARGO_CRDS), []))
+        c.kubectl("apply", *[arg for p in ARGO_CRDS for arg in ("-f", str(p))])
         c.apply([trainer_crd("trainjobs", "TrainJob", "Namespaced", "trainer.kubeflow.org_trainjobs.schema.yaml"),
                  trainer_crd("trainingruntimes", "TrainingRuntime", "Namespaced",
                              "trainer.kubeflow.org_clustertrainingruntimes.schema.yaml")])

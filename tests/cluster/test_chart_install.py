@@ -16,7 +16,6 @@ import json
 
 import pytest
 import yaml
-
 from cluster_env import CHART, CPU_NODES, GPU_NODES
 
 pytestmark = pytest.mark.cluster

@@ -8,7 +8,6 @@ from __future__ import annotations
 import kubernetes_validate
 import pytest
 import yaml
-
 from test_kfp_chart import CHART, helm
 
 VALUES = sorted((CHART / "ci").glob("*-values.yaml"))

@@ -15,7 +15,7 @@ def test_chart_defaults_are_the_images_module_refs():
     refs = {c["image"] for d in render() if d["kind"] == "Deployment"
             for c in d["spec"]["template"]["spec"]["containers"]}
     assert refs == {images.PLATFORM, images.TRITON}
-    assert images.PLATFORM == f"ghcr.io/taskloom/taskloom:{images.TAG}"
+    assert f"ghcr.io/taskloom/taskloom:{images.TAG}" == images.PLATFORM
 
 
 def test_compiled_pipelines_run_the_platform_image():

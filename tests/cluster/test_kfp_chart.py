@@ -15,7 +15,7 @@ import copy
 import json
 import re
 import subprocess
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import jsonschema
@@ -33,7 +33,7 @@ K8S_VERSION = "1.33"
 HMAC = "events.hmacSecret.name=taskloom-webhook"
 
 
-@lru_cache(maxsize=None)
+@cache
 def tool(name: str) -> str:
     """`.tools/helm` or `.tools/kubectl`, fetched by scripts/tools.sh (the `make tools` target) if missing."""
     path = TOOLS / name
@@ -58,7 +58,7 @@ def by_kind(docs: list[dict], kind: str) -> list[dict]:
     return [d for d in docs if d["kind"] == kind]
 
 
-@lru_cache(maxsize=None)
+@cache
 def argo_definitions() -> dict:
     """The Argo Events schema made strict: `required` dropped (stale upstream), no unknown properties."""
     assert ARGO_SCHEMA.exists(), f"{ARGO_SCHEMA} missing"

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from cluster_env import GPU_TAINT, REPO
 
 pytestmark = pytest.mark.cluster

@@ -18,10 +18,9 @@ import time
 
 import pytest
 import yaml
+from cluster_env import CHART
 
 from taskloom.train import trainjob
-
-from cluster_env import CHART
 
 pytestmark = pytest.mark.cluster
 

@@ -22,7 +22,7 @@ import re
 import socket
 import subprocess
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import jsonschema
@@ -42,7 +42,7 @@ K8S_VERSION = "1.33"
 T0 = "2026-01-01T00:00:00Z"
 
 
-@lru_cache(maxsize=None)
+@cache
 def crd_schema(kind: str) -> dict:
     """The vendored openAPIV3Schema, made strict: an object that lists its properties allows no others."""
 

@@ -14,7 +14,6 @@ import os
 import re
 
 import pytest
-
 from cluster_env import REPO, TOOLS
 
 pytestmark = pytest.mark.cluster

@@ -16,15 +16,15 @@ import pytest
 import yaml
 from kfp.dsl import Artifact, Dataset, Metrics, Model
 
+from taskloom.errors import UserError
+from taskloom.specs import MergeStepSpec
+from taskloom.steps import merge_step, parse_task_list, stage_task
 from taskloom_components import IMAGE
 from taskloom_components.deploy import deploy_model
 from taskloom_components.drift_check import drift_check
 from taskloom_components.export import export_task
 from taskloom_components.task_list import task_list
 from taskloom_components.validate import validate_task
-from taskloom.errors import UserError
-from taskloom.specs import MergeStepSpec
-from taskloom.steps import merge_step, parse_task_list, stage_task
 
 ALL_COMPONENTS = [
     "taskloom_components.task_list:task_list", "taskloom_components.export:export_task", "taskloom_components.validate:validate_task",

@@ -8,6 +8,8 @@ import json
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # tier: the whole loop: the quick demo
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):

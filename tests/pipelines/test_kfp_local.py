@@ -18,6 +18,8 @@ import yaml
 from taskloom import cli
 from taskloom.kfp import root_logger_kept, run_local
 
+pytestmark = pytest.mark.e2e  # tier: runs whole pipelines with kfp.local
+
 
 def tiny_task(folder: Path, bad_label_row: int | None = None) -> Path:
     """A 40/20-row classification task from the built-in Rotten Tomatoes rows."""

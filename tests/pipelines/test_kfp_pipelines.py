@@ -19,7 +19,15 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 
 from taskloom import cli
 from taskloom.errors import UserError
-from taskloom.kfp import coerce_params, compile_pipeline, load_pipeline, pipeline_names, pipeline_parameters, run_local, submit
+from taskloom.kfp import (
+    coerce_params,
+    compile_pipeline,
+    load_pipeline,
+    pipeline_names,
+    pipeline_parameters,
+    run_local,
+    submit,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "pipelines" / "compiled"
@@ -64,7 +72,7 @@ def test_compiled_pipeline_parses_strictly_into_the_protos(compiled):
     platform = json_format.ParseDict(docs[1], pipeline_spec_pb2.PlatformSpec())
     executors = platform.platforms["kubernetes"].deployment_spec.executors
     assert set(GPU_EXECUTORS.get(name, RELEASE_GPU)) | set(SHARED_VOLUME_EXECUTORS.get(name, RELEASE_SHARED)) <= set(executors)
-    for key, struct in executors.items():  # each executor's settings are a valid KubernetesExecutorConfig
+    for struct in executors.values():  # each executor's settings are a valid KubernetesExecutorConfig
         json_format.ParseDict(json_format.MessageToDict(struct), k8s_pb2.KubernetesExecutorConfig())
 
 

@@ -16,6 +16,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from serve_helpers import TEXTS, make_adapter, reference_adapter
 
 from taskloom.artifacts import sha256_file
 from taskloom.cli import main
@@ -26,7 +27,7 @@ from taskloom.serve.client import TritonClient
 from taskloom.serve.launcher import TritonServer
 from taskloom.serve.repository import build_repository
 
-from serve_helpers import TEXTS, make_adapter, reference_adapter
+pytestmark = pytest.mark.e2e  # tier: a real Triton server
 
 ADAPTERS = {"senti": ["fresh", "rotten"], "qa": None}
 

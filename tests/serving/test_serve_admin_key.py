@@ -16,6 +16,8 @@ from taskloom.serve.deploy import deploy
 from taskloom.serve.launcher import TritonServer
 from taskloom.serve.repository import build_repository
 
+pytestmark = pytest.mark.e2e  # tier: a real Triton server
+
 KEY = "k3y-for-tests_0123456789abcdef"
 
 

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import pytest
+from serve_helpers import TEXTS, make_adapter, reference_adapter
 
 from taskloom.cli import main
 from taskloom.errors import UserError
@@ -23,7 +24,7 @@ from taskloom.serve.client import TritonClient
 from taskloom.serve.deploy import SMOKE_TEXTS, DeployError, deploy, rollback
 from taskloom.serve.launcher import TritonServer, free_port
 
-from serve_helpers import TEXTS, make_adapter, reference_adapter
+pytestmark = pytest.mark.e2e  # tier: a real Triton server
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from serve_helpers import TEXTS, make_head_model, reference_head
 
 from taskloom.artifacts import verify_digest
 from taskloom.errors import UserError
-from taskloom.models.encoder import embed_texts
 from taskloom.models.chunks import plan_chunks
+from taskloom.models.encoder import embed_texts
 from taskloom.serve.backend import EncoderBackend, decode_texts
 from taskloom.serve.repository import build_repository
 
-from serve_helpers import TEXTS, make_head_model, reference_head
+pytestmark = pytest.mark.e2e  # tier: builds and loads model repositories (ONNX export)
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,12 @@ import time
 
 import numpy as np
 import pytest
+from serve_helpers import make_adapter
 
 from taskloom.serve.client import TritonClient
 from taskloom.serve.launcher import TritonServer
 from taskloom.serve.repository import build_repository
 from taskloom.tasks.catalog import build_task
-
-from serve_helpers import make_adapter
 
 CONCURRENCY = 16
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from serve_helpers import TEXTS, make_head_model, reference_head
 
 from taskloom.cli import main
 from taskloom.errors import UserError
@@ -24,7 +25,7 @@ from taskloom.serve.client import TritonClient, measure_latency
 from taskloom.serve.launcher import SHM_DIR, ServerStartError, TritonServer, free_port, group_members
 from taskloom.serve.repository import build_repository
 
-from serve_helpers import TEXTS, make_head_model, reference_head
+pytestmark = pytest.mark.e2e  # tier: a real Triton server
 
 
 def leftovers(server_pid: int, shm_prefix: str, workspace: Path) -> list[str]:
@@ -103,9 +104,8 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(server):
         with pytest.raises(UserError, match="expected a non-empty list"):
             c.infer([])
         assert c.infer(["still here"])["embedding"].shape == (1, 384)
-    with TritonClient(server.http_url, model="nope") as c:
-        with pytest.raises(UserError, match="nope"):
-            c.infer(["x"])
+    with TritonClient(server.http_url, model="nope") as c, pytest.raises(UserError, match="nope"):
+        c.infer(["x"])
 
 
 def test_measure_latency_reports_percentiles(server):

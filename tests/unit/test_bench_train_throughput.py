@@ -9,6 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.e2e  # tier: runs the training benchmark script (both engines) as a subprocess
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -40,7 +40,7 @@ class StandIn:
         stand_in = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                     stand_in.refused += 1

@@ -12,9 +12,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from merge_helpers import make_adapter
 from safetensors.torch import load_file, save_file
 
-from merge_helpers import make_adapter
 from taskloom.merge import merge_adapters, merger, sparsify
 from taskloom.specs import MergeSpec
 
@@ -100,7 +100,7 @@ def test_lora_embedding_and_linear_deltas_merge_the_same_in_blocks(tmp_path, mon
     b = make_adapter(tmp_path / "b", 2, targets=("word_embeddings", "value"))
     spec = MergeSpec(method="ties", parameters={"density": 0.4}, adapters=[{"path": str(a), "weight": 1.0},
                                                                           {"path": str(b), "weight": 0.5}])
-    whole = merge_adapters(spec, tmp_path / "whole")
+    merge_adapters(spec, tmp_path / "whole")
     monkeypatch.setattr(merger, "BLOCK_BYTES", 200_000)  # embeddings (47 MB) and the 384×384 layers in blocks
     blocked = merge_adapters(spec, tmp_path / "blocked")
     assert blocked["layers"]["embeddings.word_embeddings.weight"]["blocks"] > 200

@@ -7,9 +7,9 @@ import shutil
 
 import numpy as np
 import pytest
+from merge_helpers import make_adapter, write_merge_yaml
 from safetensors.numpy import load_file, save_file
 
-from merge_helpers import make_adapter, write_merge_yaml
 from taskloom.artifacts import sha256_file
 from taskloom.cli import main
 

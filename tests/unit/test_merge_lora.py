@@ -7,9 +7,9 @@ import json
 
 import numpy as np
 import pytest
+from merge_helpers import base_state, dense_merge, lora_deltas, make_adapter, write_merge_yaml
 from safetensors.numpy import load_file
 
-from merge_helpers import base_state, dense_merge, lora_deltas, make_adapter, write_merge_yaml
 from taskloom.artifacts import sha256_file, verify_digest
 from taskloom.merge import merge_adapters, merge_from_config
 from taskloom.models.registry import resolve_base

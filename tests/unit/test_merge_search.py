@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from merge_helpers import base_state, dense_merge, lora_deltas, make_adapter, write_merge_yaml
 from safetensors.numpy import load_file
 
-from merge_helpers import base_state, dense_merge, lora_deltas, make_adapter, write_merge_yaml
 from taskloom.cli import main
 from taskloom.merge import merge_adapters, merge_from_config
 from taskloom.specs import MergeSpec

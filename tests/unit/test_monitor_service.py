@@ -20,8 +20,9 @@ import pytest
 from taskloom.cli import main
 from taskloom.events.receiver import WebhookReceiver
 from taskloom.monitor.policy import idempotency_key
-from taskloom.requestlog import append
 from taskloom.monitor.service import run_monitor
+from taskloom.requestlog import append
+from taskloom.specs import MonitorSpec
 
 SECRET = "monitor-test-secret"
 T0 = 1_700_000_100.0  # a multiple of the 60 s windows
@@ -121,8 +122,9 @@ def test_once_alarms_the_drifted_task_once_and_reports(world, capsys):
                      "--webhook", rx.url, "--secret-file", str(world["secret"]), *FAST]) == 0
         assert json.loads(capsys.readouterr().out)["windows"] == 0
         # a fresh --out (a monitor that lost its state) raises the same alarm: the receiver knows its id
-        again = run_monitor(log, world["repo"], world["tmp"] / "fresh-out", window=60, min_rows=15, permutations=100,
-                            once=True, webhook=rx.url, secret_file=world["secret"], say=lambda s: None)
+        again = run_monitor(log, world["repo"], world["tmp"] / "fresh-out",
+                            MonitorSpec(window=60, min_rows=15, permutations=100, once=True, webhook=rx.url,
+                                        secret_file=str(world["secret"])), say=lambda s: None)
         assert again["alarms"] == [key] and again["run_ids"] == ["run-1"]
         assert json.loads((world["tmp"] / "fresh-out" / "alarms.jsonl").read_text())["delivery"]["status"] == "duplicate"
     assert len(retrains.calls) == 1
@@ -133,13 +135,13 @@ def test_follow_mode_resumes_its_run_of_hits_after_a_restart(world, monkeypatch)
     out = world["tmp"] / "follow-out"
     monkeypatch.setenv("TASKLOOM_WEBHOOK_SECRET", SECRET)
     retrains = Retrains()
-    opts = dict(window=60, min_rows=15, permutations=100, poll=0.05, max_polls=1, say=lambda s: None)
+    opts = dict(window=60, min_rows=15, permutations=100, poll=0.05, max_polls=1)
     with WebhookReceiver(SECRET, on_event=retrains) as rx:
         write_log(log, world["windows"], upto=3)  # windows 0-2: one hit for rt so far
-        first = run_monitor(log, world["repo"], out, webhook=rx.url, **opts)
+        first = run_monitor(log, world["repo"], out, MonitorSpec(webhook=rx.url, **opts), say=lambda s: None)
         assert first["tested"] == 6 and first["alarms"] == []
         write_log(log, world["windows"], start=3, upto=4)  # window 3: the second hit, after a restart
-        second = run_monitor(log, world["repo"], out, webhook=rx.url, **opts)
+        second = run_monitor(log, world["repo"], out, MonitorSpec(webhook=rx.url, **opts), say=lambda s: None)
     assert second["tested"] == 2 and second["alarms"] == [idempotency_key("rt", "rt-v1", T0 + 120)]
     assert len(retrains.calls) == 1
     assert len((out / "windows.jsonl").read_text().splitlines()) == 8
@@ -149,13 +151,13 @@ def test_an_undelivered_alarm_is_sent_on_the_next_run(world, monkeypatch):
     log = write_log(world["tmp"] / "later.jsonl", world["windows"], upto=4)
     out = world["tmp"] / "later-out"
     monkeypatch.setenv("TASKLOOM_WEBHOOK_SECRET", SECRET)
-    first = run_monitor(log, world["repo"], out, window=60, min_rows=15, permutations=100, once=True,
+    first = run_monitor(log, world["repo"], out, MonitorSpec(window=60, min_rows=15, permutations=100, once=True),
                         say=lambda s: None)  # no --webhook: recorded, not sent
     assert len(first["alarms"]) == 1 and first["delivered"] == 0
     retrains = Retrains()
     with WebhookReceiver(SECRET, on_event=retrains) as rx:
-        second = run_monitor(log, world["repo"], out, window=60, min_rows=15, permutations=100, once=True,
-                             webhook=rx.url, say=lambda s: None)
+        second = run_monitor(log, world["repo"], out, MonitorSpec(window=60, min_rows=15, permutations=100, once=True,
+                                                                  webhook=rx.url), say=lambda s: None)
     assert second["delivered"] == 1 and second["run_ids"] == ["run-1"] and len(retrains.calls) == 1
 
 
@@ -224,8 +226,8 @@ def test_chi2_on_the_labels_of_the_model_head(world, tmp_path, capsys):
     """--method chi2: the task's head in --model/heads/<task>/ labels the reference and each window."""
     import torch
 
-    from taskloom.models.registry import resolve_base
     from taskloom.models.heads import save_head
+    from taskloom.models.registry import resolve_base
 
     model = tmp_path / "model"
     model.mkdir()

@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 import pytest
 
 from taskloom.errors import UserError
-from taskloom.requestlog import LogReader, append
 from taskloom.monitor.windows import TumblingWindows, iso
+from taskloom.requestlog import LogReader, append
 
 T0 = 1_700_000_100.0  # a multiple of 300 and of 60
 

@@ -24,6 +24,8 @@ from taskloom.plugins import Registry
 from taskloom.tasks.catalog import build_task
 from taskloom.tasks.types import TASK_TYPES, TaskType
 
+pytestmark = pytest.mark.e2e  # tier: installs a plugin distribution and trains through the CLI in subprocesses
+
 BIN = Path(sys.executable).parent / "taskloom"
 
 HALFWAY = '''

@@ -10,20 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
-
-from taskloom.data.rows import write_rows
-from taskloom.tasks.catalog import build_task
 
 
 @pytest.fixture(scope="module")
-def task(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("task")
-    spec, train, eval_ = build_task("rt-sentiment")
-    write_rows(folder / "train.jsonl", train[:24])
-    write_rows(folder / "eval.jsonl", eval_[:12])
-    (folder / "task.yaml").write_text(yaml.safe_dump(spec))
-    return folder / "task.yaml"
+def task(rt_small) -> Path:
+    return rt_small  # the shared 24/12-row rt-sentiment task (tests/conftest.py)
 
 
 def run_train(task: Path, out: Path, require: str | None) -> subprocess.CompletedProcess:

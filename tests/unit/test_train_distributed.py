@@ -13,8 +13,9 @@ import subprocess
 import sys
 
 import pytest
-
 from test_train_lora import slice_task, steps
+
+pytestmark = pytest.mark.e2e  # tier: torchrun with two processes
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 ARGS = ["--max-steps", "12", "--batch-size", "8", "--max-length", "32", "--lr", "2e-3", "--checkpoint-every", "0",

@@ -17,13 +17,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from test_train_lora import slice_task, steps
 
 from taskloom.specs import TrainSpec, load_task
 from taskloom.train.sampling import plan, task_probabilities
 
-from test_train_lora import slice_task, steps
-
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::FutureWarning")]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 # one short rt-sentiment run, with a checkpoint every 4 steps
 RUN = ["--max-steps", "12", "--batch-size", "8", "--max-length", "32", "--lr", "2e-3", "--checkpoint-every", "4"]

@@ -75,7 +75,7 @@ def test_a_failed_first_load_leaves_nothing(tmp_path, monkeypatch):
     pkg = tmp_path / "pkg"
     pkg.mkdir()
     (pkg / "broken.gguf").write_bytes(b"GGUF" + b"\0" * 60)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 (whatever gguf raises on a truncated file; the point is what is left)
         cached_gguf_folder(pkg, "broken.gguf", "broken")
     models = tmp_path / "cache" / "models"
     assert [p.name for p in models.iterdir()] == [".broken.lock"]  # no final folder, no staging left

@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_train_lora import slice_task
 
 from taskloom.specs import TrainSpec, load_task
-
-from test_train_lora import slice_task
 
 torch = pytest.importorskip("torch")
 pytestmark = [pytest.mark.gpu, pytest.mark.filterwarnings("ignore::FutureWarning"),

@@ -30,7 +30,9 @@ def label_entropy(labels: list[str]) -> float:
     return float(-sum(c / n * math.log2(c / n) for c in counts.values())) if n else 0.0
 
 
-def profile_task(spec, train_rows: list[dict], sample: int = REFERENCE_SIZE, seed: int = SEED, model: str = "minilm") -> dict:
+def profile_task(
+    spec, train_rows: list[dict], sample: int = REFERENCE_SIZE, seed: int = SEED, model: str = "minilm"
+) -> dict:
     """Profile of a task (a TaskSpec or a spec dict) from its training rows.
 
     `reference` is a seeded sample of up to `sample` embeddings of the distinct main texts (text,

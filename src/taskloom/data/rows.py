@@ -99,12 +99,13 @@ def _check_value(where: str, field: str, kind: str, value) -> None:
             raise UserError(f"{where}: field {field!r}: expected a string, got {_kind_name(value)} ({value!r})")
     elif kind == "score":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"{where}: field {field!r}: expected a number in [0, 1], got {_kind_name(value)} ({value!r})")
+            raise UserError(
+                f"{where}: field {field!r}: expected a number in [0, 1], got {_kind_name(value)} ({value!r})"
+            )
         if math.isnan(value) or not 0.0 <= value <= 1.0:
             raise UserError(f"{where}: field {field!r}: {value!r} is outside [0, 1]")
-    elif kind == "str_list":
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise UserError(f"{where}: field {field!r}: expected a list of strings, got {_kind_name(value)}")
+    elif kind == "str_list" and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+        raise UserError(f"{where}: field {field!r}: expected a list of strings, got {_kind_name(value)}")
 
 
 def write_rows(path: str | Path, rows: list[dict]) -> Path:

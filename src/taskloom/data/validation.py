@@ -30,6 +30,7 @@ from taskloom.tasks.types import BALANCE_FRACTION, TASK_TYPES
 MIN_ROWS = {"train": 20, "eval": 10}
 MAX_TEXT_CHARS = 10_000  # longer than any document taskloom trains on; catches pasted files
 
+
 @dataclass
 class Check:
     """One named check of one split, aggregated over its expectations."""
@@ -100,7 +101,9 @@ class ValidationReport:
         console = Console(file=buf, width=120, color_system=None, force_terminal=False)
         console.print(table)
         for c in self.failures + self.warnings:
-            console.print(f"{c.status}: {c.name} ({c.split}): {c.detail}", soft_wrap=True, markup=False, highlight=False)
+            console.print(
+                f"{c.status}: {c.name} ({c.split}): {c.detail}", soft_wrap=True, markup=False, highlight=False
+            )
         return buf.getvalue()
 
     def to_html(self) -> str:
@@ -108,7 +111,9 @@ class ValidationReport:
         head = "".join(f"<th>{h}</th>" for h in ("check", "split", "severity", "observed", "result", "detail"))
         body = "".join(
             f'<tr class="{c.status.lower()}">'
-            + "".join(f"<td>{html.escape(str(v))}</td>" for v in (c.name, c.split, c.severity, c.observed, c.status, c.detail))
+            + "".join(
+                f"<td>{html.escape(str(v))}</td>" for v in (c.name, c.split, c.severity, c.observed, c.status, c.detail)
+            )
             + "</tr>"
             for c in self.checks
         )
@@ -148,13 +153,20 @@ def _suite(task_type: str, labels: list[str] | None, split: str, train_keys: lis
         add("nulls", "error", f, gxe.ExpectColumnValuesToNotBeNull(column=f))
     items += kind.expectations(labels)  # the type's own: label set and balance, score range, ...
     for f in kind.text_fields:
-        add("text_lengths", "error", f, gxe.ExpectColumnValueLengthsToBeBetween(column=f, min_value=1, max_value=MAX_TEXT_CHARS))
+        add(
+            "text_lengths",
+            "error",
+            f,
+            gxe.ExpectColumnValueLengthsToBeBetween(column=f, min_value=1, max_value=MAX_TEXT_CHARS),
+        )
         add("text_lengths", "error", f, gxe.ExpectColumnValuesToNotMatchRegex(column=f, regex=r"^\s*$"))
     keys = [f"_key_{f}" for f in kind.identity_fields]
     if len(keys) == 1:
         add("duplicates", "error", kind.identity_fields[0], gxe.ExpectColumnValuesToBeUnique(column=keys[0]))
     else:
-        add("duplicates", "error", "+".join(kind.identity_fields), gxe.ExpectCompoundColumnsToBeUnique(column_list=keys))
+        add(
+            "duplicates", "error", "+".join(kind.identity_fields), gxe.ExpectCompoundColumnsToBeUnique(column_list=keys)
+        )
     add("min_rows", "error", None, gxe.ExpectTableRowCountToBeBetween(min_value=MIN_ROWS[split]))
     if split == "eval" and train_keys is not None:
         for f in kind.identity_fields:
@@ -208,7 +220,10 @@ def _describe(check: str, fld: str | None, res, path: Path, labels, split: str) 
     if check == "class_balance":
         share = _share(res)
         need = BALANCE_FRACTION / max(len(labels or []), 1)
-        return f"{fld!r} {share:.1%} (min {need:.1%})", f"{path}: label {fld!r} is {share:.1%} of rows, below {need:.1%}"
+        return (
+            f"{fld!r} {share:.1%} (min {need:.1%})",
+            f"{path}: label {fld!r} is {share:.1%} of rows, below {need:.1%}",
+        )
     if check == "nulls":
         return f"{bad} null", f"{at}: is null"
     if check == "label_set":
@@ -216,9 +231,15 @@ def _describe(check: str, fld: str | None, res, path: Path, labels, split: str) 
     if check == "score_range":
         return f"{bad} outside [0, 1]", f"{at}: {first_value!r} is outside [0, 1]"
     if check == "text_lengths":
-        return f"{bad} empty or > {MAX_TEXT_CHARS} chars", f"{at}: empty, blank or longer than {MAX_TEXT_CHARS} characters"
+        return (
+            f"{bad} empty or > {MAX_TEXT_CHARS} chars",
+            f"{at}: empty, blank or longer than {MAX_TEXT_CHARS} characters",
+        )
     if check == "duplicates":
-        return f"{bad} duplicated rows", f"{at}: the same text appears more than once in {path.name} (rows {', '.join(map(str, rows[:5]))})"
+        return (
+            f"{bad} duplicated rows",
+            f"{at}: the same text appears more than once in {path.name} (rows {', '.join(map(str, rows[:5]))})",
+        )
     if check == "leakage":
         return f"{bad} eval texts in train", f"{at}: also in the train split ({bad} eval rows leak)"
     return f"{bad} unexpected", at
@@ -251,7 +272,9 @@ def _aggregate(results, paths: dict[str, Path], labels, split: str) -> list[Chec
             # report the smallest class whether or not it passes
             observed = described[min(range(len(parts)), key=lambda i: _share(parts[i][2]))][1]
         elif name == "schema":
-            observed = "all columns present" if ok else "missing: " + ", ".join(f for (_s, f, r) in parts if not r.success)
+            observed = (
+                "all columns present" if ok else "missing: " + ", ".join(f for (_s, f, r) in parts if not r.success)
+            )
         elif failing:
             observed = "; ".join(o for o, _d in failing)
         else:

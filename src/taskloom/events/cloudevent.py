@@ -55,7 +55,7 @@ def format_time(t: datetime) -> str:
 
 
 def signing_input(event_id: str, event_time: str, body: bytes) -> bytes:
-    return f"{event_id}.{event_time}.".encode("utf-8") + body
+    return f"{event_id}.{event_time}.".encode() + body
 
 
 def sign(body: bytes, secret: str | bytes) -> str:
@@ -68,7 +68,12 @@ def make_event(type: str, source: str, data: dict, id: str | None = None):
     idempotency key) a resend is the same event, which the receiver accepts only once."""
     from cloudevents.core.v1.event import CloudEvent
 
-    attributes = {"type": type, "source": source, "datacontenttype": "application/json", "time": datetime.now(timezone.utc)}
+    attributes = {
+        "type": type,
+        "source": source,
+        "datacontenttype": "application/json",
+        "time": datetime.now(timezone.utc),
+    }
     if id is not None:
         if not isinstance(id, str) or not id:
             raise UserError(f"event id must be a non-empty string, got {id!r}")
@@ -87,8 +92,15 @@ def to_request(event, secret: str | bytes) -> tuple[dict[str, str], bytes]:
     return headers, msg.body
 
 
-def send_event(url: str, event_type: str, data: dict, secret: str | bytes, source: str = "taskloom/monitor",
-               timeout: float = 10, event_id: str | None = None) -> dict:
+def send_event(
+    url: str,
+    event_type: str,
+    data: dict,
+    secret: str | bytes,
+    source: str = "taskloom/monitor",
+    timeout: float = 10,
+    event_id: str | None = None,
+) -> dict:
     """POST one signed event; {"status": HTTP status, "id": event id, "response": parsed JSON or text}.
 
     `event_id`: a fixed id (e.g. an alarm's idempotency key) so that a retry is recognised as a replay."""

@@ -62,8 +62,16 @@ def load_token(path: str | Path | None = None, env: str = TOKEN_ENV) -> str:
 class EventGateway:
     """Threaded HTTP server: verify, refuse replays, forward with the bearer token. `.url`, `.forwarded`, `.rejected`."""
 
-    def __init__(self, secret: str | bytes, forward_url: str, token: str, host: str = "127.0.0.1", port: int = 0,
-                 max_age: float = 300.0, timeout: float = 10.0):
+    def __init__(
+        self,
+        secret: str | bytes,
+        forward_url: str,
+        token: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_age: float = 300.0,
+        timeout: float = 10.0,
+    ):
         if not forward_url.startswith(("http://", "https://")):
             raise UserError(f"--forward {forward_url!r}: expected an http:// or https:// URL")
         if not token:
@@ -84,17 +92,17 @@ class EventGateway:
         self._thread: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
-    def start(self) -> "EventGateway":
+    def start(self) -> EventGateway:
         gateway = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 if self.path.split("?", 1)[0] == HEALTH_PATH:
                     self._answer(200, {"ok": True})
                 else:
                     self._answer(404, {"error": "not found"})
 
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 self._answer(*gateway.handle(dict(self.headers.items()), self._body()))
 
             def _answer(self, status: int, payload: dict) -> None:
@@ -123,8 +131,9 @@ class EventGateway:
             raise UserError(f"cannot listen on {self.host}:{self.port}: {e.strerror or e}") from None
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="taskloom-gateway", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="taskloom-gateway", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -132,10 +141,11 @@ class EventGateway:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
-            self._thread.join(timeout=5)
+            if self._thread is not None:
+                self._thread.join(timeout=5)
             self._server = self._thread = None
 
-    def __enter__(self) -> "EventGateway":
+    def __enter__(self) -> EventGateway:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -169,7 +179,7 @@ class EventGateway:
         if replay:
             return self._reject(409, "replayed event (id already forwarded)", event_id, duplicate=True)
         status, error = self._forward(headers, body)
-        if error is not None:
+        if error is not None or status is None:  # (status is None only with an error)
             with self._lock:
                 self._seen.pop(event_id, None)  # not delivered: the sender's retry (same id) may go through
             log.error("gateway could not forward event %s: %s", event_id, error)
@@ -179,7 +189,7 @@ class EventGateway:
         log.info("gateway forwarded event %s (webhook answered %d)", event_id, status)
         return status, {"event_id": event_id, "forwarded": status}
 
-    def _forward(self, headers: dict[str, str], body: bytes) -> tuple[int | None, str | None]:
+    def _forward(self, headers: dict[str, str], body: bytes | None) -> tuple[int | None, str | None]:
         """POST the request on with the bearer token: (status, None) on 2xx, else (status or None, why)."""
         out = {k: v for k, v in headers.items() if k.lower().startswith("ce-") or k.lower() in FORWARD_HEADERS}
         out["Authorization"] = f"Bearer {self._token}"
@@ -197,8 +207,16 @@ class EventGateway:
         return status, None
 
 
-def run_gateway(forward: str, *, host: str = "127.0.0.1", port: int = 8080, secret_file=None, token_file=None,
-                max_age: float = 300.0, timeout: float = 10.0) -> int:
+def run_gateway(
+    forward: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    secret_file=None,
+    token_file=None,
+    max_age: float = 300.0,
+    timeout: float = 10.0,
+) -> int:
     """`taskloom events gateway`: serve in the foreground until Ctrl-C or SIGTERM; prints its URL first."""
     import signal
     import sys

@@ -17,9 +17,9 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 from taskloom.events.cloudevent import SIGNATURE_HEADER, _secret_bytes, format_time, sign, signing_input
 
@@ -32,8 +32,14 @@ MAX_BODY = 1 << 20  # 1 MiB: a drift alarm is a few hundred bytes
 class WebhookReceiver:
     """Threaded HTTP server on loopback; `.url`, `.received` [{"event_id","run_id","type","source"}], `.rejected`."""
 
-    def __init__(self, secret: str | bytes, on_event: Callable[[dict], str | None], host: str = "127.0.0.1",
-                 port: int = 0, max_age: float = 300.0):
+    def __init__(
+        self,
+        secret: str | bytes,
+        on_event: Callable[[dict], str | None],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_age: float = 300.0,
+    ):
         self._secret = _secret_bytes(secret)
         self.on_event = on_event
         self.host, self.port, self.max_age = host, port, float(max_age)
@@ -45,11 +51,11 @@ class WebhookReceiver:
         self._thread: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
-    def start(self) -> "WebhookReceiver":
+    def start(self) -> WebhookReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's name)
+            def do_POST(self):  # http.server's name
                 status, payload = receiver.handle(dict(self.headers.items()), self._body())
                 data = json.dumps(payload).encode()
                 self.send_response(status)
@@ -73,8 +79,9 @@ class WebhookReceiver:
         self._server = ThreadingHTTPServer((self.host, self.port), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="taskloom-webhook", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="taskloom-webhook", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -82,10 +89,11 @@ class WebhookReceiver:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
-            self._thread.join(timeout=5)
+            if self._thread is not None:
+                self._thread.join(timeout=5)
             self._server = self._thread = None
 
-    def __enter__(self) -> "WebhookReceiver":
+    def __enter__(self) -> WebhookReceiver:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -125,8 +133,9 @@ class WebhookReceiver:
             return 500, {"error": f"handler failed: {type(e).__name__}", "event_id": event_id}
         with self._lock:
             self._seen[event_id] = (stamp, run_id)
-            self.received.append({"event_id": event_id, "run_id": run_id, "type": event.get_type(),
-                                  "source": event.get_source()})
+            self.received.append(
+                {"event_id": event_id, "run_id": run_id, "type": event.get_type(), "source": event.get_source()}
+            )
         log.info("webhook accepted event %s → run %s", event_id, run_id)
         return 202, {"event_id": event_id, "run_id": run_id}
 

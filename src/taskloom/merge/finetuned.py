@@ -22,6 +22,11 @@ class FineTunedModel:
 
     kind = "full"
 
+    # set by taskloom.merge.merger._open_input: how the base was checked, the task and type it was trained for
+    base_check: str
+    task: str | None
+    task_type: str | None
+
     def __init__(self, folder: Path, base_dir: Path, base: ModelWeights, stack: ExitStack, label: str):
         self.folder, self.label = folder, label
         files = weight_files(folder)

@@ -40,6 +40,11 @@ class LoraAdapter:
 
     kind = "lora"
 
+    # set by taskloom.merge.merger._open_input: how the base was checked, the task and type it was trained for
+    base_check: str
+    task: str | None
+    task_type: str | None
+
     def __init__(self, folder: Path, base: ModelWeights, matcher: KeyMatcher, stack: ExitStack, label: str):
         self.folder, self.label = folder, label
         self.config = cfg = read_config(folder, label)
@@ -115,6 +120,7 @@ class LoraAdapter:
             b = self.weights.get(f.b_key).float()
             if f.kind == "bias":
                 return b * f.scaling
+            assert f.a_key is not None  # every kind but "bias" has an A factor
             d = (b @ self.weights.get(f.a_key).float()) * f.scaling
             return d.T.contiguous() if f.transpose else d
         key = self.replaced.get(base_key)
@@ -129,6 +135,7 @@ class LoraAdapter:
             b = self.weights.get(f.b_key).float()
             if f.kind == "bias":
                 return b[start:stop] * f.scaling
+            assert f.a_key is not None  # every kind but "bias" has an A factor
             a = self.weights.get(f.a_key).float()
             if f.transpose:  # rows of (B·A)ᵀ are columns of B·A
                 return ((b @ a[:, start:stop]) * f.scaling).T.contiguous()

@@ -20,6 +20,7 @@ from contextlib import ExitStack
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
+from typing import cast
 
 from taskloom.artifacts import (
     publish_dir,
@@ -36,7 +37,7 @@ from taskloom.jsonfiles import read_json
 from taskloom.merge.factor import refactor
 from taskloom.merge.finetuned import FineTunedModel
 from taskloom.merge.lora import LoraAdapter
-from taskloom.merge.methods import Delta, TensorContext, get_method
+from taskloom.merge.methods import Delta, SearchMethod, TensorContext, get_method
 from taskloom.merge.provenance import check_base, recorded_base
 from taskloom.merge.search import run_search
 from taskloom.merge.weights import (
@@ -102,11 +103,12 @@ def merge_adapters(spec: MergeSpec, out: Path, *, max_shard_bytes: int = 2 << 30
                     raise UserError(f"{inp.label}: output: adapter needs LoRA adapters as inputs, this is a full model")
 
         search, per_tensor = None, None
-        if getattr(method, "searches", False):
+        if getattr(method, "searches", False):  # a plugin may set `searches` without subclassing SearchMethod
+            final_name = cast(SearchMethod, method).final
             chosen, search = run_search(method, spec, inputs, base, base_dir, params, score)
             per_tensor = search.pop("tensor_weights", None)
-            search = {"final_method": method.final, "weights": chosen, **search}
-            final = get_method(method.final)
+            search = {"final_method": final_name, "weights": chosen, **search}
+            final = get_method(final_name)
             final_params = final.parameters({})
             final.check(chosen, final_params)
         else:
@@ -116,9 +118,13 @@ def merge_adapters(spec: MergeSpec, out: Path, *, max_shard_bytes: int = 2 << 30
         try:
             weights_of = (lambda key: per_tensor.get(key, chosen)) if per_tensor else (lambda key: chosen)
             if spec.output == "full":
-                layers, extra = _write_full(base, base_dir, inputs, final, final_params, weights_of, staging, max_shard_bytes)
+                layers, extra = _write_full(
+                    base, base_dir, inputs, final, final_params, weights_of, staging, max_shard_bytes
+                )
             else:
-                layers, extra = _write_adapter(base, base_dir, inputs, final, final_params, weights_of, staging, spec.rank)
+                layers, extra = _write_adapter(
+                    base, base_dir, inputs, final, final_params, weights_of, staging, spec.rank
+                )
             if search is not None:
                 extra["search"] = search
             heads = _copy_heads(inputs, weights, staging)
@@ -156,9 +162,12 @@ def _open_input(folder: Path, label: str, base_name: str, base_dir: Path, base, 
         raise UserError(f"{label}: not a folder: {folder}")
     lora = (folder / ADAPTER_CONFIG).exists() or (folder / ADAPTER_WEIGHTS).exists()
     if not lora and not ((folder / "config.json").exists() and weight_files(folder)):
-        raise UserError(f"{label}: {folder} holds neither a LoRA adapter ({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS}) "
-                        "nor a model (config.json + *.safetensors)")
+        raise UserError(
+            f"{label}: {folder} holds neither a LoRA adapter ({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS}) "
+            "nor a model (config.json + *.safetensors)"
+        )
     base_check = check_base(recorded_base(folder, label), base_name, base_dir, label)  # before shapes: clearer
+    inp: LoraAdapter | FineTunedModel
     if lora:
         inp = LoraAdapter(folder, base, matcher, stack, label)
     else:
@@ -205,6 +214,7 @@ def _merged_rows(key, base, inputs, method, params, weights, ranges, record: dic
                 d = inp.delta_rows(key, base.get_rows(key, start, stop), start, stop)
                 _finite(d, f"{inp.label}: tensor {key}")
                 yield d
+
         return blocks
 
     stats = [None if inp is None else method.tensor_stats(blocks_of(inp), math.prod(shape), params) for inp in touching]
@@ -215,8 +225,10 @@ def _merged_rows(key, base, inputs, method, params, weights, ranges, record: dic
         if is_float(base.dtype(key)):
             _finite(w0, f"base model: tensor {key}")
         part = tuple(w0.shape)
-        deltas = [Delta(None if t is None else partial(t.delta_rows, key, w0, start, stop), part, inp.label, key)
-                  for t, inp in zip(touching, inputs)]
+        deltas = [
+            Delta(None if t is None else partial(t.delta_rows, key, w0, start, stop), part, inp.label, key)
+            for t, inp in zip(touching, inputs)
+        ]
         d = method.merge(deltas, weights, params, TensorContext(key, part, seed=seed, block=b, stats=stats))
         sq_inputs = [q + x.norm**2 for q, x in zip(sq_inputs, deltas)]
         sq_delta += float(d.double().pow(2).sum())
@@ -226,8 +238,14 @@ def _merged_rows(key, base, inputs, method, params, weights, ranges, record: dic
         _finite(w, f"merged tensor {key} (check lambda and the weights)")
         yield w.to(w0.dtype)
         del w, w0, deltas
-    record.update({"delta_norm": round(math.sqrt(sq_delta), 6), "base_norm": round(math.sqrt(sq_base), 6),
-                   "input_norms": [round(math.sqrt(q), 6) for q in sq_inputs], "blocks": len(ranges)})
+    record.update(
+        {
+            "delta_norm": round(math.sqrt(sq_delta), 6),
+            "base_norm": round(math.sqrt(sq_base), 6),
+            "input_norms": [round(math.sqrt(q), 6) for q in sq_inputs],
+            "blocks": len(ranges),
+        }
+    )
 
 
 def _write_full(base, base_dir, inputs, method, params, weights_of, staging, max_shard_bytes):
@@ -243,15 +261,20 @@ def _write_full(base, base_dir, inputs, method, params, weights_of, staging, max
             ranges = _row_blocks(base.shape(key)) if key in targeted and method.blockwise else None
             if ranges is not None:
                 layers[key] = {}
-                writer.write_rows(key, _merged_rows(key, base, inputs, method, params, weights_of(key), ranges, layers[key]))
+                writer.write_rows(
+                    key, _merged_rows(key, base, inputs, method, params, weights_of(key), ranges, layers[key])
+                )
                 continue
             w0 = base.get(key)
             if is_float(base.dtype(key)):
                 _finite(w0, f"base model: tensor {key}")
             if key in targeted:
                 d, norms = _merged_delta(key, w0, inputs, method, params, weights_of(key))
-                layers[key] = {"delta_norm": round(float(d.norm()), 6), "base_norm": round(float(w0.float().norm()), 6),
-                               "input_norms": norms}
+                layers[key] = {
+                    "delta_norm": round(float(d.norm()), 6),
+                    "base_norm": round(float(w0.float().norm()), 6),
+                    "input_norms": norms,
+                }
                 w = d.add_(w0.float())  # the merged Δ is the method's own new tensor: W₀ + Δ in its place
                 _finite(w, f"merged tensor {key} (check lambda and the weights)")
                 w0 = w.to(w0.dtype)
@@ -288,8 +311,11 @@ def _write_adapter(base, base_dir, inputs, method, params, weights_of, staging, 
         w0 = base.get(key)
         d, norms = _merged_delta(key, w0, inputs, method, params, weights_of(key))
         _finite(d, f"merged Δ of {key} (check lambda and the weights)")
-        entry = {"delta_norm": round(float(d.norm()), 6), "base_norm": round(float(w0.float().norm()), 6),
-                 "input_norms": norms}
+        entry = {
+            "delta_norm": round(float(d.norm()), 6),
+            "base_norm": round(float(w0.float().norm()), 6),
+            "input_norms": norms,
+        }
         if key in whole:
             tensors[f"base_model.model.{key}"] = (w0.float() + d).to(w0.dtype)
             saved_modules.add(key.rsplit(".", 1)[0])
@@ -312,7 +338,7 @@ def _write_adapter(base, base_dir, inputs, method, params, weights_of, staging, 
                 entry["relative_error"] = rel
         layers[key] = entry
     if lora_bias:  # PEFT gives every LoRA B a bias then: zeros where the merge has none
-        for key, f in factors.items():
+        for f in factors.values():
             name = f"base_model.model.{f.module}.lora_B.bias"
             if f.kind == "linear" and name not in tensors:
                 tensors[name] = torch.zeros(tensors[f"base_model.model.{f.module}.lora_B.weight"].shape[0])
@@ -336,12 +362,15 @@ def _write_adapter(base, base_dir, inputs, method, params, weights_of, staging, 
     write_json(staging / ADAPTER_CONFIG, config)
     overall = math.sqrt(sq_err / sq_total) if sq_total > 0 else 0.0
     worst = max((e.get("relative_error", 0.0) for e in layers.values()), default=0.0)
-    return layers, {"files": [ADAPTER_WEIGHTS, ADAPTER_CONFIG],
-                    "refactor": {"rank": rank, "relative_error": overall, "max_layer_relative_error": worst}}
+    return layers, {
+        "files": [ADAPTER_WEIGHTS, ADAPTER_CONFIG],
+        "refactor": {"rank": rank, "relative_error": overall, "max_layer_relative_error": worst},
+    }
 
 
 def _copy_model_files(base_dir: Path, staging: Path) -> None:
     """config.json, tokenizer and sentence-transformers files of the base; never its weights."""
+
     def is_weight(p: Path) -> bool:
         return p.name.endswith(WEIGHT_SUFFIXES)
 
@@ -405,8 +434,15 @@ def _report(spec, method, params, base_dir, inputs, weights, layers, extra, head
         "output": spec.output,
         "out": str(out),
         "adapters": [
-            {"path": str(inp.folder), "weight": w, "task": inp.task, "type": inp.task_type,
-             "base_check": inp.base_check, "sha256": _sha256s(inp), **inp.describe()}
+            {
+                "path": str(inp.folder),
+                "weight": w,
+                "task": inp.task,
+                "type": inp.task_type,
+                "base_check": inp.base_check,
+                "sha256": _sha256s(inp),
+                **inp.describe(),
+            }
             for inp, w in zip(inputs, weights)
         ],
         "tasks": tasks,
@@ -423,10 +459,17 @@ def _report(spec, method, params, base_dir, inputs, weights, layers, extra, head
 
 def _model_card(report: dict) -> str:
     lines = [
-        "---", "library_name: transformers", "tags: [taskloom, merge, " + report["method"] + "]", "---", "",
-        f"# Merged with taskloom ({report['method']})", "",
-        f"Base: `{report['base_model']}`. Output: {report['output']}. Parameters: `{report['parameters']}`.", "",
-        "| input | task | weight | kind |", "|---|---|---|---|",
+        "---",
+        "library_name: transformers",
+        "tags: [taskloom, merge, " + report["method"] + "]",
+        "---",
+        "",
+        f"# Merged with taskloom ({report['method']})",
+        "",
+        f"Base: `{report['base_model']}`. Output: {report['output']}. Parameters: `{report['parameters']}`.",
+        "",
+        "| input | task | weight | kind |",
+        "|---|---|---|---|",
     ]
     for a in report["adapters"]:
         lines.append(f"| `{a['path']}` | {a['task'] or '-'} | {a['weight']} | {a['kind']} |")

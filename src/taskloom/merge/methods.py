@@ -99,7 +99,9 @@ class LinearParams(_Params):
 
 
 class ScaledParams(_Params):
-    lambda_: float = Field(default=1.0, alias="lambda", allow_inf_nan=False, description="λ: scale of the merged task vector")
+    lambda_: float = Field(
+        default=1.0, alias="lambda", allow_inf_nan=False, description="λ: scale of the merged task vector"
+    )
 
 
 class SparseParams(ScaledParams):
@@ -126,8 +128,11 @@ class DareParams(SparseParams):
 
 class DeltaGuidedParams(ScaledParams):
     gamma: float = Field(default=1.0, gt=0, allow_inf_nan=False, description="sharpness: αᵢ ∝ wᵢ|Δᵢ|^γ")
-    normalize: bool = Field(default=True, description="measure each |Δᵢ| in units of its own RMS over the tensor, "
-                            "so a task trained longer does not claim every parameter")
+    normalize: bool = Field(
+        default=True,
+        description="measure each |Δᵢ| in units of its own RMS over the tensor, "
+        "so a task trained longer does not claim every parameter",
+    )
 
 
 class Method:
@@ -307,7 +312,7 @@ class DeltaGuided(Method):
             x = d.get()
             mag = x.abs()
             if p.normalize:
-                rms = ctx.stats[i] if ctx.stats is not None else self.tensor_stats(lambda: [x], x.numel(), p)
+                rms = ctx.stats[i] if ctx.stats is not None else self.tensor_stats(lambda x=x: [x], x.numel(), p)
                 if rms > 0:
                     mag.div_(rms)
             a = weights[i] * mag.pow_(p.gamma)
@@ -329,10 +334,13 @@ class SelfPositioningParams(_Params):
     lr: float = Field(default=0.05, gt=0, allow_inf_nan=False, description="Adam learning rate for λ")
     max_length: int = Field(default=64, ge=8, description="tokens per text")
     objective: Literal["task_loss", "distill"] = Field(
-        default="task_loss", description="task_loss: each task's training objective on its probe rows; distill: on "
-        "each task's probe texts, the merged embeddings match those of that task's own adapter")
+        default="task_loss",
+        description="task_loss: each task's training objective on its probe rows; distill: on "
+        "each task's probe texts, the merged embeddings match those of that task's own adapter",
+    )
     granularity: Literal["task", "layer", "tensor"] = Field(
-        default="tensor", description="one coefficient per input (task), per input and layer, or per input and tensor")
+        default="tensor", description="one coefficient per input (task), per input and layer, or per input and tensor"
+    )
     seed: int = 0
 
 

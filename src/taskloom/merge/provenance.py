@@ -35,8 +35,10 @@ def trained_base(folder: Path) -> str:
     merge or serve it on the wrong model without a word)."""
     base = recorded_base(folder)
     if base is None:
-        raise UserError(f"{folder}: no recorded base model (neither task.json 'base' nor "
-                        "adapter_config.json 'base_model_name_or_path')")
+        raise UserError(
+            f"{folder}: no recorded base model (neither task.json 'base' nor "
+            "adapter_config.json 'base_model_name_or_path')"
+        )
     return base
 
 
@@ -54,12 +56,15 @@ def _catalog_name(ref: str) -> str | None:
 
 def _same_weights(a: Path, b: Path) -> bool:
     """Two model folders hold the same model: same config (but its name) and identical weight files."""
+
     def config(p: Path) -> dict:
         try:
             doc = json.loads((p / "config.json").read_text())
         except (OSError, ValueError):
             return {}
-        return {k: v for k, v in doc.items() if k not in ("_name_or_path", "transformers_version", "dtype", "torch_dtype")}
+        return {
+            k: v for k, v in doc.items() if k not in ("_name_or_path", "transformers_version", "dtype", "torch_dtype")
+        }
 
     if config(a) != config(b):
         return False

@@ -29,16 +29,17 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Protocol
 
 from taskloom.errors import UserError
 from taskloom.merge.methods import Delta
 from taskloom.merge.weights import KeyMatcher
 from taskloom.models.encoder import load_encoder, mean_pool
 from taskloom.models.heads import align_head, has_head, load_head
-from taskloom.specs import load_task
+from taskloom.specs import TaskSpec, load_task
 from taskloom.tasks.types import PAIR_OBJECTIVE, TASK_TYPES
 from taskloom.train.evaluate import check_trainable_type, load_split, score_encoder
 from taskloom.train.objectives import PAIR_LOSSES, classification_loss, info_nce_loss
@@ -51,16 +52,18 @@ Scorer = Callable[[object, object], dict]
 class Probe:
     """One task's probe: its spec, a seeded sample of its train rows, its head (classification)."""
 
-    task: object
+    task: TaskSpec
     rows: list[dict]
-    head: object | None
+    head: Any  # the task's torch Linear head (classification), else None
 
 
 def load_probes(task_paths: list[Path], inputs, rows_per_task: int, seed: int, heads: bool = True) -> list[Probe]:
     """Probes for the merge's tasks; a classification task takes its head from the input trained on it
     (`heads`: the head is required; otherwise it is taken when there is one)."""
     if not task_paths:
-        raise UserError("tasks: this method evaluates candidates: list the task.yaml files of the adapters under `tasks:`")
+        raise UserError(
+            "tasks: this method evaluates candidates: list the task.yaml files of the adapters under `tasks:`"
+        )
     probes = []
     for path in task_paths:
         task = load_task(path)
@@ -74,8 +77,11 @@ def load_probes(task_paths: list[Path], inputs, rows_per_task: int, seed: int, h
                 probes.append(Probe(task, rows, None))
                 continue
             if owner is None:
-                raise UserError(f"{path}: classification task {task.name!r}: no input adapter has its head (task.json + head.safetensors)")
+                raise UserError(
+                    f"{path}: classification task {task.name!r}: no input adapter has its head (task.json + head.safetensors)"
+                )
             raw, labels = load_head(owner.folder)
+            assert task.labels is not None  # TaskSpec requires labels for a labelled type
             head = align_head(raw, labels, task.labels, str(owner.folder / "head.json"))
             head.requires_grad_(False)
         probes.append(Probe(task, rows, head))
@@ -84,8 +90,11 @@ def load_probes(task_paths: list[Path], inputs, rows_per_task: int, seed: int, h
 
 def probe_scorer(probes: list[Probe]) -> Scorer:
     """The default scorer: each task's metric (taskloom.train.evaluate) on its probe rows."""
+
     def score(tok, model) -> dict:
-        return {p.task.name: float(score_encoder(p.task, tok, model, rows=p.rows, head=p.head)["value"]) for p in probes}
+        return {
+            p.task.name: float(score_encoder(p.task, tok, model, rows=p.rows, head=p.head)["value"]) for p in probes
+        }
 
     return score
 
@@ -109,7 +118,12 @@ class TaskVectors:
             per = {}
             for key, name in zip(keys, self.names):
                 if key in inp.keys():
-                    per[name] = Delta(lambda k=key, n=name: inp.delta(k, self.w0[n]), tuple(self.w0[name].shape), inp.label, key).get()
+                    per[name] = Delta(
+                        lambda k=key, n=name, inp=inp: inp.delta(k, self.w0[n]),
+                        tuple(self.w0[name].shape),
+                        inp.label,
+                        key,
+                    ).get()
             self.deltas.append(per)
 
     def state(self, coeffs, groups: dict[str, int] | None = None) -> dict:
@@ -128,6 +142,7 @@ class TaskVectors:
     def groups(self, granularity: str) -> tuple[list[str], dict[str, int]]:
         """(group labels, {parameter name: group index}) for one coefficient per input and group:
         "task" one group, "layer" one per encoder layer (`layer.<i>.` in the name), "tensor" one per tensor."""
+
         def label(name: str) -> str:
             if granularity == "task":
                 return "all"
@@ -164,11 +179,11 @@ def greedy_soup(tv: TaskVectors, tok, model, score: Scorer) -> tuple[list[float]
     soup, best = [order[0]], singles[order[0]][0]
     tried = [{"members": [i], "mean": s, "scores": sc} for i, (s, sc) in enumerate(singles)]
     for i in order[1:]:
-        mean, scores = mean_score(soup + [i])
+        mean, scores = mean_score([*soup, i])
         kept = mean >= best
-        tried.append({"members": sorted(soup + [i]), "mean": mean, "scores": scores, "kept": kept})
+        tried.append({"members": sorted([*soup, i]), "mean": mean, "scores": scores, "kept": kept})
         if kept:
-            soup, best = soup + [i], mean
+            soup, best = [*soup, i], mean
     _load(model, tv.w0)
     return [1.0 if i in soup else 0.0 for i in range(n)], {"soup": sorted(soup), "mean_score": best, "tried": tried}
 
@@ -188,6 +203,7 @@ def _task_loss(probe: Probe, rows: list[dict], model, params, tok, max_length: i
 
     task = probe.task
     if task.type == "classification":
+        assert task.labels is not None  # TaskSpec requires labels for classification
         gold = torch.tensor([task.labels.index(r["label"]) for r in rows])
         return classification_loss(probe.head(_embed(model, params, tok, [r["text"] for r in rows], max_length)), gold)
     if task.type == "pair_similarity":
@@ -206,6 +222,20 @@ def probe_texts(probe: Probe) -> list[str]:
     return list(dict.fromkeys(r[f] for f in fields for r in probe.rows))
 
 
+class _Objective(Protocol):
+    """What the λ search needs of an objective; a batch is row indices (_Distill) or rows (_TaskLoss)."""
+
+    def batches(self, name: str, rng: random.Random) -> Any: ...
+    def chunks(self, name: str) -> Any: ...
+    def loss(self, name: str, params, batch: Any) -> Any: ...
+
+
+def _objective(p, tv, probes, inputs, model, frozen, tok) -> _Objective:
+    if p.objective == "distill":
+        return _Distill(tv, probes, inputs, model, frozen, tok, p)
+    return _TaskLoss(probes, model, tok, p)
+
+
 class _Distill:
     """Objective `distill`: for task t, the mean squared distance between the merged model's unit
     embeddings of t's probe texts and those of t's own adapter (W₀ + the Δ of the inputs trained on t)."""
@@ -218,13 +248,16 @@ class _Distill:
             name = probe.task.name
             own = [1.0 if inp.task == name else 0.0 for inp in inputs]
             if not any(own):
-                raise UserError(f"tasks: {name}: no input adapter was trained on it (task.json), so objective "
-                                "distill has nothing to match; list only the adapters' tasks or use objective: task_loss")
+                raise UserError(
+                    f"tasks: {name}: no input adapter was trained on it (task.json), so objective "
+                    "distill has nothing to match; list only the adapters' tasks or use objective: task_loss"
+                )
             texts = probe_texts(probe)
             with torch.no_grad():
                 params = {**frozen, **tv.state(own)}
-                self.targets[name] = torch.cat([_embed(model, params, tok, texts[i : i + 64], p.max_length)
-                                                for i in range(0, len(texts), 64)])
+                self.targets[name] = torch.cat(
+                    [_embed(model, params, tok, texts[i : i + 64], p.max_length) for i in range(0, len(texts), 64)]
+                )
             self.texts[name] = texts
 
     def loss(self, name: str, params, idx: list[int]):
@@ -261,8 +294,9 @@ class _TaskLoss:
         return [c for c in chunks if len(c) >= 2] or [rows]
 
 
-def self_positioning(tv: TaskVectors, tok, model, probes: list[Probe], init: list[float], p,
-                     inputs=None) -> tuple[list[float], dict]:
+def self_positioning(
+    tv: TaskVectors, tok, model, probes: list[Probe], init: list[float], p, inputs=None
+) -> tuple[list[float], dict]:
     """(each input's mean learned coefficient, a record: the coefficients per tensor, loss per step).
 
     The objective is the mean over tasks of each task's loss relative to its loss at the start (its
@@ -274,15 +308,14 @@ def self_positioning(tv: TaskVectors, tok, model, probes: list[Probe], init: lis
     frozen.update({k: v for k, v in model.named_buffers()})
     labels, groups = tv.groups(p.granularity)
     lam = torch.tensor([[float(w)] * len(labels) for w in init], dtype=torch.float32, requires_grad=True)
-    if p.objective == "distill":
-        objective = _Distill(tv, probes, inputs, model, frozen, tok, p)
-    else:
-        objective = _TaskLoss(probes, model, tok, p)
+    objective = _objective(p, tv, probes, inputs, model, frozen, tok)
     names = [probe.task.name for probe in probes]
     with torch.no_grad():
         params = {**frozen, **tv.state(lam.detach(), groups)}
-        reference = {n: sum(float(objective.loss(n, params, c)) for c in objective.chunks(n)) / len(objective.chunks(n))
-                     for n in names}
+        reference = {
+            n: sum(float(objective.loss(n, params, c)) for c in objective.chunks(n)) / len(objective.chunks(n))
+            for n in names
+        }
     opt = torch.optim.Adam([lam], lr=p.lr)
     rng = random.Random(p.seed)
     history = []
@@ -294,15 +327,25 @@ def self_positioning(tv: TaskVectors, tok, model, probes: list[Probe], init: lis
         opt.zero_grad()
         loss.backward()
         opt.step()
-        history.append({"step": step, "loss": float(loss.detach()),
-                        "lambda": [round(float(x), 6) for x in lam.detach().mean(1)],
-                        "task_losses": {k: float(v.detach()) for k, v in losses.items()}})
+        history.append(
+            {
+                "step": step,
+                "loss": float(loss.detach()),
+                "lambda": [round(float(x), 6) for x in lam.detach().mean(1)],
+                "task_losses": {k: float(v.detach()) for k, v in losses.items()},
+            }
+        )
     final = lam.detach()
     per_tensor = {key: [float(x) for x in final[:, groups[name]]] for key, name in zip(tv.keys, tv.names)}
-    record = {"init": list(init), "objective": p.objective, "granularity": p.granularity,
-              "reference_losses": reference, "steps": history,
-              "coefficients": {label: [round(float(x), 6) for x in final[:, g]] for g, label in enumerate(labels)},
-              "tensor_weights": per_tensor}
+    record = {
+        "init": list(init),
+        "objective": p.objective,
+        "granularity": p.granularity,
+        "reference_losses": reference,
+        "steps": history,
+        "coefficients": {label: [round(float(x), 6) for x in final[:, g]] for g, label in enumerate(labels)},
+        "tensor_weights": per_tensor,
+    }
     return [float(x) for x in final.mean(1)], record
 
 
@@ -318,6 +361,8 @@ def run_search(method, spec, inputs, base, base_dir, params, score: Scorer | Non
             score = probe_scorer(load_probes(spec.task_paths(), inputs, params.probe_rows, params.seed))
         with torch.no_grad():
             return greedy_soup(tv, tok, model, score)
-    probes = load_probes(spec.task_paths(), inputs, params.probe_rows, params.seed, heads=params.objective == "task_loss")
+    probes = load_probes(
+        spec.task_paths(), inputs, params.probe_rows, params.seed, heads=params.objective == "task_loss"
+    )
     torch.manual_seed(params.seed)
     return self_positioning(tv, tok, model, probes, [a.weight for a in spec.adapters], params, inputs)

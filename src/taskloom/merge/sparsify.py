@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 def kept_count(numel: int, density: float) -> int:
     """How many entries a density keeps: round(density·n), at least one when density > 0."""
-    return min(numel, max(1, int(round(density * numel))))
+    return min(numel, max(1, round(density * numel)))
 
 
 def trim_by_magnitude(x, density: float, rescale: bool = False):

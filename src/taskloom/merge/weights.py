@@ -19,6 +19,7 @@ import os
 import struct
 from contextlib import ExitStack
 from pathlib import Path
+from typing import BinaryIO
 
 from taskloom.artifacts import write_digest, write_json
 from taskloom.errors import UserError
@@ -32,9 +33,18 @@ def _torch_dtypes() -> dict:
     import torch
 
     return {
-        "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-        "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+        "F64": torch.float64,
+        "F32": torch.float32,
+        "F16": torch.float16,
+        "BF16": torch.bfloat16,
+        "I64": torch.int64,
+        "I32": torch.int32,
+        "I16": torch.int16,
+        "I8": torch.int8,
+        "U8": torch.uint8,
+        "BOOL": torch.bool,
+        "F8_E4M3": torch.float8_e4m3fn,
+        "F8_E5M2": torch.float8_e5m2,
     }
 
 
@@ -87,7 +97,7 @@ class ModelWeights:
             if not path.exists():
                 raise UserError(f"{label}: missing weights file {path}")
             header, data_start = read_header(path)
-            handle = stack.enter_context(open(path, "rb"))
+            handle = stack.enter_context(open(path, "rb"))  # noqa: SIM115 (the ExitStack closes it)
             for key, entry in header.items():
                 self._where[key] = (handle, data_start, entry)
 
@@ -192,10 +202,27 @@ class StreamingWriter:
     dtypes/shapes exactly. Each file gets a sha256 beside it on `close`.
     """
 
-    def __init__(self, folder: Path, plan: list[tuple[str, str, tuple]], max_shard_bytes: int = 2 << 30,
-                 metadata: dict | None = None):
-        itemsize = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-                    "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+    def __init__(
+        self,
+        folder: Path,
+        plan: list[tuple[str, str, tuple]],
+        max_shard_bytes: int = 2 << 30,
+        metadata: dict | None = None,
+    ):
+        itemsize = {
+            "F64": 8,
+            "F32": 4,
+            "F16": 2,
+            "BF16": 2,
+            "I64": 8,
+            "I32": 4,
+            "I16": 2,
+            "I8": 1,
+            "U8": 1,
+            "BOOL": 1,
+            "F8_E4M3": 1,
+            "F8_E5M2": 1,
+        }
         self.folder = folder
         self.metadata = {"format": "pt", **(metadata or {})}
         shards: list[list[tuple[str, str, tuple, int]]] = [[]]
@@ -208,11 +235,13 @@ class StreamingWriter:
             shards[-1].append((name, dtype, tuple(shape), nbytes))
             size += nbytes
         n = len(shards)
-        self.names = ["model.safetensors"] if n == 1 else [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+        self.names = (
+            ["model.safetensors"] if n == 1 else [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+        )
         self._shards = shards
         self._order = [(s, name, dtype, shape) for s, shard in enumerate(shards) for name, dtype, shape, _ in shard]
         self._pos = 0
-        self._file = None
+        self._file: BinaryIO | None = None
         self._shard = -1
         self.total_size = sum(nbytes for shard in shards for *_, nbytes in shard)
 
@@ -225,15 +254,16 @@ class StreamingWriter:
             offset += nbytes
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned
-        self._file = open(self.folder / self.names[s], "wb")
+        self._file = open(self.folder / self.names[s], "wb")  # noqa: SIM115 (open across calls; closed per shard)
         self._file.write(struct.pack("<Q", len(raw)) + raw)
         self._shard = s
 
     def _finish(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        self._file = None
+        f, self._file = self._file, None
+        assert f is not None, "no shard open"
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
 
     def write(self, name: str, tensor) -> None:
         self.write_rows(name, [tensor])
@@ -245,12 +275,20 @@ class StreamingWriter:
         s, want, dtype, shape = self._order[self._pos]
         rows = 0
         for block in blocks:
-            if name != want or tuple(block.shape[1:]) != shape[1:] or block.dtype != _torch_dtypes()[dtype] \
-                    or (len(shape) == 0 and rows > 0) or rows + (block.shape[0] if shape else 1) > (shape[0] if shape else 1):
-                raise RuntimeError(f"writer expected {want} {dtype} {shape}, got {name} {block.dtype} "
-                                   f"{tuple(block.shape)} after {rows} rows")
+            if (
+                name != want
+                or tuple(block.shape[1:]) != shape[1:]
+                or block.dtype != _torch_dtypes()[dtype]
+                or (len(shape) == 0 and rows > 0)
+                or rows + (block.shape[0] if shape else 1) > (shape[0] if shape else 1)
+            ):
+                raise RuntimeError(
+                    f"writer expected {want} {dtype} {shape}, got {name} {block.dtype} "
+                    f"{tuple(block.shape)} after {rows} rows"
+                )
             if s != self._shard:
                 self._open(s)
+            assert self._file is not None  # _open(s) opened shard s
             if block.numel():
                 self._file.write(memoryview(block.detach().contiguous().reshape(-1).view(torch.uint8).numpy()))
             rows += block.shape[0] if shape else 1

@@ -74,7 +74,7 @@ def split_keys(keys) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
     return parts, plain
 
 
-def pattern_value(patterns: dict, module: str, default):
+def pattern_value(patterns: dict | None, module: str, default):
     """PEFT's `rank_pattern` / `alpha_pattern` lookup: the first key matching the end of the module name."""
     for key, value in (patterns or {}).items():
         if re.match(rf"(.*\.)?({key})$", module):

@@ -57,7 +57,7 @@ def _build_from_gguf(package_dir: Path, gguf_file: str, final: Path) -> None:
     try:
         tok = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf_file)
         lm = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=gguf_file, dtype=torch.float32)
-        lm.hf_quantizer = None  # the weights are plain float32 now; save them as such
+        lm.hf_quantizer = None  # type: ignore[assignment]  # torch types Module attributes as Tensor | Module; the weights are plain float32 now; save them as such
         if hasattr(lm.config, "quantization_config"):
             del lm.config.quantization_config
         lm.save_pretrained(stage)

@@ -29,11 +29,13 @@ def load_causal(name_or_path: str | os.PathLike = "smollm2", device: str = "cpu"
     path = resolve_base(name_or_path)
     cfg = json.loads((path / "config.json").read_text())
     if "CausalLM" not in " ".join(cfg.get("architectures") or []):
-        raise UserError(f"base model {str(name_or_path)!r}: not a causal language model (architectures {cfg.get('architectures')})")
+        raise UserError(
+            f"base model {str(name_or_path)!r}: not a causal language model (architectures {cfg.get('architectures')})"
+        )
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # transformers' decorated PreTrainedModel.to loses `self` in its types
     model.eval()
     return tok, model

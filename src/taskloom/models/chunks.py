@@ -21,7 +21,9 @@ def overhead_for(device) -> int:
     return CHUNK_OVERHEAD_TOKENS if str(device).startswith("cpu") else GPU_CHUNK_OVERHEAD_TOKENS
 
 
-def plan_chunks(lengths: list[int], overhead: int = CHUNK_OVERHEAD_TOKENS, max_chunk: int = 256) -> list[tuple[int, int]]:
+def plan_chunks(
+    lengths: list[int], overhead: int = CHUNK_OVERHEAD_TOKENS, max_chunk: int = 256
+) -> list[tuple[int, int]]:
     """Cut lengths sorted ascending into [start, end) chunks minimising Σ(n·max_len + overhead).
 
     Exact dynamic programme, O(n²) on at most a batch of texts: cheaper than one wasted forward.

@@ -43,5 +43,11 @@ def chi2_labels_test(x, y, permutations: int = 200, seed: int = 0) -> dict:
         method = PermutationMethod(n_resamples=permutations, rng=np.random.default_rng(seed))
     res = chi2_contingency(table, correction=False, method=method)
     stat = float(res.statistic)
-    return {"statistic": stat, "p_value": float(res.pvalue), "effect": float(np.sqrt(stat / table.sum())),
-            "categories": cats, "counts": counts, "exact": method is not None}
+    return {
+        "statistic": stat,
+        "p_value": float(res.pvalue),
+        "effect": float(np.sqrt(stat / table.sum())),
+        "categories": cats,
+        "counts": counts,
+        "exact": method is not None,
+    }

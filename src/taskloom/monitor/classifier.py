@@ -40,4 +40,4 @@ def classifier_test(x, y, seed: int = 0, holdout: float = 0.5) -> dict:
     cur, ref = scores[l_test == 1], scores[l_test == 0]
     u = mannwhitneyu(cur, ref, alternative="greater")
     auc = float(u.statistic) / (len(cur) * len(ref))
-    return {"statistic": auc, "p_value": float(u.pvalue), "effect": auc - 0.5, "n_holdout": int(len(l_test))}
+    return {"statistic": auc, "p_value": float(u.pvalue), "effect": auc - 0.5, "n_holdout": len(l_test)}

@@ -58,13 +58,29 @@ def _chi2(reference, current, permutations, seed):
     return chi2_labels_test(reference, current, permutations=permutations, seed=seed)
 
 
-MMD = Detector("mmd", "MMD² with an RBF kernel (median bandwidth), permutation p-value", _mmd, "MMD (sqrt of MMD²)", 0.03)
-KS_PCA = Detector("ks_pca", "KS on the pooled sample's top 10 principal components, Bonferroni", _ks_pca, "largest KS D", 0.1)
-KS_PCA_BH = Detector("ks_pca_bh", "KS on the pooled sample's top 10 principal components, Benjamini-Hochberg", _ks_pca_bh,
-                     "largest KS D", 0.1)
-CLASSIFIER = Detector("classifier", "logistic regression told apart on a held-out fold, Mann-Whitney p-value", _classifier,
-                      "AUC - 0.5", 0.03)
-CHI2 = Detector("chi2", "chi-squared on predicted labels (lists or argmax of probabilities)", _chi2, "Cramér's V", 0.05, "labels")
+MMD = Detector(
+    "mmd", "MMD² with an RBF kernel (median bandwidth), permutation p-value", _mmd, "MMD (sqrt of MMD²)", 0.03
+)
+KS_PCA = Detector(
+    "ks_pca", "KS on the pooled sample's top 10 principal components, Bonferroni", _ks_pca, "largest KS D", 0.1
+)
+KS_PCA_BH = Detector(
+    "ks_pca_bh",
+    "KS on the pooled sample's top 10 principal components, Benjamini-Hochberg",
+    _ks_pca_bh,
+    "largest KS D",
+    0.1,
+)
+CLASSIFIER = Detector(
+    "classifier",
+    "logistic regression told apart on a held-out fold, Mann-Whitney p-value",
+    _classifier,
+    "AUC - 0.5",
+    0.03,
+)
+CHI2 = Detector(
+    "chi2", "chi-squared on predicted labels (lists or argmax of probabilities)", _chi2, "Cramér's V", 0.05, "labels"
+)
 
 # name → detector: the ones above and every installed plugin's, through the `taskloom.detectors`
 # entry points (pyproject.toml; see taskloom.plugins)

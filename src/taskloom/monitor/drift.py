@@ -65,8 +65,15 @@ def check_labels(values, name: str) -> np.ndarray:
     return arr
 
 
-def drift_embeddings(reference, current, method: str = "mmd", alpha: float = 0.05, permutations: int = 200, seed: int = 0,
-                     names: tuple[str, str] = ("reference", "current")) -> dict:
+def drift_embeddings(
+    reference,
+    current,
+    method: str = "mmd",
+    alpha: float = 0.05,
+    permutations: int = 200,
+    seed: int = 0,
+    names: tuple[str, str] = ("reference", "current"),
+) -> dict:
     """Test current against reference; drift when p < alpha.
 
     {"method", "statistic", "p_value", "effect", "drift", "n_reference", "n_current", "alpha", ...detector extras}
@@ -77,7 +84,9 @@ def drift_embeddings(reference, current, method: str = "mmd", alpha: float = 0.0
         ref, cur = check_labels(reference, names[0]), check_labels(current, names[1])
         if ref.ndim != cur.ndim:
             kinds = {1: "labels", 2: "class probabilities"}
-            raise UserError(f"{names[1]}: gives {kinds[cur.ndim]} but {names[0]} gives {kinds[ref.ndim]}: give both the same way")
+            raise UserError(
+                f"{names[1]}: gives {kinds[cur.ndim]} but {names[0]} gives {kinds[ref.ndim]}: give both the same way"
+            )
         if ref.ndim == 2 and ref.shape[1] != cur.shape[1]:
             raise UserError(f"{names[1]}: {cur.shape[1]} classes differ from {names[0]}'s {ref.shape[1]}")
     else:
@@ -92,8 +101,8 @@ def drift_embeddings(reference, current, method: str = "mmd", alpha: float = 0.0
         "p_value": float(result["p_value"]),
         "effect": float(result["effect"]),
         "drift": bool(result["p_value"] < alpha),
-        "n_reference": int(len(ref)),
-        "n_current": int(len(cur)),
+        "n_reference": len(ref),
+        "n_current": len(cur),
         "alpha": float(alpha),
     }
     out.update({k: v for k, v in result.items() if k not in out})
@@ -154,15 +163,29 @@ def read_sample(path, field: str, inputs: str = "embeddings"):
     return "texts", texts
 
 
-def drift_files(reference, current, field: str = "text", method: str = "mmd", alpha: float = 0.05,
-                permutations: int = 200, seed: int = 0) -> dict:
+def drift_files(
+    reference,
+    current,
+    field: str = "text",
+    method: str = "mmd",
+    alpha: float = 0.05,
+    permutations: int = 200,
+    seed: int = 0,
+) -> dict:
     """`drift_embeddings` on two files (rows are embedded with the shared encoder first)."""
     check_options(method, alpha, permutations)
     inputs = DETECTORS[method].inputs
     samples = [read_sample(reference, field, inputs), read_sample(current, field, inputs)]
     if inputs == "labels":  # the field's strings are the labels: nothing to embed
-        out = drift_embeddings(samples[0][1], samples[1][1], method=method, alpha=alpha, permutations=permutations,
-                               seed=seed, names=(str(reference), str(current)))
+        out = drift_embeddings(
+            samples[0][1],
+            samples[1][1],
+            method=method,
+            alpha=alpha,
+            permutations=permutations,
+            seed=seed,
+            names=(str(reference), str(current)),
+        )
         out.update({"reference": str(reference), "current": str(current)})
         if any(kind == "texts" for kind, _ in samples):
             out["field"] = field
@@ -175,8 +198,15 @@ def drift_files(reference, current, field: str = "text", method: str = "mmd", al
             if kind == "texts":
                 samples[i] = ("embeddings", emb[start : start + len(s)])
                 start += len(s)
-    out = drift_embeddings(samples[0][1], samples[1][1], method=method, alpha=alpha, permutations=permutations,
-                           seed=seed, names=(str(reference), str(current)))
+    out = drift_embeddings(
+        samples[0][1],
+        samples[1][1],
+        method=method,
+        alpha=alpha,
+        permutations=permutations,
+        seed=seed,
+        names=(str(reference), str(current)),
+    )
     out.update({"reference": str(reference), "current": str(current)})
     if texts:
         out["field"] = field

@@ -46,8 +46,8 @@ def ks_pca_test(x, y, components: int = 10, correction: str = "bonferroni") -> d
     k = max(1, min(components, len(pooled) - 1, x.shape[1]))
     top = vecs[:, ::-1][:, :k]
     px, py = (x - mean) @ top, (y - mean) @ top
-    stats, pvals = zip(*(ks_2samp(px[:, i], py[:, i]) for i in range(k)))
-    pvals = np.asarray(pvals, dtype=np.float64)
+    stats, raw_pvals = zip(*(ks_2samp(px[:, i], py[:, i]) for i in range(k)))
+    pvals = np.asarray(raw_pvals, dtype=np.float64)
     p = min(1.0, k * float(pvals.min())) if correction == "bonferroni" else float(bh_adjust(pvals).min())
     d = float(max(stats))
     return {"statistic": d, "p_value": p, "effect": d, "components": int(k), "correction": correction}

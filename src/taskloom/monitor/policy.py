@@ -30,7 +30,7 @@ from taskloom.monitor.windows import iso
 
 def idempotency_key(task: str, adapter_id: str, first_window_start: float) -> str:
     """sha256 hex of task, adapter id and the first window's start (ISO UTC), newline-separated."""
-    return hashlib.sha256(f"{task}\n{adapter_id}\n{iso(first_window_start)}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{task}\n{adapter_id}\n{iso(first_window_start)}".encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,8 @@ class AlarmTracker:
         """One window: results[task] = {"p_value", "effect", "adapter_id"}, or None when the window
         could not be tested (too few requests). Returns (decision per task, alarms raised)."""
         pol = self.policy
-        tested = [t for t in sorted(results) if results[t] is not None]
-        q = dict(zip(tested, bh_adjust([results[t]["p_value"] for t in tested]).tolist()))
+        tested = {t: r for t, r in sorted(results.items()) if r is not None}
+        q = dict(zip(tested, bh_adjust([r["p_value"] for r in tested.values()]).tolist()))
         decisions, alarms = {}, []
         for task in sorted(results):
             st = self.state.setdefault(task, TaskState())
@@ -79,8 +79,13 @@ class AlarmTracker:
                 st.run = []  # a new reference (after a retrain): earlier hits were against the old one
             if r is not None:
                 st.adapter_id = r["adapter_id"]
-            d = {"q_value": q.get(task), "significant": False, "hit": False, "cooldown": st.cooldown_left > 0,
-                 "alarm": None}
+            d = {
+                "q_value": q.get(task),
+                "significant": False,
+                "hit": False,
+                "cooldown": st.cooldown_left > 0,
+                "alarm": None,
+            }
             if st.cooldown_left > 0:
                 st.cooldown_left -= 1
                 st.run = []

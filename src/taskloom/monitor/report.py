@@ -42,11 +42,15 @@ def _plot(windows: list[dict], meta: dict) -> str:
     when = lambda ws: [datetime.fromisoformat(w["start_iso"].replace("Z", "+00:00")) for w in ws]  # noqa: E731
     fig, (ax_p, ax_e) = plt.subplots(2, 1, figsize=(8, 4.2), sharex=True)
     if tested:
-        ax_p.plot(when(tested), [max(w["p_value"], 1e-4) for w in tested], "o-", ms=3, lw=1, color="#2f6fdf", label="p-value")
+        ax_p.plot(
+            when(tested), [max(w["p_value"], 1e-4) for w in tested], "o-", ms=3, lw=1, color="#2f6fdf", label="p-value"
+        )
         ax_e.plot(when(tested), [w["effect"] for w in tested], "o-", ms=3, lw=1, color="#f08c00", label="effect")
     hits = [w for w in tested if w.get("hit")]
     if hits:
-        ax_p.plot(when(hits), [max(w["p_value"], 1e-4) for w in hits], "o", ms=6, mfc="none", color="#b42318", label="hit")
+        ax_p.plot(
+            when(hits), [max(w["p_value"], 1e-4) for w in hits], "o", ms=6, mfc="none", color="#b42318", label="hit"
+        )
     for w in windows:
         if w.get("alarm"):
             for ax in (ax_p, ax_e):
@@ -70,13 +74,15 @@ def write_drift_report(path: str | Path, windows: list[dict], alarms: list[dict]
     tasks = []
     for name in sorted({w["task"] for w in windows}):
         ws = sorted((w for w in windows if w["task"] == name), key=lambda w: w["start"])
-        tasks.append({
-            "name": name,
-            "windows": ws,
-            "tested": sum(w["status"] == "tested" for w in ws),
-            "too_small": sum(w["status"] != "tested" for w in ws),
-            "adapters": sorted({w["adapter_id"] for w in ws}),
-            "alarms": [a for a in alarms if a["task"] == name],
-            "png": _plot(ws, meta),
-        })
+        tasks.append(
+            {
+                "name": name,
+                "windows": ws,
+                "tested": sum(w["status"] == "tested" for w in ws),
+                "too_small": sum(w["status"] != "tested" for w in ws),
+                "adapters": sorted({w["adapter_id"] for w in ws}),
+                "alarms": [a for a in alarms if a["task"] == name],
+                "png": _plot(ws, meta),
+            }
+        )
     return write_page(path, "taskloom drift report", TEMPLATE, tasks=tasks, meta=meta)

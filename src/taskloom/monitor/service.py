@@ -23,8 +23,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +41,7 @@ from taskloom.monitor.policy import AlarmPolicy, AlarmTracker
 from taskloom.monitor.report import write_drift_report
 from taskloom.monitor.windows import TumblingWindows, Window, iso
 from taskloom.requestlog import LogReader
+from taskloom.specs import MonitorSpec
 from taskloom.store.feature_store import TaskStore
 
 EVENT_TYPE = "io.taskloom.drift.detected"
@@ -73,9 +75,14 @@ class References:
             if "no drift_reference for" not in str(e):
                 raise
             raise UserError(f"unknown task '{task}': feature store {self.repo} has no drift reference for it") from None
-        emb, where = rec["embeddings"], f"feature store {self.repo}: reference of task '{task}' (adapter '{rec['adapter_id']}')"
+        emb, where = (
+            rec["embeddings"],
+            f"feature store {self.repo}: reference of task '{task}' (adapter '{rec['adapter_id']}')",
+        )
         if not np.isfinite(emb).all():
-            raise UserError(f"{where}: row {int(np.argwhere(~np.isfinite(emb))[0][0]) + 1} contains NaN or infinite values")
+            raise UserError(
+                f"{where}: row {int(np.argwhere(~np.isfinite(emb))[0][0]) + 1} contains NaN or infinite values"
+            )
         if len(emb) < MIN_ROWS:
             raise UserError(f"{where}: {len(emb)} rows, need at least {MIN_ROWS}")
         if emb.shape[1] != self.dims:
@@ -105,24 +112,35 @@ def _head_labeler(model: str):
     return labels
 
 
-def deliver(alarm: dict, webhook: str, secret: bytes, timeout: float, sleep: Callable[[float], None] = time.sleep) -> dict:
+def deliver(
+    alarm: dict, webhook: str, secret: bytes, timeout: float, sleep: Callable[[float], None] = time.sleep
+) -> dict:
     """Send one alarm as a signed CloudEvent (id = its key); retry network errors and 5xx with the same id."""
-    data = {k: alarm[k] for k in ("task", "first_window_start", "window_start", "windows", "p_values", "q_value",
-                                  "effect", "method")}
-    data.update(adapter_id=alarm["retrain_adapter_id"], drifted_adapter_id=alarm["adapter_id"], idempotency_key=alarm["key"])
+    data = {
+        k: alarm[k]
+        for k in ("task", "first_window_start", "window_start", "windows", "p_values", "q_value", "effect", "method")
+    }
+    data.update(
+        adapter_id=alarm["retrain_adapter_id"], drifted_adapter_id=alarm["adapter_id"], idempotency_key=alarm["key"]
+    )
     result = {"status": "undelivered", "http_status": None, "run_id": None, "attempts": 0, "error": None}
     for attempt in range(SEND_ATTEMPTS):
         result["attempts"] = attempt + 1
         try:
-            ack = send_event(webhook, EVENT_TYPE, data, secret, source=EVENT_SOURCE, timeout=timeout, event_id=alarm["key"])
+            ack = send_event(
+                webhook, EVENT_TYPE, data, secret, source=EVENT_SOURCE, timeout=timeout, event_id=alarm["key"]
+            )
         except UserError as e:
             result["error"] = str(e)
         else:
             result["http_status"] = ack["status"]
             response = ack["response"] if isinstance(ack["response"], dict) else {}
             if 200 <= ack["status"] < 300:
-                result.update(status="duplicate" if response.get("duplicate") else "delivered",
-                              run_id=response.get("run_id"), error=None)
+                result.update(
+                    status="duplicate" if response.get("duplicate") else "delivered",
+                    run_id=response.get("run_id"),
+                    error=None,
+                )
                 break
             if ack["status"] == 409 and response.get("duplicate"):  # the gateway forwarded this id already
                 result.update(status="duplicate", error=None)
@@ -141,28 +159,15 @@ def run_monitor(
     log: str | Path,
     feature_repo: str | Path,
     out: str | Path,
-    *,
-    model: str = "minilm",
-    method: str = "mmd",
-    tasks: list[str] | None = None,
-    window: float = 300.0,
-    min_rows: int = 50,
-    alpha: float = 0.05,
-    consecutive: int = 2,
-    min_effect: float | None = None,
-    cooldown: int = 3,
-    permutations: int = 200,
-    seed: int = 0,
-    webhook: str | None = None,
-    secret_file: str | Path | None = None,
-    once: bool = False,
-    poll: float = 5.0,
-    lateness: float = 5.0,
-    max_polls: int | None = None,
-    timeout: float = 10.0,
+    spec: MonitorSpec | None = None,
     say: Callable[[str], None] = _stderr,
 ) -> dict:
     """Monitor the request log `log`; returns a summary {"windows", "tested", "too_small", "late", "alarms", ...}."""
+    spec = spec or MonitorSpec()
+    model, method, tasks, window, min_rows = spec.model, spec.method, spec.tasks, spec.window, spec.min_rows
+    alpha, consecutive, min_effect, cooldown = spec.alpha, spec.consecutive, spec.min_effect, spec.cooldown
+    permutations, seed, webhook, secret_file = spec.permutations, spec.seed, spec.webhook, spec.secret_file
+    once, poll, lateness, max_polls, timeout = spec.once, spec.poll, spec.lateness, spec.max_polls, spec.timeout
     # -- options and inputs: every mistake before anything is written --------------------------
     check_options(method, alpha, permutations)
     detector = DETECTORS[method]
@@ -173,8 +178,12 @@ def run_monitor(
             raise UserError(f"{name} must be a positive number of seconds, got {value}")
     if not (isinstance(lateness, (int, float)) and np.isfinite(lateness) and lateness >= 0):
         raise UserError(f"--lateness must be a number of seconds >= 0, got {lateness}")
-    policy = AlarmPolicy(alpha=alpha, consecutive=consecutive, cooldown=cooldown,
-                         min_effect=detector.min_effect if min_effect is None else min_effect)
+    policy = AlarmPolicy(
+        alpha=alpha,
+        consecutive=consecutive,
+        cooldown=cooldown,
+        min_effect=detector.min_effect if min_effect is None else min_effect,
+    )
     log, out, feature_repo = Path(log), Path(out), Path(feature_repo)
     if not log.is_file():
         raise UserError(f"{log}: no such request log")
@@ -201,32 +210,69 @@ def run_monitor(
     tracker = AlarmTracker(policy)
     for start in sorted({r["start"] for r in records}):
         group = [r for r in records if r["start"] == start]
-        tracker.step(start, {r["task"]: (None if r["status"] != "tested" else
-                                         {"p_value": r["p_value"], "effect": r["effect"], "adapter_id": r["adapter_id"]})
-                             for r in group})
+        tracker.step(
+            start,
+            {
+                r["task"]: (
+                    None
+                    if r["status"] != "tested"
+                    else {"p_value": r["p_value"], "effect": r["effect"], "adapter_id": r["adapter_id"]}
+                )
+                for r in group
+            },
+        )
     done = {(r["task"], r["start"]) for r in records}
 
-    summary = {"log": str(log), "out": str(out), "method": method, "windows": 0, "tested": 0, "too_small": 0,
-               "late": 0, "ignored": 0, "alarms": [], "report": str(report_path)}
+    summary: dict[str, Any] = {
+        "log": str(log),
+        "out": str(out),
+        "method": method,
+        "windows": 0,
+        "tested": 0,
+        "too_small": 0,
+        "late": 0,
+        "ignored": 0,
+        "alarms": [],
+        "report": str(report_path),
+    }
 
     def send(alarm: dict) -> None:
         if not webhook:
-            alarm["delivery"] = {"status": "not_sent", "http_status": None, "run_id": None, "attempts": 0, "error": None}
+            alarm["delivery"] = {
+                "status": "not_sent",
+                "http_status": None,
+                "run_id": None,
+                "attempts": 0,
+                "error": None,
+            }
             return
+        assert secret is not None  # loaded whenever there is a webhook
         alarm["delivery"] = deliver(alarm, webhook, secret, timeout)
         d = alarm["delivery"]
         if d["status"] not in DELIVERED:
-            say(f"warning: alarm {alarm['key'][:12]} for task '{alarm['task']}' not delivered to {webhook}: "
-                f"{d['status']} ({d['error']})")
+            say(
+                f"warning: alarm {alarm['key'][:12]} for task '{alarm['task']}' not delivered to {webhook}: "
+                f"{d['status']} ({d['error']})"
+            )
 
     def save(report: bool = True) -> None:
         write_text(windows_path, _jsonl(records))
         write_text(alarms_path, _jsonl(alarms))
         if not report:
             return
-        write_drift_report(report_path, records, alarms, {"method": method, "detector": detector.description,
-                                                          "effect": detector.effect, "policy": policy.__dict__,
-                                                          "window_s": float(window), "log": str(log)})
+        write_drift_report(
+            report_path,
+            records,
+            alarms,
+            {
+                "method": method,
+                "detector": detector.description,
+                "effect": detector.effect,
+                "policy": policy.__dict__,
+                "window_s": float(window),
+                "log": str(log),
+            },
+        )
 
     pending = [a for a in alarms if a.get("delivery", {}).get("status") in ("undelivered", "not_sent")]
     if webhook and pending:  # alarms an earlier run could not deliver: same key, same event id
@@ -236,26 +282,49 @@ def run_monitor(
 
     def test_group(group: list[Window]) -> None:
         start = group[0].start
-        results, new = {}, []
+        results: dict[str, dict | None] = {}
+        new: list[dict] = []
         big = [w for w in group if w.n >= min_rows]  # one encoder pass for the whole group
         flat = embed_texts([t for w in big for t in w.texts], model_name=str(model)) if big else None
         offsets = dict(zip((w.task for w in big), np.cumsum([0] + [w.n for w in big])))
         for w in group:
             ref = refs.load(w.task)  # re-read: a retrain may have refreshed it
-            rec = {"task": w.task, "start": w.start, "end": w.end, "start_iso": iso(w.start), "n": w.n,
-                   "adapter_id": ref["adapter_id"], "method": method}
+            rec = {
+                "task": w.task,
+                "start": w.start,
+                "end": w.end,
+                "start_iso": iso(w.start),
+                "n": w.n,
+                "adapter_id": ref["adapter_id"],
+                "method": method,
+            }
             if w.n < min_rows:
                 rec["status"] = "too_small"
                 results[w.task] = None
                 summary["too_small"] += 1
-                say(f"window {iso(w.start)} of task '{w.task}': {w.n} requests, below --min-rows {min_rows}: not tested")
+                say(
+                    f"window {iso(w.start)} of task '{w.task}': {w.n} requests, below --min-rows {min_rows}: not tested"
+                )
             else:
-                emb = flat[offsets[w.task]:offsets[w.task] + w.n]
+                assert flat is not None  # embedded above: this window is big enough
+                emb = flat[offsets[w.task] : offsets[w.task] + w.n]
                 sample = labeler(w.task, emb) if labeler else emb
-                r = drift_embeddings(ref["sample"], sample, method=method, alpha=alpha, permutations=permutations,
-                                     seed=seed, names=(f"reference of task '{w.task}'", f"window {iso(w.start)} of '{w.task}'"))
-                rec.update(status="tested", statistic=r["statistic"], p_value=r["p_value"], effect=r["effect"],
-                           n_reference=r["n_reference"])
+                r = drift_embeddings(
+                    ref["sample"],
+                    sample,
+                    method=method,
+                    alpha=alpha,
+                    permutations=permutations,
+                    seed=seed,
+                    names=(f"reference of task '{w.task}'", f"window {iso(w.start)} of '{w.task}'"),
+                )
+                rec.update(
+                    status="tested",
+                    statistic=r["statistic"],
+                    p_value=r["p_value"],
+                    effect=r["effect"],
+                    n_reference=r["n_reference"],
+                )
                 results[w.task] = {"p_value": r["p_value"], "effect": r["effect"], "adapter_id": ref["adapter_id"]}
                 summary["tested"] += 1
             new.append(rec)
@@ -273,9 +342,11 @@ def run_monitor(
             alarms.append(alarm)
             alarm_by_key[alarm["key"]] = alarm
             summary["alarms"].append(alarm["key"])
-            say(f"alarm {alarm['key'][:12]}: task '{alarm['task']}' drifted in {len(alarm['windows'])} windows in a row "
+            say(
+                f"alarm {alarm['key'][:12]}: task '{alarm['task']}' drifted in {len(alarm['windows'])} windows in a row "
                 f"since {alarm['first_window_start']} (effect {alarm['effect']:.3f}); delivery: {alarm['delivery']['status']}"
-                + (f", run {alarm['delivery']['run_id']}" if alarm["delivery"].get("run_id") else ""))
+                + (f", run {alarm['delivery']['run_id']}" if alarm["delivery"].get("run_id") else "")
+            )
         records.extend(new)
         summary["windows"] += len(new)
         save(report=False)  # decisions and deliveries on disk before the next window: never sent twice
@@ -302,8 +373,10 @@ def run_monitor(
                 raise UserError(f"{log}: no requests{what} to monitor")
             if closed and max(w.n for w in closed) < min_rows and not records:
                 big = max(closed, key=lambda w: w.n)
-                raise UserError(f"{log}: no window has at least {min_rows} requests (largest: {big.n}, task "
-                                f"'{big.task}' at {iso(big.start)}); use a longer --window or a smaller --min-rows")
+                raise UserError(
+                    f"{log}: no window has at least {min_rows} requests (largest: {big.n}, task "
+                    f"'{big.task}' at {iso(big.start)}); use a longer --window or a smaller --min-rows"
+                )
         for start in sorted({w.start for w in closed}):
             test_group([w for w in closed if w.start == start])
         if closed:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +35,7 @@ TRIM_INTERVAL_S = 1.0  # at most this often, memory freed by finished batches go
 
 
 def resolve_engine(engine: str, precision: str, adapters: bool) -> str:
-    """"auto" → onnxruntime for one fp32 model without adapters (faster, same numbers), else torch."""
+    """ "auto" → onnxruntime for one fp32 model without adapters (faster, same numbers), else torch."""
     if engine == "auto":
         return "onnxruntime" if precision == "fp32" and not adapters else "torch"
     if engine == "onnxruntime" and (precision != "fp32" or adapters):
@@ -61,9 +63,11 @@ class MemoryTrim:
         self.interval = interval
         self.last = time.monotonic()
         self.trims = 0
+        self._trim: Callable[[int], int] | None
         try:
-            self._trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-            self._trim.argtypes, self._trim.restype = [ctypes.c_size_t], ctypes.c_int
+            trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+            trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+            self._trim = trim
         except (OSError, AttributeError):
             self._trim = None
 
@@ -104,9 +108,18 @@ class EncoderBackend:
     LoRA delta applied to its own rows only.
     """
 
-    def __init__(self, weights_dir, head_dir=None, max_length: int = 128, threads: int | None = None,
-                 chunk_overhead: int = CHUNK_OVERHEAD_TOKENS, verify: bool = True,
-                 adapters: dict | None = None, precision: str = "fp32", onnx_file=None):
+    def __init__(
+        self,
+        weights_dir,
+        head_dir=None,
+        max_length: int = 128,
+        threads: int | None = None,
+        chunk_overhead: int = CHUNK_OVERHEAD_TOKENS,
+        verify: bool = True,
+        adapters: dict | None = None,
+        precision: str = "fp32",
+        onnx_file=None,
+    ):
         import torch
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -130,6 +143,7 @@ class EncoderBackend:
         self.precision = precision
         self.tok = AutoTokenizer.from_pretrained(weights_dir)
         self.session = None
+        model: Any  # a transformers model, or None when ONNX Runtime runs the body
         if onnx_file is not None:  # the body runs in ONNX Runtime; no torch copy of the weights is kept
             self.session, self.inputs = session(onnx_file, threads), input_names(self.tok)
             model = None
@@ -144,14 +158,16 @@ class EncoderBackend:
         if head_dir:
             self.heads[None] = load_head(head_dir)
         self.router = None
-        if self.adapters:
+        if adapters is not None and self.adapters:
             self.router = attach(model, {name: adapters[name] for name in self.adapters})
             for name in self.adapters:
                 if has_head(adapters[name]):
                     self.heads[name] = load_head(adapters[name])
         for head, _ in self.heads.values():
             head.eval()
-        if precision == "bf16":  # Linear weights stored once in bf16; autocast (in embed) keeps LayerNorm and softmax in fp32
+        if (
+            precision == "bf16"
+        ):  # Linear weights stored once in bf16; autocast (in embed) keeps LayerNorm and softmax in fp32
             for m in model.modules():
                 if isinstance(m, torch.nn.Linear):
                     m.to(torch.bfloat16)
@@ -177,7 +193,7 @@ class EncoderBackend:
         return self.heads[None][1] if None in self.heads else None
 
     @classmethod
-    def from_triton(cls, version_dir, model_config: dict) -> "EncoderBackend":
+    def from_triton(cls, version_dir, model_config: dict) -> EncoderBackend:
         """Build from the model's version folder and its config.pbtxt parameters (as Triton gives them).
 
         Every file the version's manifest lists is checked against its sha256 first: a version whose
@@ -212,7 +228,9 @@ class EncoderBackend:
             raise ValueError(f"request parameter 'adapter': expected a string, got {type(adapter).__name__}")
         if adapter not in self.adapters:
             served = ", ".join(self.adapters) or "none"
-            raise ValueError(f"adapter {adapter!r}: not served by this model (adapters: {served}; omit it for the base)")
+            raise ValueError(
+                f"adapter {adapter!r}: not served by this model (adapters: {served}; omit it for the base)"
+            )
         return adapter
 
     def embed(self, texts: list[str], adapters: list | None = None) -> np.ndarray:
@@ -259,8 +277,10 @@ class EncoderBackend:
         head, labels = self.heads[adapter]
         with torch.inference_mode():
             probs = torch.softmax(head(torch.from_numpy(emb)), dim=-1).numpy().astype(np.float32)
-        return {"PROBS": probs,
-                "LABEL": np.array([[labels[j].encode("utf-8")] for j in probs.argmax(1)], dtype=object).reshape(-1, 1)}
+        return {
+            "PROBS": probs,
+            "LABEL": np.array([[labels[j].encode("utf-8")] for j in probs.argmax(1)], dtype=object).reshape(-1, 1),
+        }
 
     def infer(self, texts: list[str], adapter: str | None = None) -> dict[str, np.ndarray]:
         """Output tensors by Triton name: EMBEDDING, and LABEL + PROBS when the adapter (or base) has a head."""
@@ -275,7 +295,9 @@ class EncoderBackend:
         """
         adapters = adapters if adapters is not None else [None] * len(inputs)
         results: list = [None] * len(inputs)
-        texts, names, spans = [], [], []
+        texts: list[str] = []
+        names: list[str | None] = []
+        spans: list[tuple] = []
         for r, array in enumerate(inputs):
             try:
                 adapter = self.check_adapter(adapters[r])

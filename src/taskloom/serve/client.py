@@ -31,16 +31,25 @@ def _host_port(url: str) -> str:
     """tritonclient wants host:port; accept http://, grpc:// and a trailing slash too."""
     for scheme in ("http://", "https://", "grpc://"):
         if url.startswith(scheme):
-            url = url[len(scheme):]
+            url = url[len(scheme) :]
     return url.rstrip("/")
 
 
 class TritonClient:
     """Infer texts on one Triton model; also health, metadata and model control (explicit mode)."""
 
-    def __init__(self, url: str, model: str = "taskloom", protocol: str = "http", timeout: float = 30,
-                 retries: int = 2, backoff: float = 0.2, request_log=None, task: str | None = None,
-                 admin_key: str | None = None):
+    def __init__(
+        self,
+        url: str,
+        model: str = "taskloom",
+        protocol: str = "http",
+        timeout: float = 30,
+        retries: int = 2,
+        backoff: float = 0.2,
+        request_log=None,
+        task: str | None = None,
+        admin_key: str | None = None,
+    ):
         """request_log: append every served text to this JSONL log (what `taskloom monitor` reads), under
         `task` (default: the adapter asked for, else the model name). admin_key: sent with model control
         (default: $TASKLOOM_TRITON_ADMIN_KEY, none when unset)."""
@@ -54,23 +63,27 @@ class TritonClient:
         if protocol == "http":
             import tritonclient.http as lib
 
-            self._client = lib.InferenceServerClient(self.url, connection_timeout=self.timeout,
-                                                     network_timeout=self.timeout)
+            self._client = lib.InferenceServerClient(
+                self.url, connection_timeout=self.timeout, network_timeout=self.timeout
+            )
         else:
             import tritonclient.grpc as lib
 
             # never through an http_proxy from the environment: taskloom's servers are on loopback or in-cluster
             from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE
 
-            self._client = lib.InferenceServerClient(self.url, channel_args=[
-                ("grpc.enable_http_proxy", 0),
-                ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
-                ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
-            ])
+            self._client = lib.InferenceServerClient(
+                self.url,
+                channel_args=[
+                    ("grpc.enable_http_proxy", 0),
+                    ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+                    ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+                ],
+            )
         self._lib = lib
         self._outputs: list[str] | None = None
 
-    def __enter__(self) -> "TritonClient":
+    def __enter__(self) -> TritonClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -97,8 +110,11 @@ class TritonClient:
                     continue
                 message = e.message() or status
                 if "restricted" in message.lower():  # Triton guards this API with the admin key header
-                    message += (" (model control is restricted: set TASKLOOM_TRITON_ADMIN_KEY or give --admin-key-file)"
-                                if self._admin is None else " (the admin key given was refused)")
+                    message += (
+                        " (model control is restricted: set TASKLOOM_TRITON_ADMIN_KEY or give --admin-key-file)"
+                        if self._admin is None
+                        else " (the admin key given was refused)"
+                    )
                 raise UserError(f"{what} ({self.protocol}://{self.url}): {message}") from None
             except (ConnectionError, TimeoutError, OSError) as e:
                 if attempt < self.retries and not isinstance(e, TimeoutError):
@@ -121,7 +137,9 @@ class TritonClient:
 
     def metadata(self, model: str | None = None) -> dict:
         kwargs = {"as_json": True} if self.protocol == "grpc" else {}
-        return self._call(f"model {model or self.model}", self._client.get_model_metadata, model or self.model, **kwargs)
+        return self._call(
+            f"model {model or self.model}", self._client.get_model_metadata, model or self.model, **kwargs
+        )
 
     def repository_index(self) -> list[dict]:
         kwargs = {"as_json": True} if self.protocol == "grpc" else {}
@@ -131,8 +149,14 @@ class TritonClient:
     # -- model control (server started with model_control="explicit") ----------------------------
     def load_model(self, model: str | None = None, config: str | None = None, files: dict | None = None) -> None:
         """Load (or reload) a model from the repository, or from `config` (JSON) + `files` not on disk."""
-        self._call(f"load {model or self.model}", self._client.load_model, model or self.model, headers=self._admin,
-                   config=config, files=files)
+        self._call(
+            f"load {model or self.model}",
+            self._client.load_model,
+            model or self.model,
+            headers=self._admin,
+            config=config,
+            files=files,
+        )
         self._outputs = None
 
     def unload_model(self, model: str | None = None) -> None:
@@ -165,8 +189,14 @@ class TritonClient:
         else:
             outputs = [self._lib.InferRequestedOutput(n) for n in names]
         params = {"adapter": adapter} if adapter else None
-        res = self._call(f"model {self.model}" + (f" adapter {adapter}" if adapter else ""), self._client.infer,
-                         self.model, [inp], outputs=outputs, parameters=params)
+        res = self._call(
+            f"model {self.model}" + (f" adapter {adapter}" if adapter else ""),
+            self._client.infer,
+            self.model,
+            [inp],
+            outputs=outputs,
+            parameters=params,
+        )
         if self.request_log is not None:
             requestlog.append(self.request_log, self.task or adapter or self.model, texts)
         labels = res.as_numpy("LABEL") if "LABEL" in names else None
@@ -175,8 +205,11 @@ class TritonClient:
             labels = [b.decode("utf-8") if isinstance(b, bytes) else str(b) for b in labels.reshape(-1)]
             if not any(labels):  # a multi-adapter model: this adapter (or the base) has no head
                 labels, probs = None, None
-        return {"embedding": res.as_numpy("EMBEDDING"), "label": labels,
-                "probs": None if probs is None or probs.size == 0 else probs}
+        return {
+            "embedding": res.as_numpy("EMBEDDING"),
+            "label": labels,
+            "probs": None if probs is None or probs.size == 0 else probs,
+        }
 
     def infer_batched(self, texts: list[str], adapter: str | None = None, batch_size: int = 32) -> dict:
         """`infer` over any number of texts, `batch_size` per request (keep it <= the model's max_batch_size)."""
@@ -184,7 +217,7 @@ class TritonClient:
             raise UserError("texts: expected a non-empty list of strings")
         if batch_size < 1:
             raise UserError(f"batch_size {batch_size}: must be at least 1")
-        parts = [self.infer(texts[i:i + batch_size], adapter) for i in range(0, len(texts), batch_size)]
+        parts = [self.infer(texts[i : i + batch_size], adapter) for i in range(0, len(texts), batch_size)]
         labels = None if parts[0]["label"] is None else [lab for p in parts for lab in p["label"]]
         probs = None if parts[0]["probs"] is None else np.concatenate([p["probs"] for p in parts])
         return {"embedding": np.concatenate([p["embedding"] for p in parts]), "label": labels, "probs": probs}
@@ -202,8 +235,12 @@ def measure_latency(client: TritonClient, texts: list[str], warmup: int = 3) -> 
         client.infer([t])
         times.append((time.perf_counter() - t0) * 1000)
     ms = np.asarray(times)
-    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-            "mean_ms": float(ms.mean()), "n": len(times)}
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "n": len(times),
+    }
 
 
 def read_texts(path, field: str = "text") -> list[str]:
@@ -232,9 +269,19 @@ def read_texts(path, field: str = "text") -> list[str]:
     return texts
 
 
-def infer_texts(url: str, texts: list[str] | None = None, file=None, *, field: str = "text", model: str = "taskloom",
-                protocol: str = "http", adapter: str | None = None, batch_size: int = 32, timeout: float = 30,
-                embeddings: bool = True) -> dict:
+def infer_texts(
+    url: str,
+    texts: list[str] | None = None,
+    file=None,
+    *,
+    field: str = "text",
+    model: str = "taskloom",
+    protocol: str = "http",
+    adapter: str | None = None,
+    batch_size: int = 32,
+    timeout: float = 30,
+    embeddings: bool = True,
+) -> dict:
     """`taskloom infer`: texts given or read from a JSONL file → {"model", "adapter", "n", "results": [...]}."""
     texts = list(texts or [])
     if file is not None:
@@ -248,11 +295,17 @@ def infer_texts(url: str, texts: list[str] | None = None, file=None, *, field: s
         out = client.infer_batched(texts, adapter=adapter, batch_size=batch_size)
     results = []
     for i, text in enumerate(texts):
-        row = {"text": text}
+        row: dict[str, object] = {"text": text}
         if out["label"] is not None:
             row["label"] = out["label"][i]
             row["probs"] = [round(float(p), 6) for p in out["probs"][i]]
         if embeddings:
             row["embedding"] = [round(float(x), 6) for x in out["embedding"][i]]
         results.append(row)
-    return {"model": model, "adapter": adapter, "n": len(texts), "dim": int(out["embedding"].shape[1]), "results": results}
+    return {
+        "model": model,
+        "adapter": adapter,
+        "n": len(texts),
+        "dim": int(out["embedding"].shape[1]),
+        "results": results,
+    }

@@ -91,9 +91,12 @@ def read_state(model_folder: Path) -> dict:
     if cfg.exists():
         m = re.search(r"specific\s*:\s*\{\s*versions\s*:\s*\[\s*(\d+)", cfg.read_text())
         serving = int(m.group(1)) if m else serving
-    return {"name": model_folder.name, "serving": serving,
-            "versions": {str(v): {"status": "serving" if v == serving else "retired"} for v in versions},
-            "history": []}
+    return {
+        "name": model_folder.name,
+        "serving": serving,
+        "versions": {str(v): {"status": "serving" if v == serving else "retired"} for v in versions},
+        "history": [],
+    }
 
 
 def _write_state(model_folder: Path, state: dict) -> None:
@@ -101,12 +104,21 @@ def _write_state(model_folder: Path, state: dict) -> None:
 
 
 def _write_config(model_folder: Path, version: int, name: str) -> None:
-    write_text(model_folder / "config.pbtxt", config_for(read_manifest(model_folder / str(version)), version, name),
-               digest=False)
+    write_text(
+        model_folder / "config.pbtxt",
+        config_for(read_manifest(model_folder / str(version)), version, name),
+        digest=False,
+    )
 
 
-def smoke(client, manifest: dict, adapters: list, texts=SMOKE_TEXTS, expect: list[str] | None = None,
-          expect_adapter: str | None = None) -> dict:
+def smoke(
+    client,
+    manifest: dict,
+    adapters: list,
+    texts=SMOKE_TEXTS,
+    expect: list[str] | None = None,
+    expect_adapter: str | None = None,
+) -> dict:
     """One request per target (None = the base, else an adapter): embeddings finite and unit-norm, labels
     from the head's label set, and `expect` (labels for `texts`) for `expect_adapter`. Returns the checks;
     raises UserError naming the first that failed."""
@@ -117,8 +129,10 @@ def smoke(client, manifest: dict, adapters: list, texts=SMOKE_TEXTS, expect: lis
         out = client.infer(texts, adapter=adapter)
         emb = out["embedding"]
         if emb is None or emb.shape != (len(texts), manifest["dim"]):
-            raise UserError(f"smoke: {what}: EMBEDDING shape {None if emb is None else emb.shape}, "
-                            f"expected {(len(texts), manifest['dim'])}")
+            raise UserError(
+                f"smoke: {what}: EMBEDDING shape {None if emb is None else emb.shape}, "
+                f"expected {(len(texts), manifest['dim'])}"
+            )
         if not np.isfinite(emb).all():
             raise UserError(f"smoke: {what}: EMBEDDING holds NaN or infinite values")
         norms = np.linalg.norm(emb, axis=1)
@@ -135,8 +149,9 @@ def smoke(client, manifest: dict, adapters: list, texts=SMOKE_TEXTS, expect: lis
 
 
 def _client(server_url: str, name: str, protocol: str, timeout: float, admin_key: str | None = None):
-    return TritonClient(server_url, model=name, protocol=protocol, timeout=timeout, retries=3, backoff=0.2,
-                        admin_key=admin_key)
+    return TritonClient(
+        server_url, model=name, protocol=protocol, timeout=timeout, retries=3, backoff=0.2, admin_key=admin_key
+    )
 
 
 def _require_model_control(client, name: str) -> None:
@@ -146,8 +161,10 @@ def _require_model_control(client, name: str) -> None:
         client.unload_model(name + CANDIDATE_SUFFIX + ".probe")
     except UserError as e:
         if "not allowed" in str(e):
-            raise UserError(f"server {client.protocol}://{client.url}: model control is off; start it with "
-                            "`taskloom serve` (explicit model control)") from None
+            raise UserError(
+                f"server {client.protocol}://{client.url}: model control is off; start it with "
+                "`taskloom serve` (explicit model control)"
+            ) from None
         raise
 
 
@@ -162,8 +179,9 @@ class LoadFailed(UserError):
     """Triton refused to load the version: it kept serving the one it had."""
 
 
-def _activate(client, model_folder: Path, name: str, version: int, manifest: dict, targets: list,
-              texts, expect, expect_adapter) -> dict:
+def _activate(
+    client, model_folder: Path, name: str, version: int, manifest: dict, targets: list, texts, expect, expect_adapter
+) -> dict:
     """config.pbtxt → `version`, reload, check readiness and the served version, smoke. Raises UserError
     (LoadFailed when Triton did not load it: the old version is still the one served)."""
     _write_config(model_folder, version, name)
@@ -183,11 +201,14 @@ def _restore(client, model_folder: Path, name: str, version: int, failure: UserE
     if isinstance(failure, LoadFailed):
         _write_config(model_folder, version, name)
         return
-    _activate(client, model_folder, name, version, read_state_manifest(model_folder, version), [None], texts, None, None)
+    _activate(
+        client, model_folder, name, version, read_state_manifest(model_folder, version), [None], texts, None, None
+    )
 
 
-def _canary(client, repo: Path, name: str, version: int, manifest: dict, targets: list, texts, expect,
-            expect_adapter) -> dict:
+def _canary(
+    client, repo: Path, name: str, version: int, manifest: dict, targets: list, texts, expect, expect_adapter
+) -> dict:
     """Load `version` as <name>.candidate (a config + a link to the version folder) and smoke it."""
     import os
 
@@ -202,16 +223,21 @@ def _canary(client, repo: Path, name: str, version: int, manifest: dict, targets
         with _client_like(client, cand) as side:
             return smoke(side, manifest, targets, texts, expect, expect_adapter)
     finally:
-        try:  # asynchronous: the candidate's process exits while the real model loads
+        with contextlib.suppress(UserError):  # asynchronous: the candidate's process exits while the real model loads
             client.unload_model(cand)
-        except UserError:
-            pass
         shutil.rmtree(folder, ignore_errors=True)
 
 
 def _client_like(client, model: str):
-    return TritonClient(client.url, model=model, protocol=client.protocol, timeout=client.timeout,
-                        retries=client.retries, backoff=client.backoff, admin_key=client.admin_key)
+    return TritonClient(
+        client.url,
+        model=model,
+        protocol=client.protocol,
+        timeout=client.timeout,
+        retries=client.retries,
+        backoff=client.backoff,
+        admin_key=client.admin_key,
+    )
 
 
 def _plan(model_folder: Path, state: dict, source, adapter_name, remove, head_task) -> dict:
@@ -240,9 +266,15 @@ def _plan(model_folder: Path, state: dict, source, adapter_name, remove, head_ta
             info = check_adapter(src, name=adapter_name, dim=prev["dim"])
             added = info["name"]
             adapters[added] = src
-        return {"src": version_dir / "weights", "head_dir": version_dir / "head" if prev.get("labels") else None,
-                "head_task": prev.get("head_task"), "adapters": adapters, "added": added, "prev": prev,
-                "source": str(src) if src is not None else f"remove {','.join(remove)}"}
+        return {
+            "src": version_dir / "weights",
+            "head_dir": version_dir / "head" if prev.get("labels") else None,
+            "head_task": prev.get("head_task"),
+            "adapters": adapters,
+            "added": added,
+            "prev": prev,
+            "source": str(src) if src is not None else f"remove {','.join(remove)}",
+        }
     if remove:
         raise UserError("--remove: only with an adapter folder or alone (a new model folder serves no adapters)")
     model = resolve_model_dir(source)
@@ -251,16 +283,34 @@ def _plan(model_folder: Path, state: dict, source, adapter_name, remove, head_ta
         head_dir = model / "heads" / head_task
         if not (head_dir / "head.safetensors").exists():
             raise UserError(f"{head_dir}: no classification head")
-    return {"src": model, "head_dir": head_dir, "head_task": head_task,
-            "adapters": {} if prev is not None and prev.get("adapters") is not None else None,
-            "added": None, "prev": prev, "source": str(model)}
+    return {
+        "src": model,
+        "head_dir": head_dir,
+        "head_task": head_task,
+        "adapters": {} if prev is not None and prev.get("adapters") is not None else None,
+        "added": None,
+        "prev": prev,
+        "source": str(model),
+    }
 
 
-def deploy(repo_dir, server_url: str, model_dir_or_adapter=None, *, name: str = "taskloom",
-           adapter_name: str | None = None, remove: list[str] | None = None, head_task: str | None = None,
-           protocol: str = "http", smoke_texts=SMOKE_TEXTS, expect_labels: list[str] | None = None,
-           canary: bool = True, serving: dict | None = None, timeout: float = 300,
-           admin_key: str | None = None) -> dict:
+def deploy(
+    repo_dir,
+    server_url: str,
+    model_dir_or_adapter=None,
+    *,
+    name: str = "taskloom",
+    adapter_name: str | None = None,
+    remove: list[str] | None = None,
+    head_task: str | None = None,
+    protocol: str = "http",
+    smoke_texts=SMOKE_TEXTS,
+    expect_labels: list[str] | None = None,
+    canary: bool = True,
+    serving: dict | None = None,
+    timeout: float = 300,
+    admin_key: str | None = None,
+) -> dict:
     """Publish `model_dir_or_adapter` as the next version of model `name` in `repo_dir`, served by the
     Triton at `server_url`; returns {"model", "version", "previous", "status": "serving", ...}.
 
@@ -284,25 +334,40 @@ def deploy(repo_dir, server_url: str, model_dir_or_adapter=None, *, name: str = 
             _require_model_control(client, name)
             previous = state.get("serving")
             if previous is not None and _served_version(client, name) != previous:
-                raise UserError(f"model {name}: the server does not serve version {previous} named in "
-                                f"{model_folder}/config.pbtxt (is {server_url} serving {repo}?)")
+                raise UserError(
+                    f"model {name}: the server does not serve version {previous} named in "
+                    f"{model_folder}/config.pbtxt (is {server_url} serving {repo}?)"
+                )
             if previous is not None:  # config.pbtxt names what versions.json says serves (heals an interrupted deploy)
                 _write_config(model_folder, previous, name)
-            version = max(version_numbers(model_folder) + [0]) + 1
+            version = max([*version_numbers(model_folder), 0]) + 1
             stage = staging_dir(model_folder / str(version))
             try:
-                manifest = write_version(stage, plan["src"], name=name, version=version, head_dir=plan["head_dir"],
-                                         head_task=plan["head_task"], adapters=plan["adapters"], options=options,
-                                         repo_root=repo)
+                manifest = write_version(
+                    stage,
+                    plan["src"],
+                    name=name,
+                    version=version,
+                    head_dir=plan["head_dir"],
+                    head_task=plan["head_task"],
+                    adapters=plan["adapters"],
+                    options=options,
+                    repo_root=repo,
+                )
                 stage.rename(model_folder / str(version))
             except BaseException:
                 shutil.rmtree(stage, ignore_errors=True)
                 raise
             targets = [None] + ([plan["added"]] if plan["added"] else sorted(manifest.get("adapters") or {}))
             expect_adapter = plan["added"]
-            report = {"model": name, "version": version, "previous": previous, "source": plan["source"],
-                      "adapters": sorted(manifest["adapters"]) if manifest.get("adapters") is not None else None,
-                      "revision": manifest["revision"]}
+            report = {
+                "model": name,
+                "version": version,
+                "previous": previous,
+                "source": plan["source"],
+                "adapters": sorted(manifest["adapters"]) if manifest.get("adapters") is not None else None,
+                "revision": manifest["revision"],
+            }
             state.setdefault("versions", {})[str(version)] = version_record(manifest, "candidate")
 
             def finish(status: str, reason: str | None, serving_now):
@@ -310,39 +375,56 @@ def deploy(repo_dir, server_url: str, model_dir_or_adapter=None, *, name: str = 
                 if serving_now != previous and previous is not None:
                     state["versions"].setdefault(str(previous), {})["status"] = "retired"
                 state["serving"] = serving_now
-                state.setdefault("history", []).append({"ts": _now(), "action": "deploy", "version": version,
-                                                        "from": previous, "result": status, "reason": reason})
+                state.setdefault("history", []).append(
+                    {
+                        "ts": _now(),
+                        "action": "deploy",
+                        "version": version,
+                        "from": previous,
+                        "result": status,
+                        "reason": reason,
+                    }
+                )
                 _write_state(model_folder, state)
-                report.update(status=status, serving=serving_now, reason=reason,
-                              seconds=round(time.monotonic() - t0, 2))
+                report.update(
+                    status=status, serving=serving_now, reason=reason, seconds=round(time.monotonic() - t0, 2)
+                )
                 return report
 
             if canary and previous is not None:
                 try:
-                    report["canary"] = _canary(client, repo, name, version, manifest, targets, smoke_texts,
-                                               expect_labels, expect_adapter)
+                    report["canary"] = _canary(
+                        client, repo, name, version, manifest, targets, smoke_texts, expect_labels, expect_adapter
+                    )
                 except UserError as e:
                     finish("refused", f"canary: {e}", previous)
-                    raise DeployError(f"version {version} of {name} refused ({e}); version {previous} keeps serving",
-                                      report) from None
+                    raise DeployError(
+                        f"version {version} of {name} refused ({e}); version {previous} keeps serving", report
+                    ) from None
             try:
-                report["smoke"] = _activate(client, model_folder, name, version, manifest, targets, smoke_texts,
-                                            expect_labels, expect_adapter)
+                report["smoke"] = _activate(
+                    client, model_folder, name, version, manifest, targets, smoke_texts, expect_labels, expect_adapter
+                )
             except UserError as e:
                 reason = str(e)
                 if previous is None:  # nothing to go back to: no config.pbtxt, so a restart loads nothing half-checked
                     (model_folder / "config.pbtxt").unlink(missing_ok=True)
                     finish("refused", reason, None)
-                    raise DeployError(f"version {version} of {name} failed ({reason}); nothing serves", report) from None
+                    raise DeployError(
+                        f"version {version} of {name} failed ({reason}); nothing serves", report
+                    ) from None
                 try:
                     _restore(client, model_folder, name, previous, e, smoke_texts)
                 except UserError as e2:
                     finish("rolled_back", reason, previous)
-                    raise DeployError(f"version {version} of {name} failed ({reason}); rolling back to {previous} "
-                                      f"failed too ({e2})", report) from None
+                    raise DeployError(
+                        f"version {version} of {name} failed ({reason}); rolling back to {previous} failed too ({e2})",
+                        report,
+                    ) from None
                 finish("rolled_back", reason, previous)
-                raise DeployError(f"version {version} of {name} failed ({reason}); rolled back to version {previous}",
-                                  report) from None
+                raise DeployError(
+                    f"version {version} of {name} failed ({reason}); rolled back to version {previous}", report
+                ) from None
             return finish("serving", None, version)
         finally:
             client.close()
@@ -352,9 +434,16 @@ def read_state_manifest(model_folder: Path, version: int) -> dict:
     return read_manifest(model_folder / str(version))
 
 
-def rollback(repo_dir, server_url: str, name: str = "taskloom", to_version: int | None = None,
-             protocol: str = "http", smoke_texts=SMOKE_TEXTS, timeout: float = 300,
-             admin_key: str | None = None) -> dict:
+def rollback(
+    repo_dir,
+    server_url: str,
+    name: str = "taskloom",
+    to_version: int | None = None,
+    protocol: str = "http",
+    smoke_texts=SMOKE_TEXTS,
+    timeout: float = 300,
+    admin_key: str | None = None,
+) -> dict:
     """Serve an older version again (default: the one served before the current one)."""
     t0 = time.monotonic()
     repo = Path(repo_dir)
@@ -365,8 +454,11 @@ def rollback(repo_dir, server_url: str, name: str = "taskloom", to_version: int 
         if current is None:
             raise UserError(f"{model_folder}: no version is serving; nothing to roll back")
         if to_version is None:
-            earlier = [h["from"] for h in reversed(state.get("history", []))
-                       if h.get("result") == "serving" and h.get("version") == current and h.get("from")]
+            earlier = [
+                h["from"]
+                for h in reversed(state.get("history", []))
+                if h.get("result") == "serving" and h.get("version") == current and h.get("from")
+            ]
             if not earlier:
                 raise UserError(f"{model_folder}: no version served before {current}; give --to-version")
             to_version = earlier[0]
@@ -378,20 +470,36 @@ def rollback(repo_dir, server_url: str, name: str = "taskloom", to_version: int 
         client = _client(server_url, name, protocol, timeout, admin_key)
         try:
             _require_model_control(client, name)
-            targets = [None] + sorted(manifest.get("adapters") or {})
+            targets = [None, *sorted(manifest.get("adapters") or {})]
             try:
                 checks = _activate(client, model_folder, name, to_version, manifest, targets, smoke_texts, None, None)
             except UserError as e:
                 _restore(client, model_folder, name, current, e, smoke_texts)
-                raise UserError(f"rollback of {name} to version {to_version} failed ({e}); version {current} serves") from None
+                raise UserError(
+                    f"rollback of {name} to version {to_version} failed ({e}); version {current} serves"
+                ) from None
         finally:
             client.close()
         state["versions"].setdefault(str(current), {})["status"] = "retired"
         state["versions"].setdefault(str(to_version), {})["status"] = "serving"
         state["versions"][str(to_version)].pop("reason", None)
         state["serving"] = to_version
-        state.setdefault("history", []).append({"ts": _now(), "action": "rollback", "version": to_version,
-                                                "from": current, "result": "serving", "reason": None})
+        state.setdefault("history", []).append(
+            {
+                "ts": _now(),
+                "action": "rollback",
+                "version": to_version,
+                "from": current,
+                "result": "serving",
+                "reason": None,
+            }
+        )
         _write_state(model_folder, state)
-        return {"model": name, "status": "serving", "serving": to_version, "previous": current, "smoke": checks,
-                "seconds": round(time.monotonic() - t0, 2)}
+        return {
+            "model": name,
+            "status": "serving",
+            "serving": to_version,
+            "previous": current,
+            "smoke": checks,
+            "seconds": round(time.monotonic() - t0, 2),
+        }

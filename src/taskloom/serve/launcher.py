@@ -13,6 +13,7 @@ in "loading" rather than exit), and stopping leaves no process, no shared-memory
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import re
@@ -30,6 +31,7 @@ import uuid
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO
 
 from taskloom.environment import OFFLINE_ENV, QUIET_ENV
 from taskloom.errors import UserError
@@ -85,15 +87,16 @@ def find_serving_env() -> ServingEnv:
 
 
 @lru_cache(maxsize=4)
-def _describe_env(root: str) -> ServingEnv:
+def _describe_env(root: str | Path) -> ServingEnv:
     root = Path(root)
     probe = (
         "import json, sys, sysconfig; print(json.dumps({'libdir': sysconfig.get_config_var('LIBDIR'),"
         " 'purelib': sysconfig.get_path('purelib'), 'version': '%d.%d' % sys.version_info[:2]}))"
     )
     try:
-        out = subprocess.run([str(root / "bin" / "python"), "-c", probe], capture_output=True, text=True,
-                             timeout=60, check=True).stdout
+        out = subprocess.run(
+            [str(root / "bin" / "python"), "-c", probe], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
         info = json.loads(out.strip().splitlines()[-1])
     except (subprocess.SubprocessError, OSError, ValueError, IndexError) as e:
         raise UserError(f"{root}/bin/python: cannot run it ({type(e).__name__}): run `make setup`") from None
@@ -143,7 +146,9 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def log_tail(path: Path, lines: int = 30) -> str:
+def log_tail(path: Path | None, lines: int = 30) -> str:
+    if path is None:  # not started
+        return ""
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -156,7 +161,7 @@ def last_error(tail: str) -> str:
     for ln in reversed(lines):
         m = re.match(r"^E\d{4} [\d:.]+ +\d+ [^\]]+\] (.*)$", ln)
         if m:
-            return m.group(1).strip("\"")
+            return m.group(1).strip('"')
     for ln in reversed(lines):
         if "Error" in ln or "error" in ln:
             return ln
@@ -201,7 +206,7 @@ class TritonServer:
         self.ready_seconds: float | None = None
         self._proc: subprocess.Popen | None = None
         self._pid: int | None = None
-        self._log = None
+        self._log: BinaryIO | None = None
 
     # -- addresses -------------------------------------------------------------------------------
     @property
@@ -239,7 +244,7 @@ class TritonServer:
         return self._proc is not None and self._proc.poll() is None
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> TritonServer:
         if not self.alive:
             self.start()
         return self
@@ -254,6 +259,7 @@ class TritonServer:
             raise UserError(f"{self.repo_dir}: not a Triton model repository (no <model>/config.pbtxt)")
 
     def command(self, env: ServingEnv) -> list[str]:
+        assert self.workspace is not None, "start() creates the workspace first"
         cmd = [
             str(env.tritonserver),
             f"--model-repository={self.repo_dir}",
@@ -283,13 +289,14 @@ class TritonServer:
         # a MiniLM forward 5-20x slower (measured: 0.11-0.48 s spinning vs 0.011-0.023 s passive)
         e.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         e["LD_LIBRARY_PATH"] = os.pathsep.join(
-            [str(env.libdir), str(env.libs)] + ([os.environ["LD_LIBRARY_PATH"]] if os.environ.get("LD_LIBRARY_PATH") else [])
+            [str(env.libdir), str(env.libs)]
+            + ([os.environ["LD_LIBRARY_PATH"]] if os.environ.get("LD_LIBRARY_PATH") else [])
         )
         e["PATH"] = os.pathsep.join([str(env.bin), os.environ.get("PATH", "/usr/bin:/bin")])
         e["VIRTUAL_ENV"] = str(env.root)
         return e
 
-    def start(self, timeout: float = 120) -> "TritonServer":
+    def start(self, timeout: float = 120) -> TritonServer:
         """Launch and wait until /v2/health/ready; on timeout or early exit: kill, clean, raise."""
         if self.alive:
             return self
@@ -313,12 +320,17 @@ class TritonServer:
             log_dir = self.log_dir or self.workspace / "logs"
             log_dir.mkdir(parents=True, exist_ok=True)
             self.log_path = log_dir / "tritonserver.log"
-            self._log = open(self.log_path, "ab")
+            self._log = open(self.log_path, "ab")  # noqa: SIM115 (the server's log, open while it runs; closed in stop())
             t0 = time.monotonic()
             in_main = threading.current_thread() is threading.main_thread()
             self._proc = subprocess.Popen(
-                self.command(env), stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=self.environment(env), cwd=self.workspace, start_new_session=True,
+                self.command(env),
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.environment(env),
+                cwd=self.workspace,
+                start_new_session=True,
                 preexec_fn=_die_with_parent if in_main else None,
             )
             self._pid = self._proc.pid
@@ -333,11 +345,15 @@ class TritonServer:
         url = f"{self.http_url}/v2/health/ready"
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
         while True:
+            assert self._proc is not None, "start() launches the process first"
             rc = self._proc.poll()
             if rc is not None:
                 tail = log_tail(self.log_path)
-                raise ServerStartError(f"Triton exited with code {rc} before it was ready: {last_error(tail)} "
-                                       f"(repository {self.repo_dir})", tail)
+                raise ServerStartError(
+                    f"Triton exited with code {rc} before it was ready: {last_error(tail)} "
+                    f"(repository {self.repo_dir})",
+                    tail,
+                )
             try:
                 with opener.open(url, timeout=1) as r:
                     if r.status == 200:
@@ -346,8 +362,9 @@ class TritonServer:
                 pass
             if time.monotonic() - t0 > timeout:
                 tail = log_tail(self.log_path)
-                raise ServerStartError(f"Triton was not ready within {timeout:g} s: {last_error(tail)} "
-                                       f"(repository {self.repo_dir})", tail)
+                raise ServerStartError(
+                    f"Triton was not ready within {timeout:g} s: {last_error(tail)} (repository {self.repo_dir})", tail
+                )
             time.sleep(0.1)
 
     def stop(self, grace: float | None = None) -> None:
@@ -360,14 +377,10 @@ class TritonServer:
         if proc is not None:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(grace)
-                except subprocess.TimeoutExpired:
-                    pass
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
             proc.wait()
             _kill_group(proc.pid)
         if self._log is not None:
@@ -385,12 +398,15 @@ class TritonServer:
         (one process per model instance)."""
         if self._pid is None:
             return {"server": 0, "stubs": {}, "total": 0}
-        stubs = {pid: process_rss(pid, field) for pid in group_members(self._pid)
-                 if pid != self._pid and "triton_python_backend_stub" in _cmdline(pid)}
+        stubs = {
+            pid: process_rss(pid, field)
+            for pid in group_members(self._pid)
+            if pid != self._pid and "triton_python_backend_stub" in _cmdline(pid)
+        }
         server = process_rss(self._pid, field)
         return {"server": server, "stubs": stubs, "total": server + sum(stubs.values())}
 
-    def restart(self, timeout: float = 120) -> "TritonServer":
+    def restart(self, timeout: float = 120) -> TritonServer:
         """Stop and start again on the same ports (used when the server died)."""
         self.stop(grace=3)
         return self.start(timeout)
@@ -450,9 +466,18 @@ def _kill_group(pgid: int, wait: float = 5.0) -> None:
         time.sleep(0.05)
 
 
-def serve_foreground(path, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002, *,
-                     head: str | None = None, log_dir=None, timeout: float = 180, restarts: int = 3,
-                     admin_key: str | None = None) -> int:
+def serve_foreground(
+    path,
+    http_port: int = 8000,
+    grpc_port: int = 8001,
+    metrics_port: int = 8002,
+    *,
+    head: str | None = None,
+    log_dir=None,
+    timeout: float = 180,
+    restarts: int = 3,
+    admin_key: str | None = None,
+) -> int:
     """`taskloom serve`: a repository (folder with */config.pbtxt) or a model folder (exported to a
     repository in a temp workspace first); prints the URLs; Ctrl-C or SIGTERM stop it cleanly. With
     `admin_key`, model control answers only requests carrying it (taskloom.serve.admin)."""
@@ -462,7 +487,9 @@ def serve_foreground(path, http_port: int = 8000, grpc_port: int = 8001, metrics
     if not (is_repo or is_model):
         if not path.exists():
             raise UserError(f"{path}: no such model repository or model folder")
-        raise UserError(f"{path}: neither a Triton model repository (<model>/config.pbtxt) nor a model folder (config.json)")
+        raise UserError(
+            f"{path}: neither a Triton model repository (<model>/config.pbtxt) nor a model folder (config.json)"
+        )
     find_serving_env()  # fail before exporting anything when the serving environment is missing
     built = None
     repo = path
@@ -476,8 +503,16 @@ def serve_foreground(path, http_port: int = 8000, grpc_port: int = 8001, metrics
 
     # explicit model control with every model loaded at start: `taskloom deploy` can then publish new
     # versions into `repo` and switch them without a restart (and a restart serves what config.pbtxt names)
-    server = TritonServer(repo, http_port or None, grpc_port or None, metrics_port or None, log_dir=log_dir,
-                          model_control="explicit", models=["*"], admin_key=admin_key)
+    server = TritonServer(
+        repo,
+        http_port or None,
+        grpc_port or None,
+        metrics_port or None,
+        log_dir=log_dir,
+        model_control="explicit",
+        models=["*"],
+        admin_key=admin_key,
+    )
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM)
 
@@ -508,8 +543,11 @@ def serve_foreground(path, http_port: int = 8000, grpc_port: int = 8001, metrics
                 print(f"error: Triton exited: {last_error(tail)}", file=sys.stderr, flush=True)
                 return 1
             left -= 1
-            print(f"Triton exited ({last_error(tail)}); restarting ({restarts - left}/{restarts})",
-                  file=sys.stderr, flush=True)
+            print(
+                f"Triton exited ({last_error(tail)}); restarting ({restarts - left}/{restarts})",
+                file=sys.stderr,
+                flush=True,
+            )
             server.restart(timeout)
             print(f"Triton ready again at {server.http_url}", flush=True)
     except KeyboardInterrupt:

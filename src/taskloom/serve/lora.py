@@ -49,7 +49,9 @@ def read_lora(folder) -> dict[str, tuple]:
     for module, p in sorted(parts.items()):
         if set(p) != {"lora_A", "lora_B"}:
             odd = sorted(set(p) - {"lora_A", "lora_B"})
-            what = f"tensor {p[odd[0]]!r} is not a LoRA factor of a Linear layer" if odd else "LoRA factor A or B missing"
+            what = (
+                f"tensor {p[odd[0]]!r} is not a LoRA factor of a Linear layer" if odd else "LoRA factor A or B missing"
+            )
             raise UserError(f"{weights}: {module}: {what}")
         a, b = tensors[p["lora_A"]].float(), tensors[p["lora_B"]].float()
         _rank, scaling = factor_scaling(cfg, module, a.shape, b.shape, str(folder))
@@ -105,7 +107,9 @@ def attach(model, adapters: dict) -> Router:
                 setattr(model.get_submodule(parent) if parent else model, child, wrapped)
                 layer = wrapped
             if a.shape[1] != layer.base.in_features or b.shape[0] != layer.base.out_features:
-                raise UserError(f"{folder}: {module}: LoRA shapes {tuple(b.shape)}x{tuple(a.shape)} do not fit "
-                                f"the base layer ({layer.base.out_features}x{layer.base.in_features})")
+                raise UserError(
+                    f"{folder}: {module}: LoRA shapes {tuple(b.shape)}x{tuple(a.shape)} do not fit "
+                    f"the base layer ({layer.base.out_features}x{layer.base.in_features})"
+                )
             layer.factors[name] = (a, b, s)
     return router

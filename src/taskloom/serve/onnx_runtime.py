@@ -71,9 +71,17 @@ def _export(weights_dir: Path, path: Path) -> None:
     axes = {n: {0: "batch", 1: "tokens"} for n in [*names, OUTPUT]}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(Body(), tuple(sample[n] for n in names), str(path), input_names=names,
-                          output_names=[OUTPUT], dynamic_axes=axes, opset_version=OPSET, dynamo=False,
-                          do_constant_folding=True)
+        torch.onnx.export(
+            Body(),
+            tuple(sample[n] for n in names),
+            str(path),
+            input_names=names,
+            output_names=[OUTPUT],
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
+            do_constant_folding=True,
+        )
 
 
 def session(path: Path, threads: int | None = None):
@@ -81,7 +89,9 @@ def session(path: Path, threads: int | None = None):
     try:
         import onnxruntime as ort
     except ImportError:
-        raise UserError("engine onnxruntime: the onnxruntime package is not installed here (run `make setup`)") from None
+        raise UserError(
+            "engine onnxruntime: the onnxruntime package is not installed here (run `make setup`)"
+        ) from None
     if not Path(path).exists():
         raise UserError(f"{path}: missing (the version was built for the onnxruntime engine)")
     opts = ort.SessionOptions()

@@ -76,9 +76,15 @@ def available_heads(model_path: Path) -> list[str]:
     return sorted(p.name for p in heads.iterdir() if (p / "head.safetensors").exists()) if heads.is_dir() else []
 
 
-def serving_options(max_batch_size: int = 64, instances: int = 1, max_queue_delay_us: int = 0,
-                    max_length: int = 128, threads: int | None = None, precision: str = "fp32",
-                    engine: str = "auto") -> dict:
+def serving_options(
+    max_batch_size: int = 64,
+    instances: int = 1,
+    max_queue_delay_us: int = 0,
+    max_length: int = 128,
+    threads: int | None = None,
+    precision: str = "fp32",
+    engine: str = "auto",
+) -> dict:
     """The knobs of one served version, checked in one place."""
     if not 1 <= int(max_batch_size) <= 4096:
         raise UserError(f"max_batch_size {max_batch_size}: must be between 1 and 4096")
@@ -94,9 +100,15 @@ def serving_options(max_batch_size: int = 64, instances: int = 1, max_queue_dela
         raise UserError(f"precision {precision!r}: use one of {list(PRECISIONS)}")
     if engine not in ENGINES:
         raise UserError(f"engine {engine!r}: use one of {list(ENGINES)}")
-    return {"engine": engine, "max_batch_size": int(max_batch_size), "instances": int(instances),
-            "max_queue_delay_us": int(max_queue_delay_us), "max_length": int(max_length),
-            "threads": None if threads is None else int(threads), "precision": precision}
+    return {
+        "engine": engine,
+        "max_batch_size": int(max_batch_size),
+        "instances": int(instances),
+        "max_queue_delay_us": int(max_queue_delay_us),
+        "max_length": int(max_length),
+        "threads": None if threads is None else int(threads),
+        "precision": precision,
+    }
 
 
 def config_pbtxt(
@@ -142,15 +154,28 @@ def config_pbtxt(
 def config_for(manifest: dict, version: int, name: str | None = None) -> str:
     """config.pbtxt serving `version`, derived from that version's manifest (so a rollback is exact)."""
     opts = manifest.get("serving") or serving_options()  # exports older than serving options: the defaults
-    params = {"weights": "weights", "head": "head" if manifest.get("labels") else "",
-              "adapters": "adapters" if manifest.get("adapters") else "", "max_length": str(opts["max_length"]),
-              "precision": opts["precision"], "engine": manifest.get("engine", "torch"),
-              "revision": manifest["revision"]}
+    params = {
+        "weights": "weights",
+        "head": "head" if manifest.get("labels") else "",
+        "adapters": "adapters" if manifest.get("adapters") else "",
+        "max_length": str(opts["max_length"]),
+        "precision": opts["precision"],
+        "engine": manifest.get("engine", "torch"),
+        "revision": manifest["revision"],
+    }
     if opts.get("threads"):
         params["threads"] = str(opts["threads"])
-    return config_pbtxt(name or manifest["name"], manifest["dim"], manifest.get("labels"), opts["max_batch_size"],
-                        params, opts["instances"], opts["max_queue_delay_us"], version=version,
-                        multi=manifest.get("adapters") is not None)
+    return config_pbtxt(
+        name or manifest["name"],
+        manifest["dim"],
+        manifest.get("labels"),
+        opts["max_batch_size"],
+        params,
+        opts["instances"],
+        opts["max_queue_delay_us"],
+        version=version,
+        multi=manifest.get("adapters") is not None,
+    )
 
 
 def _place(src: Path, dst: Path, link: bool) -> None:
@@ -175,9 +200,18 @@ def _inside(path: Path, root: Path | None) -> bool:
         return False
 
 
-def write_version(version_dir: Path, src: Path, *, name: str, version: int, head_dir: Path | None = None,
-                  head_task: str | None = None, adapters: dict[str, Path] | None = None,
-                  options: dict | None = None, repo_root: Path | None = None) -> dict:
+def write_version(
+    version_dir: Path,
+    src: Path,
+    *,
+    name: str,
+    version: int,
+    head_dir: Path | None = None,
+    head_task: str | None = None,
+    adapters: dict[str, Path] | None = None,
+    options: dict | None = None,
+    repo_root: Path | None = None,
+) -> dict:
     """Fill the empty folder `version_dir` with one servable version; returns its manifest.
 
     src: a model folder (config.json + safetensors); head_dir: a folder holding head.safetensors +
@@ -206,17 +240,17 @@ def write_version(version_dir: Path, src: Path, *, name: str, version: int, head
             _place(f, weights / f.name, link)
             if f.name.endswith(".safetensors"):
                 write_digest(weights / f.name)
-    if labels is not None:
-        for f in ("head.safetensors", "head.json"):
-            _place(head_dir / f, version_dir / "head" / f, _inside(head_dir, repo_root))
+    if head_dir is not None and labels is not None:
+        for fname in ("head.safetensors", "head.json"):
+            _place(head_dir / fname, version_dir / "head" / fname, _inside(head_dir, repo_root))
         write_digest(version_dir / "head" / "head.safetensors")
     for a_name, info in checked.items():
         a_src = Path(info["path"])
-        for f in SERVED_FILES:
-            if (a_src / f).exists():
-                _place(a_src / f, version_dir / "adapters" / a_name / f, _inside(a_src, repo_root))
-                if f.endswith(".safetensors"):
-                    write_digest(version_dir / "adapters" / a_name / f)
+        for fname in SERVED_FILES:
+            if (a_src / fname).exists():
+                _place(a_src / fname, version_dir / "adapters" / a_name / fname, _inside(a_src, repo_root))
+                if fname.endswith(".safetensors"):
+                    write_digest(version_dir / "adapters" / a_name / fname)
     if engine == "onnxruntime":
         export_encoder(weights, version_dir / ONNX_FILE)
     write_text(version_dir / "model.py", model_py_source(), digest=False)
@@ -230,8 +264,11 @@ def write_version(version_dir: Path, src: Path, *, name: str, version: int, head
         "head_task": head_task,
         "labels": labels,
         "dim": dim,
-        "adapters": None if adapters is None else {
-            k: {"source": v["path"], "task": v["task"], "labels": v["labels"], "rank": v["rank"]} for k, v in checked.items()
+        "adapters": None
+        if adapters is None
+        else {
+            k: {"source": v["path"], "task": v["task"], "labels": v["labels"], "rank": v["rank"]}
+            for k, v in checked.items()
         },
         "serving": options,
         "engine": engine,
@@ -298,20 +335,32 @@ def build_repository(
     final = repo_dir / name
     deployed = [v for v in version_numbers(final) if v != 1]
     if deployed:
-        raise UserError(f"{final}: holds deployed versions {deployed}; publish with `taskloom deploy` "
-                        "(or remove the folder to export afresh)")
+        raise UserError(
+            f"{final}: holds deployed versions {deployed}; publish with `taskloom deploy` "
+            "(or remove the folder to export afresh)"
+        )
     stage = staging_dir(final)
     try:
-        manifest = write_version(stage / VERSION, src, name=name, version=1, head_dir=head_dir, head_task=head_task,
-                                 adapters=None if adapters is None else {k: Path(v) for k, v in adapters.items()},
-                                 options=options)
+        manifest = write_version(
+            stage / VERSION,
+            src,
+            name=name,
+            version=1,
+            head_dir=head_dir,
+            head_task=head_task,
+            adapters=None if adapters is None else {k: Path(v) for k, v in adapters.items()},
+            options=options,
+        )
         write_text(stage / "config.pbtxt", config_for(manifest, 1), digest=False)
-        write_json(stage / VERSIONS_FILE, {
-            "name": name,
-            "serving": 1,
-            "versions": {"1": version_record(manifest, "serving")},
-            "history": [{"ts": manifest["created"], "action": "build", "version": 1, "result": "serving"}],
-        })
+        write_json(
+            stage / VERSIONS_FILE,
+            {
+                "name": name,
+                "serving": 1,
+                "versions": {"1": version_record(manifest, "serving")},
+                "history": [{"ts": manifest["created"], "action": "build", "version": 1, "result": "serving"}],
+            },
+        )
         publish_dir(stage, final)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
@@ -320,9 +369,14 @@ def build_repository(
 
 
 def version_record(manifest: dict, status: str, reason: str | None = None) -> dict:
-    rec = {"status": status, "created": manifest["created"], "source": manifest["source"],
-           "head_task": manifest.get("head_task"), "revision": manifest["revision"],
-           "adapters": sorted(manifest["adapters"]) if manifest.get("adapters") is not None else None}
+    rec = {
+        "status": status,
+        "created": manifest["created"],
+        "source": manifest["source"],
+        "head_task": manifest.get("head_task"),
+        "revision": manifest["revision"],
+        "adapters": sorted(manifest["adapters"]) if manifest.get("adapters") is not None else None,
+    }
     if reason:
         rec["reason"] = reason
     return rec

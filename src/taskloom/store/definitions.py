@@ -33,22 +33,38 @@ def build(data_dir: str | Path) -> dict:
     from feast.types import Array, Float32, Float64, Int64, String
 
     data_dir = Path(data_dir).resolve()
-    task = Entity(name="task", join_keys=["task_id"], value_type=ValueType.STRING, description="a task (task.yaml name)")
-    adapter = Entity(name="adapter", join_keys=["adapter_id"], value_type=ValueType.STRING,
-                     description="a trained or merged adapter")
+    task = Entity(
+        name="task", join_keys=["task_id"], value_type=ValueType.STRING, description="a task (task.yaml name)"
+    )
+    adapter = Entity(
+        name="adapter", join_keys=["adapter_id"], value_type=ValueType.STRING, description="a trained or merged adapter"
+    )
 
     def source(view: str) -> FileSource:
         return FileSource(name=f"{view}_source", path=str(data_dir / f"{view}.parquet"), timestamp_field=TIMESTAMP)
 
     schema = {
-        "task_profile": [Field(name="rows", dtype=Int64), Field(name="label_entropy", dtype=Float64),
-                         Field(name="mean_length", dtype=Float64), Field(name="centroid", dtype=Array(Float32)),
-                         Field(name="type", dtype=String)],
-        "adapter_metrics": [Field(name="task_id", dtype=String), Field(name="metric", dtype=String),
-                            Field(name="base", dtype=Float64), Field(name="tuned", dtype=Float64),
-                            Field(name="merged", dtype=Float64), Field(name="created", dtype=String)],
-        "drift_reference": [Field(name="adapter_id", dtype=String), Field(name="rows", dtype=Int64),
-                            Field(name="dims", dtype=Int64), Field(name="embeddings", dtype=Array(Float32))],
+        "task_profile": [
+            Field(name="rows", dtype=Int64),
+            Field(name="label_entropy", dtype=Float64),
+            Field(name="mean_length", dtype=Float64),
+            Field(name="centroid", dtype=Array(Float32)),
+            Field(name="type", dtype=String),
+        ],
+        "adapter_metrics": [
+            Field(name="task_id", dtype=String),
+            Field(name="metric", dtype=String),
+            Field(name="base", dtype=Float64),
+            Field(name="tuned", dtype=Float64),
+            Field(name="merged", dtype=Float64),
+            Field(name="created", dtype=String),
+        ],
+        "drift_reference": [
+            Field(name="adapter_id", dtype=String),
+            Field(name="rows", dtype=Int64),
+            Field(name="dims", dtype=Int64),
+            Field(name="embeddings", dtype=Array(Float32)),
+        ],
     }
     entity = {"task_profile": task, "adapter_metrics": adapter, "drift_reference": task}
     views = {

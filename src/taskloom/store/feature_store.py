@@ -22,12 +22,13 @@ import threading
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from taskloom.artifacts import write_text
 from taskloom.errors import UserError
-from taskloom.store.definitions import COLUMNS, JOIN_KEYS, REPO_DEFINITIONS, TIMESTAMP, VIEWS, build, feature_store_yaml
+from taskloom.store.definitions import COLUMNS, JOIN_KEYS, REPO_DEFINITIONS, TIMESTAMP, build, feature_store_yaml
 
 _lock = threading.Lock()
 
@@ -49,8 +50,8 @@ class TaskStore:
     def __init__(self, repo_dir: str | os.PathLike):
         self.repo_dir = Path(repo_dir).resolve()
         self.data_dir = self.repo_dir / "data"
-        self._fs = None
-        self._objects = None
+        self._fs: Any = None  # feast.FeatureStore, imported when first used
+        self._objects: dict | None = None
 
     # -- repository -------------------------------------------------------------------------
     def _ensure_files(self) -> None:
@@ -105,8 +106,9 @@ class TaskStore:
 
         fs = self.fs
         now = datetime.now(timezone.utc)
-        df = pd.DataFrame([{JOIN_KEYS[view]: r[JOIN_KEYS[view]], **{c: r[c] for c in COLUMNS[view]}, TIMESTAMP: now}
-                           for r in rows])
+        df = pd.DataFrame(
+            [{JOIN_KEYS[view]: r[JOIN_KEYS[view]], **{c: r[c] for c in COLUMNS[view]}, TIMESTAMP: now} for r in rows]
+        )
         path = self.data_dir / f"{view}.parquet"
         with self._locked():
             full = pd.concat([pd.read_parquet(path), df], ignore_index=True) if path.exists() else df
@@ -129,23 +131,39 @@ class TaskStore:
         centroid = np.asarray(profile["centroid"], dtype=np.float32).ravel()
         if not np.isfinite(centroid).all():
             raise UserError(f"task profile of '{profile['task_id']}': centroid contains NaN or infinite values")
-        self._append("task_profile", [{
-            "task_id": str(profile["task_id"]), "rows": int(profile["rows"]),
-            "label_entropy": _stored(profile["label_entropy"]), "mean_length": float(profile["mean_length"]),
-            "centroid": centroid.tolist(), "type": str(profile["type"]),
-        }])
+        self._append(
+            "task_profile",
+            [
+                {
+                    "task_id": str(profile["task_id"]),
+                    "rows": int(profile["rows"]),
+                    "label_entropy": _stored(profile["label_entropy"]),
+                    "mean_length": float(profile["mean_length"]),
+                    "centroid": centroid.tolist(),
+                    "type": str(profile["type"]),
+                }
+            ],
+        )
 
     def write_adapter_metrics(self, adapter_id: str, task_id: str, metrics: dict) -> None:
         """Base vs tuned (and merged, when known) on the task's eval split, as in metrics.json."""
         for k in ("metric", "base", "tuned"):
             if k not in metrics:
                 raise UserError(f"metrics of adapter '{adapter_id}': missing field '{k}'")
-        self._append("adapter_metrics", [{
-            "adapter_id": str(adapter_id), "task_id": str(task_id), "metric": str(metrics["metric"]),
-            "base": float(metrics["base"]), "tuned": float(metrics["tuned"]),
-            "merged": _stored(metrics.get("merged")),
-            "created": str(metrics.get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds")),
-        }])
+        self._append(
+            "adapter_metrics",
+            [
+                {
+                    "adapter_id": str(adapter_id),
+                    "task_id": str(task_id),
+                    "metric": str(metrics["metric"]),
+                    "base": float(metrics["base"]),
+                    "tuned": float(metrics["tuned"]),
+                    "merged": _stored(metrics.get("merged")),
+                    "created": str(metrics.get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds")),
+                }
+            ],
+        )
 
     def write_reference(self, task_id: str, adapter_id: str, embeddings) -> None:
         """The reference embedding sample for drift tests of `task_id`, versioned by `adapter_id`."""
@@ -154,18 +172,27 @@ class TaskStore:
             raise UserError(f"reference of task '{task_id}': expected a non-empty 2-D array, got shape {arr.shape}")
         if not np.isfinite(arr).all():
             raise UserError(f"reference of task '{task_id}': contains NaN or infinite values")
-        self._append("drift_reference", [{
-            "task_id": str(task_id), "adapter_id": str(adapter_id), "rows": int(arr.shape[0]),
-            "dims": int(arr.shape[1]), "embeddings": arr.ravel().tolist(),
-        }])
+        self._append(
+            "drift_reference",
+            [
+                {
+                    "task_id": str(task_id),
+                    "adapter_id": str(adapter_id),
+                    "rows": int(arr.shape[0]),
+                    "dims": int(arr.shape[1]),
+                    "embeddings": arr.ravel().tolist(),
+                }
+            ],
+        )
 
     # -- reads ------------------------------------------------------------------------------
     def _online(self, view: str, key: str) -> dict:
         fs = self.fs
         join = JOIN_KEYS[view]
         with quiet_feast():
-            out = fs.get_online_features(features=[f"{view}:{c}" for c in COLUMNS[view]],
-                                         entity_rows=[{join: str(key)}]).to_dict()
+            out = fs.get_online_features(
+                features=[f"{view}:{c}" for c in COLUMNS[view]], entity_rows=[{join: str(key)}]
+            ).to_dict()
         row = {k: v[0] for k, v in out.items()}
         if all(row.get(c) is None for c in COLUMNS[view]):
             entity = "task" if join == "task_id" else "adapter"
@@ -175,16 +202,27 @@ class TaskStore:
     def read_task(self, task_id: str) -> dict:
         """{"task_id", "type", "rows", "label_entropy", "mean_length", "centroid"} from the online store."""
         r = self._online("task_profile", task_id)
-        return {"task_id": r["task_id"], "type": r["type"], "rows": int(r["rows"]),
-                "label_entropy": _float(r["label_entropy"]), "mean_length": float(r["mean_length"]),
-                "centroid": [float(v) for v in r["centroid"]]}
+        return {
+            "task_id": r["task_id"],
+            "type": r["type"],
+            "rows": int(r["rows"]),
+            "label_entropy": _float(r["label_entropy"]),
+            "mean_length": float(r["mean_length"]),
+            "centroid": [float(v) for v in r["centroid"]],
+        }
 
     def read_adapter(self, adapter_id: str) -> dict:
         """{"adapter_id", "task_id", "metric", "base", "tuned", "merged" (None until merged), "created"}."""
         r = self._online("adapter_metrics", adapter_id)
-        return {"adapter_id": r["adapter_id"], "task_id": r["task_id"], "metric": r["metric"],
-                "base": float(r["base"]), "tuned": float(r["tuned"]), "merged": _float(r["merged"]),
-                "created": r["created"]}
+        return {
+            "adapter_id": r["adapter_id"],
+            "task_id": r["task_id"],
+            "metric": r["metric"],
+            "base": float(r["base"]),
+            "tuned": float(r["tuned"]),
+            "merged": _float(r["merged"]),
+            "created": r["created"],
+        }
 
     def read_reference(self, task_id: str, adapter_id: str | None = None) -> np.ndarray:
         """The latest reference sample of `task_id` (online), or the one written for `adapter_id` (history)."""
@@ -197,7 +235,9 @@ class TaskStore:
         df = pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=["task_id", "adapter_id"])
         hit = df[(df["task_id"] == str(task_id)) & (df["adapter_id"] == str(adapter_id))]
         if hit.empty:
-            raise UserError(f"feature store {self.repo_dir}: no drift reference for task '{task_id}' and adapter '{adapter_id}'")
+            raise UserError(
+                f"feature store {self.repo_dir}: no drift reference for task '{task_id}' and adapter '{adapter_id}'"
+            )
         r = hit.sort_values(TIMESTAMP).iloc[-1]
         return np.asarray(r["embeddings"], dtype=np.float32).reshape(int(r["rows"]), int(r["dims"]))
 
@@ -209,10 +249,14 @@ class TaskStore:
         values = r["embeddings"] or []
         rows, dims = int(r["rows"]), int(r["dims"])
         if len(values) != rows * dims:
-            raise UserError(f"feature store {self.repo_dir}: reference of task '{task_id}' holds {len(values)} "
-                            f"values, not rows × dims = {rows} × {dims}")
-        return {"adapter_id": str(r["adapter_id"]),
-                "embeddings": np.asarray(values, dtype=np.float32).reshape(rows, dims)}
+            raise UserError(
+                f"feature store {self.repo_dir}: reference of task '{task_id}' holds {len(values)} "
+                f"values, not rows × dims = {rows} × {dims}"
+            )
+        return {
+            "adapter_id": str(r["adapter_id"]),
+            "embeddings": np.asarray(values, dtype=np.float32).reshape(rows, dims),
+        }
 
     def reference_versions(self, task_id: str) -> list[dict]:
         """Every reference written for `task_id`, oldest first: [{"adapter_id", "rows", "dims", "written"}]."""
@@ -223,8 +267,10 @@ class TaskStore:
             return []
         df = pd.read_parquet(path, columns=["task_id", "adapter_id", "rows", "dims", TIMESTAMP])
         df = df[df["task_id"] == str(task_id)].sort_values(TIMESTAMP)
-        return [{"adapter_id": a, "rows": int(n), "dims": int(d), "written": t.isoformat()}
-                for a, n, d, t in zip(df["adapter_id"], df["rows"], df["dims"], df[TIMESTAMP])]
+        return [
+            {"adapter_id": a, "rows": int(n), "dims": int(d), "written": t.isoformat()}
+            for a, n, d, t in zip(df["adapter_id"], df["rows"], df["dims"], df[TIMESTAMP])
+        ]
 
 
 def _stored(v) -> float:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from taskloom.artifacts import write_text
 from taskloom.data.rows import write_rows
@@ -45,7 +45,7 @@ def _key(text: str) -> str:
 
 
 def _spec(name: str, task_type: str, description: str, labels: list[str] | None = None) -> dict:
-    spec = {"name": name, "type": task_type, "description": description}
+    spec: dict[str, object] = {"name": name, "type": task_type, "description": description}
     if labels is not None:
         spec["labels"] = labels
     spec["data"] = dict(DATA_FILES)
@@ -126,7 +126,8 @@ def build_chatterbot_topic() -> tuple[dict, Rows, Rows]:
 
 
 def build_chatterbot_qa() -> tuple[dict, Rows, Rows]:
-    seen, rows = set(), []
+    seen: set[str] = set()
+    rows: list[dict] = []
     for _topic, conv in corpora.chatterbot_conversations():
         if len(conv) < 2:
             continue

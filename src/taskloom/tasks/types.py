@@ -76,7 +76,13 @@ class Classification(TaskType):
         import great_expectations.expectations as gxe
 
         items: list[tuple[str, str, str | None, Any]] = [
-            ("label_set", "error", "label", gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(labels or [])))]
+            (
+                "label_set",
+                "error",
+                "label",
+                gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(labels or [])),
+            )
+        ]
         min_share = BALANCE_FRACTION / max(len(labels or []), 1)
         for label in labels or []:
             exp = gxe.ExpectColumnValuesToBeInSet(column="label", value_set=[label], mostly=min_share)
@@ -112,7 +118,14 @@ class PairSimilarity(TaskType):
     def expectations(self, labels):
         import great_expectations.expectations as gxe
 
-        return [("score_range", "error", "score", gxe.ExpectColumnValuesToBeBetween(column="score", min_value=0.0, max_value=1.0))]
+        return [
+            (
+                "score_range",
+                "error",
+                "score",
+                gxe.ExpectColumnValuesToBeBetween(column="score", min_value=0.0, max_value=1.0),
+            )
+        ]
 
     def loss(self, encode, rows, task, head=None):
         import torch
@@ -189,7 +202,9 @@ class Generation(TaskType):
 
     name = "generation"
     fields: ClassVar[dict[str, str]] = {"prompt": "str", "response": "str"}
-    optional_fields: ClassVar[dict[str, str]] = {"keys": "str_list"}  # the response's answer-bearing parts (token weighting)
+    optional_fields: ClassVar[dict[str, str]] = {
+        "keys": "str_list"
+    }  # the response's answer-bearing parts (token weighting)
     main_text, text_fields, identity_fields = "prompt", ("prompt", "response"), ("prompt",)
     base_kind = "causal_lm"
     metric = "answer_loss"

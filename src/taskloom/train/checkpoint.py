@@ -46,7 +46,9 @@ def save(out: Path, step: int, fingerprint: str, trainable: dict, optimizer, sch
     # serialised in memory first, so a full disk surfaces as a plain OSError from one write call
     tensors = to_bytes({k: v.detach().cpu().contiguous() for k, v in trainable.items()})
     state = io.BytesIO()
-    torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "rng": torch.get_rng_state()}, state)
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "rng": torch.get_rng_state()}, state
+    )
     stage = None
     try:
         stage = staging_dir(final)
@@ -62,8 +64,10 @@ def save(out: Path, step: int, fingerprint: str, trainable: dict, optimizer, sch
         if e.errno in _DISK_ERRORS:
             kept = [f.name for f in _folders(Path(out))]
             last = f"the last checkpoint ({kept[-1]}) is intact" if kept else "no earlier checkpoint exists"
-            raise UserError(f"disk full while writing checkpoint step {step} in {final.parent}: {last}; "
-                            "free space and rerun with --resume") from None
+            raise UserError(
+                f"disk full while writing checkpoint step {step} in {final.parent}: {last}; "
+                "free space and rerun with --resume"
+            ) from None
         raise
     for old in _folders(Path(out))[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
@@ -84,8 +88,10 @@ def latest(out: Path, fingerprint: str) -> dict | None:
         if not whole:
             continue  # damaged: an older one may still be good
         if state["fingerprint"] != fingerprint:
-            raise UserError(f"{folder}: a checkpoint of a different run (other tasks, options or seed); "
-                            "use a new --out or the same options")
+            raise UserError(
+                f"{folder}: a checkpoint of a different run (other tasks, options or seed); "
+                "use a new --out or the same options"
+            )
         return {"step": int(state["step"]), "dir": folder}
     return None
 

@@ -29,9 +29,11 @@ def check_required_cuda() -> None:
     import torch
 
     if not torch.cuda.is_available():
-        raise UserError(f"{REQUIRE_CUDA_ENV}={os.environ[REQUIRE_CUDA_ENV]}: this step asked for an nvidia.com/gpu "
-                        "but no CUDA device is visible (CUDA torch build, NVIDIA driver, device plugin?); "
-                        "not training on the CPU instead")
+        raise UserError(
+            f"{REQUIRE_CUDA_ENV}={os.environ[REQUIRE_CUDA_ENV]}: this step asked for an nvidia.com/gpu "
+            "but no CUDA device is visible (CUDA torch build, NVIDIA driver, device plugin?); "
+            "not training on the CPU instead"
+        )
 
 
 def resolve_device(name: str = "auto") -> str:
@@ -62,7 +64,7 @@ def native_bf16() -> bool:
 
 
 def resolve_precision(device: str, precision: str = "auto") -> str:
-    """"auto" → "bf16" on CUDA and on CPUs with native bf16, else "fp32"; "fp32"/"bf16" as asked."""
+    """ "auto" → "bf16" on CUDA and on CPUs with native bf16, else "fp32"; "fp32"/"bf16" as asked."""
     if precision != "auto":
         return precision
     return "bf16" if device.split(":")[0] == "cuda" or native_bf16() else "fp32"

@@ -64,7 +64,9 @@ def fit_probe_head(task, tok, model, train_rows: list[dict], seed: int = 0):
     return fit_probe(x, y, len(task.labels), seed=seed)
 
 
-def score_encoder(task, tok, model, *, rows: list[dict] | None = None, head=None, train_rows: list[dict] | None = None) -> dict:
+def score_encoder(
+    task, tok, model, *, rows: list[dict] | None = None, head=None, train_rows: list[dict] | None = None
+) -> dict:
     """The task metric for an already-built encoder (no reloading): {"task","type","metric","value","n",...}.
 
     `head` (classification): a torch Linear over the embedding whose rows follow `task.labels`; when None,
@@ -86,7 +88,7 @@ def _adapter_info(adapter: Path, task) -> dict:
     info = json.loads((adapter / "task.json").read_text()) if (adapter / "task.json").exists() else {}
     types = {t["type"] for t in info.get("tasks", [])} if info.get("type") == "multitask" else {info.get("type")}
     if info.get("type") and task.type not in types:
-        kinds = f"a {types.pop()} task" if len(types) == 1 else f"{'/'.join(sorted(types))} tasks"
+        kinds = f"a {types.pop()} task" if len(types) == 1 else f"{'/'.join(sorted(map(str, types)))} tasks"
         raise UserError(f"--adapter {adapter}: trained for {kinds}, but {task.name} is {task.type}")
     return info
 
@@ -111,8 +113,16 @@ def _evaluate_generation(task, adapter, model, device: str) -> dict:
         source = f"base:{task.base_model}"
     lm.to(device).eval()
     value = answer_loss(tok, lm, rows)
-    return {"task": task.name, "type": task.type, "metric": "answer_loss", "value": value, "perplexity": math.exp(value),
-            "n": len(rows), "higher_is_better": False, "source": source}
+    return {
+        "task": task.name,
+        "type": task.type,
+        "metric": "answer_loss",
+        "value": value,
+        "perplexity": math.exp(value),
+        "n": len(rows),
+        "higher_is_better": False,
+        "source": source,
+    }
 
 
 def load_adapter_model(base: str, adapter: Path, device: str = "cpu", causal: bool = False):
@@ -147,7 +157,9 @@ def evaluate_task(task, adapter=None, model=None, device: str = "auto") -> dict:
             # a single-task adapter keeps its head beside it; a multi-task one under heads/<task>/
             head_dir = adapter / "heads" / task.name if has_head(adapter / "heads" / task.name) else adapter
             if not has_head(head_dir):
-                raise UserError(f"--adapter {adapter}: no classification head for {task.name} (head.safetensors + head.json)")
+                raise UserError(
+                    f"--adapter {adapter}: no classification head for {task.name} (head.safetensors + head.json)"
+                )
             raw, labels = load_head(head_dir)
             head = align_head(raw, labels, task.labels, str(head_dir / "head.json"))
         tok, enc = load_adapter_model(info.get("base") or task.base_model, adapter, device)
@@ -159,7 +171,9 @@ def evaluate_task(task, adapter=None, model=None, device: str = "auto") -> dict:
         if TASK_TYPES[task.type].labelled:
             head_dir = model / "heads" / task.name
             if not has_head(head_dir):
-                raise UserError(f"--model {model}: no head for task {task.name!r} (expected {head_dir}/head.safetensors)")
+                raise UserError(
+                    f"--model {model}: no head for task {task.name!r} (expected {head_dir}/head.safetensors)"
+                )
             raw, labels = load_head(head_dir)
             head = align_head(raw, labels, task.labels, str(head_dir / "head.json"))
         tok, enc = load_encoder(model)

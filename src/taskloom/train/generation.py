@@ -23,8 +23,12 @@ held-out rows, unweighted (lower is better).
 from __future__ import annotations
 
 from collections import Counter
+from typing import TYPE_CHECKING
 
 from taskloom.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 IGNORE = -100
 COMMON_TOP_K = 50  # response tokens this frequent are function words, not answer content
@@ -41,7 +45,7 @@ def _template(tok) -> tuple[str, str, str]:
         return "", "\n", tok.eos_token or ""
     user = [{"role": "user", "content": _USER}]
     turn = tok.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
-    full = tok.apply_chat_template(user + [{"role": "assistant", "content": _ANSWER}], tokenize=False)
+    full = tok.apply_chat_template([*user, {"role": "assistant", "content": _ANSWER}], tokenize=False)
     head, tail = turn.split(_USER)
     if not full.startswith(head + _USER + tail + _ANSWER):
         raise ValueError("the chat template does not render the assistant turn after its generation prompt")
@@ -88,7 +92,9 @@ def _key_mask(tok, response: str, ids: list[int], spans, keys, common: set[int],
     return [content[t] for t in ids]
 
 
-def encode_rows(tok, rows: list[dict], max_length: int, key_weight: float = 1.0, common: set[int] | None = None) -> list[dict]:
+def encode_rows(
+    tok, rows: list[dict], max_length: int, key_weight: float = 1.0, common: set[int] | None = None
+) -> list[dict]:
     """Each row -> {"input_ids", "labels", "weights"}: the prompt masked (-100), the response learned.
 
     Too long a row loses the end of its prompt's content first (the template stays), then the end
@@ -100,7 +106,8 @@ def encode_rows(tok, rows: list[dict], max_length: int, key_weight: float = 1.0,
     weighting = key_weight != 1.0
     if weighting and common is None and not all(r.get("keys") for r in rows):
         common = common_tokens(tok, rows)
-    out, content = [], {}
+    out: list[dict] = []
+    content: dict[int, bool] = {}  # token id -> carries content (shared across rows)
     for row in rows:
         content_ids = _ids(tok, row["prompt"])
         resp_ids, spans = _offsets(tok, row["response"])
@@ -136,7 +143,9 @@ def collate(examples: list[dict], pad_id: int, device="cpu") -> dict:
     def pad(key: str, value, dtype):
         return torch.tensor([e[key] + [value] * (width - len(e[key])) for e in examples], dtype=dtype, device=device)
 
-    mask = torch.tensor([[1] * len(e["input_ids"]) + [0] * (width - len(e["input_ids"])) for e in examples], device=device)
+    mask = torch.tensor(
+        [[1] * len(e["input_ids"]) + [0] * (width - len(e["input_ids"])) for e in examples], device=device
+    )
     return {
         "input_ids": pad("input_ids", pad_id, torch.long),
         "attention_mask": mask,
@@ -168,7 +177,7 @@ def _response_nll(model, batch):
     return nll, batch["weights"][:, 1:][sel]
 
 
-def generation_loss(model, batch) -> "torch.Tensor":  # noqa: F821
+def generation_loss(model, batch) -> torch.Tensor:
     """Weighted mean cross-entropy over the batch's response tokens (prompt tokens never count).
     `batch`: one collated batch, or a list of them (one batch's length-aware chunks)."""
     parts = [_response_nll(model, b) for b in (batch if isinstance(batch, list) else [batch])]
@@ -196,7 +205,9 @@ def answer_loss(tok, model, rows: list[dict], max_length: int = 128, batch_size:
     return total / max(count, 1)
 
 
-def generate(tok, model, prompts: list[str], max_tokens: int = 32, temperature: float = 0.0, batch_size: int = 16) -> list[str]:
+def generate(
+    tok, model, prompts: list[str], max_tokens: int = 32, temperature: float = 0.0, batch_size: int = 16
+) -> list[str]:
     """The model's reply to each prompt, in the training chat layout; greedy unless temperature > 0."""
     import torch
 

@@ -39,8 +39,9 @@ class GenerationTask:
     def loss(self, model, idx: list[int]):
         device = next(model.parameters()).device
         chunks = by_length([self.lengths[i] for i in idx], overhead_for(device))  # a random batch, padded little
-        return generation_loss(model, [collate([self.examples[idx[j]] for j in rows], self.tok.pad_token_id, device)
-                                       for rows in chunks])
+        return generation_loss(
+            model, [collate([self.examples[idx[j]] for j in rows], self.tok.pad_token_id, device) for rows in chunks]
+        )
 
     def evaluate(self, model) -> tuple[dict, float]:
         """Held-out answer loss (mean NLL per answer token, lower is better) and its perplexity; the
@@ -48,8 +49,15 @@ class GenerationTask:
         import math
 
         value = answer_loss(self.tok, model, self.eval_rows)  # at the eval length, whatever training used
-        return {"task": self.name, "type": self.type, "metric": "answer_loss", "value": value,
-                "perplexity": math.exp(value), "n": len(self.eval_rows), "higher_is_better": False}, value
+        return {
+            "task": self.name,
+            "type": self.type,
+            "metric": "answer_loss",
+            "value": value,
+            "perplexity": math.exp(value),
+            "n": len(self.eval_rows),
+            "higher_is_better": False,
+        }, value
 
     def save(self, folder, multi: bool) -> None:
         return None

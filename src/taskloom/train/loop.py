@@ -63,16 +63,31 @@ def trainable_tensors(model, works) -> dict:
     return named
 
 
-def run(model, works, spec, out: Path, *, total_steps: int, per_epoch: int, fingerprint: str, world, device: str,
-        resume: bool = False, progress: bool = True, label: str = "") -> dict:
+def run(
+    model,
+    works,
+    spec,
+    out: Path,
+    *,
+    total_steps: int,
+    per_epoch: int,
+    fingerprint: str,
+    world,
+    device: str,
+    resume: bool = False,
+    progress: bool = True,
+    label: str = "",
+) -> dict:
     """Train `model` (+ the works' heads) for `total_steps`; returns {"losses", "seconds", "tokens", "resumed_from"}."""
     import torch
 
     named = trainable_tensors(model, works)
     params = list(named.values())
     # the usual AdamW recipe: matrices decay, biases (1-D tensors) do not
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": WEIGHT_DECAY},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": WEIGHT_DECAY},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=spec.lr, foreach=True)
     # linear warm-up from 0 (the first step only primes Adam's moments), then linear decay to 0
     warmup = max(1, int(WARMUP_SHARE * total_steps))
@@ -109,7 +124,7 @@ def run(model, works, spec, out: Path, *, total_steps: int, per_epoch: int, fing
                 # global units per entry, so each process's part of the loss is weighted by its rows
                 local_units = [works[i].units(idx) for i, idx, _ in mine]
                 local_tokens = sum(works[i].tokens(idx) for i, idx, _ in mine)
-                totals = distributed.global_sum(local_units + [float(local_tokens)], world)
+                totals = distributed.global_sum([*local_units, float(local_tokens)], world)
                 loss = None
                 with autocast(device, spec.precision):
                     for (i, idx, share), units, total in zip(mine, local_units, totals):
@@ -132,9 +147,15 @@ def run(model, works, spec, out: Path, *, total_steps: int, per_epoch: int, fing
                 seconds += took
                 tokens += int(totals[-1])
                 losses.append(step_loss)
-                record = {"step": step, "epoch": (step - 1) // per_epoch, "loss": round(step_loss, 6), "lr": lr, "tokens": int(totals[-1]),
-                          "tokens_per_s": round(totals[-1] / took, 1),
-                          "examples_per_s": round(sum(len(idx) for _, idx, _ in entries) / took, 2)}
+                record = {
+                    "step": step,
+                    "epoch": (step - 1) // per_epoch,
+                    "loss": round(step_loss, 6),
+                    "lr": lr,
+                    "tokens": int(totals[-1]),
+                    "tokens_per_s": round(totals[-1] / took, 1),
+                    "examples_per_s": round(sum(len(idx) for _, idx, _ in entries) / took, 2),
+                }
                 if len(works) > 1:
                     record["tasks"] = [works[i].name for i, _, _ in entries]
                 log.write(json.dumps(record) + "\n")

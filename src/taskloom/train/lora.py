@@ -49,7 +49,9 @@ from taskloom.train.sampling import steps_per_epoch
 # LoRA on every linear layer of every transformer block: attention query, key, value and output, and
 # both feed-forward layers (the pooler, unused by mean pooling, stays out). On rt-sentiment, one epoch
 # gave 0.802 accuracy this way against 0.780 with the attention projections alone, at a similar cost.
-TARGET_MODULES = r".*encoder\.layer\.\d+\.(attention\.(self\.(query|key|value)|output\.dense)|intermediate\.dense|output\.dense)"
+TARGET_MODULES = (
+    r".*encoder\.layer\.\d+\.(attention\.(self\.(query|key|value)|output\.dense)|intermediate\.dense|output\.dense)"
+)
 LORA_DROPOUT = 0.05
 # per base kind, when the user does not say: learning rate and tokens per text
 # (SmolLM2 on chatterbot-gen: lr 2e-3, 96 tokens took the held-out answer loss down 29 % in 30 steps of 16)
@@ -123,10 +125,11 @@ def train_tasks(tasks: list, out, spec, progress: bool = True, resume: bool = Fa
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
     if not resume and checkpoint.has_checkpoints(out):
-        raise UserError(f"--out {out}: holds checkpoints of an unfinished run; add --resume to continue it, "
-                        "or use a new --out")
+        raise UserError(
+            f"--out {out}: holds checkpoints of an unfinished run; add --resume to continue it, or use a new --out"
+        )
     lr = spec.lr or DEFAULTS[kind]["lr"]
-    max_length = spec.max_length or DEFAULTS[kind]["max_length"]
+    max_length = int(spec.max_length or DEFAULTS[kind]["max_length"])
     spec = spec.model_copy(update={"lr": lr, "max_length": max_length})
     world = distributed.world_from_env()
     device = distributed.start(world, resolve_device(spec.device))
@@ -138,6 +141,7 @@ def train_tasks(tasks: list, out, spec, progress: bool = True, resume: bool = Fa
                 keep = sorted(random.Random(spec.seed).sample(range(len(rows)), spec.max_train_rows))
                 splits[t.name] = ([rows[i] for i in keep], splits[t.name][1])
     fingerprint = _fingerprint(tasks, spec, base)
+    works: list[EncoderTask] | list[GenerationTask]
     if kind == "encoder":
         tok, model = load_encoder(base)
         works = [EncoderTask(t, *splits[t.name], tok, max_length) for t in tasks]
@@ -167,8 +171,13 @@ def train_tasks(tasks: list, out, spec, progress: bool = True, resume: bool = Fa
         for m in model.modules():
             if isinstance(m, torch.nn.Dropout):
                 m.p = 0.0
-    config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=LORA_DROPOUT if spec.dropout else 0.0,
-                        target_modules=targets, bias="none")
+    config = LoraConfig(
+        r=spec.rank,
+        lora_alpha=spec.alpha,
+        lora_dropout=LORA_DROPOUT if spec.dropout else 0.0,
+        target_modules=targets,
+        bias="none",
+    )
     with warnings.catch_warnings():  # a transformers deprecation notice raised inside PEFT
         warnings.simplefilter("ignore", FutureWarning)
         model = get_peft_model(model, config)
@@ -186,8 +195,20 @@ def train_tasks(tasks: list, out, spec, progress: bool = True, resume: bool = Fa
     stage = None
     try:
         label = names[0] if len(names) == 1 else f"{len(names)} tasks"
-        result = loop.run(model, works, spec, out, total_steps=total_steps, per_epoch=per_epoch, fingerprint=fingerprint, world=world,
-                          device=device, resume=resume, progress=progress, label=label)
+        result = loop.run(
+            model,
+            works,
+            spec,
+            out,
+            total_steps=total_steps,
+            per_epoch=per_epoch,
+            fingerprint=fingerprint,
+            world=world,
+            device=device,
+            resume=resume,
+            progress=progress,
+            label=label,
+        )
         if not world.main:
             distributed.stop(world)
             return {}
@@ -200,11 +221,18 @@ def train_tasks(tasks: list, out, spec, progress: bool = True, resume: bool = Fa
             b = base_scores[w.name]
             up = b.get("higher_is_better", True)
             say(f"{w.name}: tuned {tuned['metric']} {tuned['value']:.4f} after {total_steps} steps")
-            m = {"task": w.name, "type": w.type, "metric": b["metric"], "base": round(b["value"], 6),
-                 "tuned": round(tuned["value"], 6),
-                 "gain": round((tuned["value"] - b["value"]) * (1 if up else -1), 6),  # > 0: better, whatever the metric
-                 "base_eval_loss": round(base_losses[w.name], 6), "eval_loss": round(tuned_loss, 6),
-                 "train_rows": len(w.lengths), "eval_rows": len(w.eval_rows)}
+            m = {
+                "task": w.name,
+                "type": w.type,
+                "metric": b["metric"],
+                "base": round(b["value"], 6),
+                "tuned": round(tuned["value"], 6),
+                "gain": round((tuned["value"] - b["value"]) * (1 if up else -1), 6),  # > 0: better, whatever the metric
+                "base_eval_loss": round(base_losses[w.name], 6),
+                "eval_loss": round(tuned_loss, 6),
+                "train_rows": len(w.lengths),
+                "eval_rows": len(w.eval_rows),
+            }
             if not up:
                 m["higher_is_better"] = False
                 m["drop"] = round((b["value"] - tuned["value"]) / b["value"], 6)  # e.g. 0.3: the answer loss fell 30 %
@@ -219,20 +247,34 @@ def train_tasks(tasks: list, out, spec, progress: bool = True, resume: bool = Fa
             "train_rows": sum(len(w.lengths) for w in works),
             "steps": total_steps,
             "epochs": round(total_steps / per_epoch, 4),
-            "final_loss": round(float(np.mean(losses[-max(1, min(10, len(losses))):])), 6),
+            "final_loss": round(float(np.mean(losses[-max(1, min(10, len(losses))) :])), 6),
             "tokens": result["tokens"],
             "tokens_per_s": round(result["tokens"] / result["seconds"], 1) if result["seconds"] else 0.0,
             "resumed_from_step": result["resumed_from"],
-            "base_model": base, "rank": spec.rank, "alpha": spec.alpha, "lr": spec.lr,
-            "batch_size": spec.batch_size, "max_length": max_length, "precision": resolve_precision(device, spec.precision),
-            "trainable_params": trainable, "lora_layers": len(layers), "seed": spec.seed,
-            "device": device, "world_size": world.size,
+            "base_model": base,
+            "rank": spec.rank,
+            "alpha": spec.alpha,
+            "lr": spec.lr,
+            "batch_size": spec.batch_size,
+            "max_length": max_length,
+            "precision": resolve_precision(device, spec.precision),
+            "trainable_params": trainable,
+            "lora_layers": len(layers),
+            "seed": spec.seed,
+            "device": device,
+            "world_size": world.size,
         }
         if len(works) == 1:
             metrics = {**per_task[names[0]], **shared}
         else:
-            metrics = {"task": "+".join(names), "type": "multitask", "tasks": per_task,
-                       "temperature": spec.temperature, "mixing": spec.mixing, **shared}
+            metrics = {
+                "task": "+".join(names),
+                "type": "multitask",
+                "tasks": per_task,
+                "temperature": spec.temperature,
+                "mixing": spec.mixing,
+                **shared,
+            }
 
         stage = staging_dir(out / "adapter")
         with warnings.catch_warnings():  # transformers' own deprecation notice inside PEFT's save

@@ -33,12 +33,14 @@ def write_train_report(path: str | Path, metrics: dict, records: list[dict]) -> 
     plt = pyplot()
     k = max(1, len(records) // 20)
     fig, ax = plt.subplots(figsize=(8, 3.2))
-    groups = {}
+    groups: dict[str, list[dict]] = {}
     for r in records:
         groups.setdefault(r["tasks"][0] if "tasks" in r else metrics["task"], []).append(r)
     for name, rs in groups.items():
         line = ax.plot([r["step"] for r in rs], [r["loss"] for r in rs], lw=0.6, alpha=0.35)[0]
-        ax.plot([r["step"] for r in rs], _smooth([r["loss"] for r in rs], k), lw=1.6, color=line.get_color(), label=name)
+        ax.plot(
+            [r["step"] for r in rs], _smooth([r["loss"] for r in rs], k), lw=1.6, color=line.get_color(), label=name
+        )
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend(fontsize=8)
@@ -49,5 +51,13 @@ def write_train_report(path: str | Path, metrics: dict, records: list[dict]) -> 
     ax.set_ylabel("useful tokens/s")
     speed_png = png(fig)
     tasks = metrics["tasks"] if "tasks" in metrics else {metrics["task"]: metrics}
-    return write_page(path, f"taskloom train: {metrics['task']}", TEMPLATE,
-                      title=metrics["task"], m=metrics, tasks=tasks, loss_png=loss_png, speed_png=speed_png)
+    return write_page(
+        path,
+        f"taskloom train: {metrics['task']}",
+        TEMPLATE,
+        title=metrics["task"],
+        m=metrics,
+        tasks=tasks,
+        loss_png=loss_png,
+        speed_png=speed_png,
+    )

@@ -38,8 +38,9 @@ def _epochs(size: int, batch_size: int, seed: int) -> Iterator[tuple[int, list[i
         epoch += 1
 
 
-def plan(sizes: list[int], batch_size: int, seed: int, temperature: float = 2.0,
-         mixing: str = "task") -> Iterator[list[tuple[int, list[int], float]]]:
+def plan(
+    sizes: list[int], batch_size: int, seed: int, temperature: float = 2.0, mixing: str = "task"
+) -> Iterator[list[tuple[int, list[int], float]]]:
     """Per step, a list of (task index, row indices, share of the step's loss); shares sum to 1."""
     if len(sizes) == 1:
         for _, idx in _epochs(sizes[0], batch_size, seed):

@@ -21,8 +21,9 @@ import re
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from taskloom.artifacts import publish_dir, staging_dir, write_json
 from taskloom.errors import UserError
@@ -72,8 +73,10 @@ def use_trainer(nodes: int, gpus_per_node: int, env: dict | None = None) -> bool
     if in_cluster(env):
         return True
     if nodes > 1:
-        raise UserError(f"train nodes={nodes}: several nodes need a Kubernetes cluster with the Kubeflow Trainer "
-                        "(run the KFP pipeline there), or use nodes=1 here")
+        raise UserError(
+            f"train nodes={nodes}: several nodes need a Kubernetes cluster with the Kubeflow Trainer "
+            "(run the KFP pipeline there), or use nodes=1 here"
+        )
     return False
 
 
@@ -124,8 +127,15 @@ def trainjob_manifest(
         "numNodes": int(nodes),
         "numProcPerNode": workers,
         "command": ["torchrun"],
-        "args": ["-m", "taskloom.cli", "train", *([task_file] if isinstance(task_file, str) else task_file),
-                 "--out", str(out_dir), *map(str, train_args)],
+        "args": [
+            "-m",
+            "taskloom.cli",
+            "train",
+            *([task_file] if isinstance(task_file, str) else task_file),
+            "--out",
+            str(out_dir),
+            *map(str, train_args),
+        ],
         "resourcesPerNode": resources,
     }
     if image:
@@ -145,8 +155,11 @@ def trainjob_manifest(
         "kind": KIND,
         "metadata": {"name": name, "labels": labels, "annotations": annotations},
         "spec": {
-            "runtimeRef": {"apiGroup": GROUP, "kind": RUNTIME_KIND,
-                           "name": runtime or os.environ.get("TASKLOOM_TRAINER_RUNTIME") or RUNTIME},
+            "runtimeRef": {
+                "apiGroup": GROUP,
+                "kind": RUNTIME_KIND,
+                "name": runtime or os.environ.get("TASKLOOM_TRAINER_RUNTIME") or RUNTIME,
+            },
             "trainer": trainer,
         },
     }
@@ -189,9 +202,9 @@ def custom_objects_api():
 
 def current_namespace(env: dict | None = None) -> str:
     """TASKLOOM_NAMESPACE, else this pod's namespace (where the KFP run executes)."""
-    env = os.environ if env is None else env
-    if env.get("TASKLOOM_NAMESPACE"):
-        return env["TASKLOOM_NAMESPACE"]
+    environ = os.environ if env is None else env
+    if environ.get("TASKLOOM_NAMESPACE"):
+        return environ["TASKLOOM_NAMESPACE"]
     try:
         return _SA_NAMESPACE.read_text().strip()
     except OSError:
@@ -237,8 +250,10 @@ def submit_and_wait(
     try:
         api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest, field_validation="Strict")
     except ApiException as e:
-        hint = {404: " (is the Kubeflow Trainer installed? no trainjobs.trainer.kubeflow.org here)",
-                403: " (the pipeline's service account needs create/get/delete on trainjobs: the chart's RBAC)"}
+        hint = {
+            404: " (is the Kubeflow Trainer installed? no trainjobs.trainer.kubeflow.org here)",
+            403: " (the pipeline's service account needs create/get/delete on trainjobs: the chart's RBAC)",
+        }
         raise TrainJobError(f"{where}: not created: {_api_message(e)}{hint.get(e.status, '')}") from None
     start = clock()
     state, last_error = "Created", ""
@@ -262,13 +277,19 @@ def submit_and_wait(
                 raise TrainJobError(f"{where} failed: {why or 'no reason given'}")
             done = conditions.get("Complete")
             if done and done.get("status") == "True":
-                return {"name": name, "namespace": namespace, "state": "Complete",
-                        "seconds": round(clock() - start, 3), "status": obj.get("status") or {}}
+                return {
+                    "name": name,
+                    "namespace": namespace,
+                    "state": "Complete",
+                    "seconds": round(clock() - start, 3),
+                    "status": obj.get("status") or {},
+                }
             state = _state(obj)
         if clock() - start >= timeout_s:
             try:
-                api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
-                                                    propagation_policy="Foreground")
+                api.delete_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, name, propagation_policy="Foreground"
+                )
                 gone = "deleted it"
             except ApiException as e:
                 gone = f"could not delete it: {_api_message(e)}"
@@ -310,11 +331,20 @@ def train_on_trainer(
     staged = [work / "task"] if len(dirs) == 1 else [work / "tasks" / str(i) for i in range(len(dirs))]
     for src, dst in zip(dirs, staged):
         shutil.copytree(src, dst)
-    manifest = trainjob_manifest(name, [str(d / TASK_FILE) for d in staged], str(work / "out"), nodes=nodes,
-                                 gpus_per_node=gpus_per_node, train_args=train_args, task=task, run_id=run_id)
+    manifest = trainjob_manifest(
+        name,
+        [str(d / TASK_FILE) for d in staged],
+        str(work / "out"),
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        train_args=train_args,
+        task=task,
+        run_id=run_id,
+    )
     write_json(work / "trainjob.json", manifest)
-    result = submit_and_wait(manifest, namespace or current_namespace(), api=api, timeout_s=timeout_s,
-                             poll_s=poll_s, **wait)
+    result = submit_and_wait(
+        manifest, namespace or current_namespace(), api=api, timeout_s=timeout_s, poll_s=poll_s, **wait
+    )
     produced = work / "out" / "metrics.json"
     if not produced.exists():
         raise TrainJobError(f"TrainJob {result['namespace']}/{name} completed but wrote no {produced}")
@@ -322,6 +352,13 @@ def train_on_trainer(
     shutil.copytree(work / "out", tmp, dirs_exist_ok=True)
     publish_dir(tmp, out_dir)
     metrics = json.loads(produced.read_text())
-    metrics.update({"trainjob": name, "trainjob_namespace": result["namespace"], "nodes": nodes,
-                    "gpus_per_node": gpus_per_node, "trainjob_seconds": result["seconds"]})
+    metrics.update(
+        {
+            "trainjob": name,
+            "trainjob_namespace": result["namespace"],
+            "nodes": nodes,
+            "gpus_per_node": gpus_per_node,
+            "trainjob_seconds": result["seconds"],
+        }
+    )
     return metrics
