@@ -35,10 +35,8 @@ HMAC = "events.hmacSecret.name=taskloom-webhook"
 
 @cache
 def tool(name: str) -> str:
-    """`.tools/helm` or `.tools/kubectl`, fetched by scripts/tools.sh (the `make tools` target) if missing."""
+    """`.tools/helm` or `.tools/kubectl`, installed by `make tools` (which `make test` runs first)."""
     path = TOOLS / name
-    if not path.exists():
-        subprocess.run(["bash", str(REPO / "scripts" / "tools.sh")], check=True, cwd=REPO)
     assert path.exists(), f"{path} missing: run `make tools`"
     return str(path)
 
