@@ -17,23 +17,21 @@ is released so the sender's retry can go through. GET /healthz → 200 for the k
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from taskloom.errors import UserError
 from taskloom.events.cloudevent import _secret_bytes, load_secret
-from taskloom.events.receiver import MAX_BODY, Rejected, _event_time, verify
+from taskloom.events.receiver import Rejected, _event_time, verify
+from taskloom.events.server import JsonServer
 
 log = logging.getLogger("taskloom.events.gateway")
 log.addHandler(logging.NullHandler())
 
-HEALTH_PATH = "/healthz"
 TOKEN_ENV = "TASKLOOM_EVENTS_TOKEN"
 # what goes on to the webhook: the CloudEvent (binary mode: ce-* headers) and its signature
 FORWARD_HEADERS = ("content-type", "x-taskloom-signature")
@@ -59,8 +57,10 @@ def load_token(path: str | Path | None = None, env: str = TOKEN_ENV) -> str:
     return token
 
 
-class EventGateway:
+class EventGateway(JsonServer):
     """Threaded HTTP server: verify, refuse replays, forward with the bearer token. `.url`, `.forwarded`, `.rejected`."""
+
+    name = "taskloom-gateway"
 
     def __init__(
         self,
@@ -80,7 +80,8 @@ class EventGateway:
             raise UserError(f"--max-age {max_age:g}: must be positive")
         self._secret = _secret_bytes(secret)
         self._token = token
-        self.forward_url, self.host, self.port = forward_url, host, port
+        super().__init__(host, port)
+        self.forward_url = forward_url
         self.max_age, self.timeout = float(max_age), float(timeout)
         self.forwarded: list[dict] = []
         self.rejected: list[dict] = []
@@ -88,72 +89,6 @@ class EventGateway:
         self._lock = threading.Lock()
         # the webhook is in-cluster (or on loopback): never through a proxy from the environment
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle --------------------------------------------------------------------------
-    def start(self) -> EventGateway:
-        gateway = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                if self.path.split("?", 1)[0] == HEALTH_PATH:
-                    self._answer(200, {"ok": True})
-                else:
-                    self._answer(404, {"error": "not found"})
-
-            def do_POST(self):
-                self._answer(*gateway.handle(dict(self.headers.items()), self._body()))
-
-            def _answer(self, status: int, payload: dict) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _body(self) -> bytes | None:
-                try:
-                    length = int(self.headers.get("Content-Length", "0"))
-                except ValueError:
-                    return None
-                if length < 0 or length > MAX_BODY:
-                    return None
-                return self.rfile.read(length)
-
-            def log_message(self, fmt, *args):
-                log.debug("gateway %s - %s", self.address_string(), fmt % args)
-
-        try:
-            self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        except OSError as e:
-            raise UserError(f"cannot listen on {self.host}:{self.port}: {e.strerror or e}") from None
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="taskloom-gateway", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            if self._thread is not None:
-                self._thread.join(timeout=5)
-            self._server = self._thread = None
-
-    def __enter__(self) -> EventGateway:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}/"
 
     # -- one request ------------------------------------------------------------------------
     def _reject(self, status: int, reason: str, event_id: str | None = None, **extra) -> tuple[int, dict]:

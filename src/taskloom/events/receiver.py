@@ -14,23 +14,19 @@ from __future__ import annotations
 
 import hmac
 import json
-import logging
 import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from taskloom.events.cloudevent import SIGNATURE_HEADER, _secret_bytes, format_time, sign, signing_input
-
-log = logging.getLogger("taskloom.events")
-log.addHandler(logging.NullHandler())  # a library: the application decides where logs go
-
-MAX_BODY = 1 << 20  # 1 MiB: a drift alarm is a few hundred bytes
+from taskloom.events.server import JsonServer, log
 
 
-class WebhookReceiver:
+class WebhookReceiver(JsonServer):
     """Threaded HTTP server on loopback; `.url`, `.received` [{"event_id","run_id","type","source"}], `.rejected`."""
+
+    name = "taskloom-webhook"
 
     def __init__(
         self,
@@ -40,68 +36,14 @@ class WebhookReceiver:
         port: int = 0,
         max_age: float = 300.0,
     ):
+        super().__init__(host, port)
         self._secret = _secret_bytes(secret)
         self.on_event = on_event
-        self.host, self.port, self.max_age = host, port, float(max_age)
+        self.max_age = float(max_age)
         self.received: list[dict] = []
         self.rejected: list[dict] = []
         self._seen: dict[str, tuple[float, str | None]] = {}  # id -> (event time, run id); None run id = in progress
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle --------------------------------------------------------------------------
-    def start(self) -> WebhookReceiver:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # http.server's name
-                status, payload = receiver.handle(dict(self.headers.items()), self._body())
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _body(self) -> bytes | None:
-                try:
-                    length = int(self.headers.get("Content-Length", "0"))
-                except ValueError:
-                    return None
-                if length < 0 or length > MAX_BODY:
-                    return None
-                return self.rfile.read(length)
-
-            def log_message(self, fmt, *args):  # keep stderr clean; the log has it
-                log.debug("webhook %s - %s", self.address_string(), fmt % args)
-
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="taskloom-webhook", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            if self._thread is not None:
-                self._thread.join(timeout=5)
-            self._server = self._thread = None
-
-    def __enter__(self) -> WebhookReceiver:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}/"
 
     # -- one request ------------------------------------------------------------------------
     def _reject(self, status: int, reason: str, event_id: str | None = None) -> tuple[int, dict]:
