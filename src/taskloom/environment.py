@@ -8,6 +8,9 @@ tests all take their settings from here.
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+from taskloom.errors import UserError
 
 # Nothing downloads at run time. Every pipeline pod gets exactly these (the compiled pipelines carry them).
 OFFLINE_ENV = {
@@ -31,3 +34,15 @@ def apply_local_env() -> None:
     Call it before torch or any Hugging Face library is imported: they read these when they load."""
     for key, value in LOCAL_ENV.items():
         os.environ.setdefault(key, value)
+
+
+def read_credential(path: str | os.PathLike, what: str) -> str:
+    """A credential file's content with the whitespace around it dropped (what a Secret mounted as a file
+    holds); one line naming the file when it is missing or empty."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such {what} file")
+    value = p.read_text(encoding="utf-8").strip()
+    if not value:
+        raise UserError(f"{p}: {what} file is empty")
+    return value

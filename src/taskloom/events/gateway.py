@@ -18,12 +18,14 @@ is released so the sender's retry can go through. GET /healthz → 200 for the k
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from taskloom.environment import read_credential
 from taskloom.errors import UserError
 from taskloom.events.cloudevent import _secret_bytes, load_secret
 from taskloom.events.receiver import Rejected, _event_time, verify
@@ -39,15 +41,8 @@ FORWARD_HEADERS = ("content-type", "x-taskloom-signature")
 
 def load_token(path: str | Path | None = None, env: str = TOKEN_ENV) -> str:
     """The bearer token from a file (surrounding whitespace dropped) or else the env var."""
-    import os
-
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"{p}: no such token file")
-        token = p.read_text(encoding="utf-8").strip()
-        if not token:
-            raise UserError(f"{p}: token file is empty")
+        token = read_credential(path, "token")
     else:
         token = os.environ.get(env, "").strip()
         if not token:

@@ -176,22 +176,8 @@ def drift_files(
     check_options(method, alpha, permutations)
     inputs = DETECTORS[method].inputs
     samples = [read_sample(reference, field, inputs), read_sample(current, field, inputs)]
-    if inputs == "labels":  # the field's strings are the labels: nothing to embed
-        out = drift_embeddings(
-            samples[0][1],
-            samples[1][1],
-            method=method,
-            alpha=alpha,
-            permutations=permutations,
-            seed=seed,
-            names=(str(reference), str(current)),
-        )
-        out.update({"reference": str(reference), "current": str(current)})
-        if any(kind == "texts" for kind, _ in samples):
-            out["field"] = field
-        return out
     texts = [s for kind, s in samples if kind == "texts"]
-    if texts:  # one encoder pass for both sides
+    if texts and inputs != "labels":  # one encoder pass for both sides (labels: the strings are tested as they are)
         emb = embed_texts([t for group in texts for t in group])
         start = 0
         for i, (kind, s) in enumerate(samples):

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
+from taskloom.environment import read_credential
 from taskloom.errors import UserError
 
 KEY_ENV = "TASKLOOM_TRITON_ADMIN_KEY"
@@ -45,13 +45,7 @@ def check_key(key: str, where: str = "admin key") -> str:
 def load_admin_key(path: str | os.PathLike | None = None) -> str | None:
     """The key from `path` (whitespace around it dropped), else $TASKLOOM_TRITON_ADMIN_KEY, else None (unrestricted)."""
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"{p}: no such admin key file")
-        key = p.read_text(encoding="utf-8").strip()
-        if not key:
-            raise UserError(f"{p}: admin key file is empty")
-        return check_key(key, str(p))
+        return check_key(read_credential(path, "admin key"), str(path))
     key = os.environ.get(KEY_ENV, "").strip()
     return check_key(key, KEY_ENV) if key else None
 
