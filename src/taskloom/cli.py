@@ -188,12 +188,12 @@ def eval_(
     model: Path | None = typer.Option(None, "--model", help="a full (e.g. merged) model folder"),
 ) -> None:
     """Print the task metric (accuracy, Pearson, MRR) as JSON for the base, an adapter or a model."""
+    from taskloom import steps
     from taskloom.specs import load_task
-    from taskloom.train.evaluate import evaluate_task
 
     if adapter is not None and model is not None:
         raise UserError("give --adapter or --model, not both")
-    _print_json(evaluate_task(load_task(task), adapter=adapter, model=model))
+    _print_json(steps.evaluate(load_task(task), adapter=adapter, model=model))
 
 
 @app.command()
@@ -206,9 +206,9 @@ def merge(
     Methods: linear, task_arithmetic, ties, dare_linear, dare_ties, magnitude_prune, delta_guided,
     greedy_soup, self_positioning (the last two probe the `tasks:` listed in merge.yaml).
     Prints a summary; per-layer norms and digests are in DIR/merge_report.json."""
-    from taskloom.merge import merge_from_config
+    from taskloom import steps
 
-    report = merge_from_config(config, out)
+    report = steps.merge(config, out)
     summary: tuple[str, ...] = (
         "method",
         "parameters",

@@ -40,6 +40,7 @@ from taskloom.specs import (
     TrainRunSpec,
     load_task,
 )
+from taskloom.tasks.types import TASK_TYPES
 
 
 @dataclass
@@ -192,7 +193,7 @@ def run_demo(out: Path, quick: bool = False) -> DemoResult:
         res.gate = {"method": best, "promote": promoted, "failed": chosen["gate"]["failed"], "share": settings.share}
         res.timings["merge_gate_s"] = time.perf_counter() - t0
         progress.advance(loop)
-        head_task = next((n for n in specs if specs[n].type == "classification"), None)
+        head_task = next((n for n in specs if TASK_TYPES[specs[n].type].labelled), None)
         watched = head_task or next(iter(specs))
         if promoted:
             merged_dir, model_id = Path(chosen["dir"]), f"merged-{best}-v1"

@@ -26,7 +26,7 @@ from taskloom.data.profile import profile_task
 from taskloom.data.rows import load_rows
 from taskloom.data.validation import validate_task
 from taskloom.errors import UserError
-from taskloom.merge import merge_adapters
+from taskloom.merge import merge_adapters, merge_from_config
 from taskloom.merge.gate import gate
 from taskloom.merge.provenance import trained_base
 from taskloom.merge.weights import weight_files
@@ -227,6 +227,19 @@ def record_adapter(feature_repo: str | Path, adapter_id: str, tasks: list[TaskSp
             store.write_adapter_metrics(f"{adapter_id or name}/{task.name}", task.name, metrics["tasks"][task.name])
 
 
+def evaluate(task: TaskSpec, adapter: str | Path | None = None, model: str | Path | None = None) -> dict:
+    """The task's metric on its eval split for the base, a trained adapter or a full (merged) model
+    (`taskloom eval`; the gate scores merged models the same way)."""
+    if adapter is not None and model is not None:
+        raise UserError("give an adapter or a model, not both")
+    return evaluate_task(task, adapter=adapter, model=model)
+
+
+def merge(config: str | Path, out_dir: str | Path) -> dict:
+    """Merge as a merge.yaml says (`taskloom merge`): any method, weights and output kind; the report."""
+    return merge_from_config(config, out_dir)
+
+
 def merge_step(train_dirs: list[str], out_dir: str | Path, options: MergeStepSpec | None = None) -> dict:
     """Merge the adapters of several training runs (each `<dir>/adapter`) into one full model, weight 1 each."""
     options = options or MergeStepSpec()
@@ -341,7 +354,7 @@ def gate_step(
     share, feature_repo = options.share, options.feature_repo
     model = model_id(model_dir, options.model_name or "taskloom")
     for name in runs:
-        merged[name] = float(evaluate_task(tasks[name], model=Path(model_dir))["value"])
+        merged[name] = float(evaluate(tasks[name], model=Path(model_dir))["value"])
     report = gate(base, single, merged, share=share)
     report["model_id"] = model
     report["message"] = _gate_message(report, model)

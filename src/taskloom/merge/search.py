@@ -13,8 +13,8 @@ the eval split the promotion gate scores, so the gate stays an honest held-out c
   tasks, starting from the weights given in merge.yaml. One coefficient per input and tensor g by
   default (`granularity`: per input and layer, or per input). The objective is each task's loss
   relative to its value at the start, so every task weighs the same:
-  - `task_loss` (default): the training objectives of taskloom.train on the probe rows
-    (cross-entropy through the task's head, cosine-MSE for pairs, InfoNCE for retrieval);
+  - `task_loss` (default): each task type's training objective (`TaskType.loss`) on the probe rows
+    (for the built-in types: cross-entropy through the head, cosine-MSE for pairs, InfoNCE for retrieval);
   - `distill`: on the probe texts of task t, the merged model's embeddings should be those of t's
     own adapter (squared distance of the unit vectors): keep what each adapter does on its own
     inputs, labels unused (no classification head needed).
@@ -40,9 +40,8 @@ from taskloom.merge.weights import KeyMatcher
 from taskloom.models.encoder import load_encoder, mean_pool
 from taskloom.models.heads import align_head, has_head, load_head
 from taskloom.specs import TaskSpec, load_task
-from taskloom.tasks.types import PAIR_OBJECTIVE, TASK_TYPES
+from taskloom.tasks.types import TASK_TYPES
 from taskloom.train.evaluate import check_trainable_type, load_split, score_encoder
-from taskloom.train.objectives import PAIR_LOSSES, classification_loss, info_nce_loss
 
 # score(tok, model) -> {task: metric}; higher is better.
 Scorer = Callable[[object, object], dict]
@@ -198,22 +197,11 @@ def _embed(model, params: dict, tok, texts: list[str], max_length: int):
 
 
 def _task_loss(probe: Probe, rows: list[dict], model, params, tok, max_length: int):
-    """The task's training objective on a batch of its probe rows."""
-    import torch
-
+    """The task's training objective (its task type's `loss`) on a batch of its probe rows."""
     task = probe.task
-    if task.type == "classification":
-        assert task.labels is not None  # TaskSpec requires labels for classification
-        gold = torch.tensor([task.labels.index(r["label"]) for r in rows])
-        return classification_loss(probe.head(_embed(model, params, tok, [r["text"] for r in rows], max_length)), gold)
-    if task.type == "pair_similarity":
-        emb = _embed(model, params, tok, [r["text_a"] for r in rows] + [r["text_b"] for r in rows], max_length)
-        a, b = emb[: len(rows)], emb[len(rows) :]
-        return PAIR_LOSSES[PAIR_OBJECTIVE]((a * b).sum(-1), torch.tensor([float(r["score"]) for r in rows]))
-    docs = list(dict.fromkeys([r["positive"] for r in rows] + [n for r in rows for n in r.get("negatives") or []]))
-    q = _embed(model, params, tok, [r["query"] for r in rows], max_length)
-    d = _embed(model, params, tok, docs, max_length)
-    return info_nce_loss(q, d, torch.tensor([docs.index(r["positive"]) for r in rows]))
+    return TASK_TYPES[task.type].loss(
+        lambda texts: _embed(model, params, tok, texts, max_length), rows, task, probe.head
+    )
 
 
 def probe_texts(probe: Probe) -> list[str]:
