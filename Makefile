@@ -26,12 +26,14 @@ demo: setup       ## the whole loop, locally, on built-in tasks; summary table +
 	$(TASKLOOM) demo --out demo-out
 
 test: setup tools ## the default test tier (2 CPU cores, well under 45 minutes)
+	@bash scripts/system-packages.sh
 	$(PY) -m pytest -q
 
 test-cluster: setup tools images testenv ## the cluster tier: the chart, RBAC, scheduling and images against a real API server
 	$(PY) -m pytest -q -m cluster tests/cluster
 
 test-all: setup tools ## every tier, slow included (gpu tests skip without CUDA)
+	@bash scripts/system-packages.sh
 	$(PY) -m pytest -q -m ''
 
 lint: setup       ## ruff (lint + format check) and mypy; versions pinned in requirements/platform.txt

@@ -7,7 +7,7 @@ for); `run_id` is the KFP run's id (dsl.PIPELINE_JOB_ID_PLACEHOLDER), which labe
 from typing import List
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
 from taskloom_components import IMAGE
 
@@ -17,6 +17,8 @@ def train_adapter(
     dataset: Input[Dataset],
     model: Output[Model],
     metrics: Output[Metrics],
+    page: Output[HTML],
+    classification: Output[ClassificationMetrics],
     max_steps: int = 0,
     epochs: int = 0,
     rank: int = 0,
@@ -32,7 +34,12 @@ def train_adapter(
     """Train one adapter on the staged task.
 
     Inputs: dataset (a staged task). Outputs: model (adapter/, metrics.json; metadata task, type,
-    metric), metrics (base vs tuned). Calls: taskloom.steps.train_step (TrainRunSpec)."""
+    metric), metrics (base vs tuned), page (loss curves, base vs tuned as HTML), classification (the
+    tuned adapter's confusion matrix on the eval split; other task types: no matrix, a `note`). Calls:
+    taskloom.steps.train_step (TrainRunSpec)."""
+    from pathlib import Path
+
+    from taskloom.artifacts import write_bytes
     from taskloom.specs import TrainRunSpec
     from taskloom.steps import metric_values, train_step
 
@@ -56,6 +63,11 @@ def train_adapter(
     model.metadata.update({k: result[k] for k in ("task", "type", "metric") if k in result})
     for k, v in metric_values(result).items():
         metrics.log_metric(k, v)
+    write_bytes(page.path, Path(result["page"]).read_bytes(), digest=False)
+    if "confusion" in result:
+        classification.log_confusion_matrix(result["confusion"]["labels"], result["confusion"]["matrix"])
+    else:
+        classification.metadata["note"] = f"a {result['type']} task: no confusion matrix (classification only)"
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False, packages_to_install=[])
@@ -63,6 +75,7 @@ def train_joint_adapter(
     datasets: Input[List[Dataset]],
     model: Output[Model],
     metrics: Output[Metrics],
+    page: Output[HTML],
     max_steps: int = 0,
     epochs: int = 0,
     rank: int = 0,
@@ -81,8 +94,11 @@ def train_joint_adapter(
     task|mixed).
 
     Inputs: datasets (the staged tasks). Outputs: model (adapter/ with heads/<task>/, metrics.json),
-    metrics (`<task>.<key>` per task; steps, train_seconds, tokens_per_s). Calls:
-    taskloom.steps.train_step (JointTrainRunSpec)."""
+    metrics (`<task>.<key>` per task; steps, train_seconds, tokens_per_s), page (loss curves per task,
+    base vs tuned as HTML). Calls: taskloom.steps.train_step (JointTrainRunSpec)."""
+    from pathlib import Path
+
+    from taskloom.artifacts import write_bytes
     from taskloom.specs import JointTrainRunSpec
     from taskloom.steps import metric_values, train_step
 
@@ -112,3 +128,4 @@ def train_joint_adapter(
             metrics.log_metric(k, v)
     for k in ("steps", "train_seconds", "tokens_per_s"):
         metrics.log_metric(k, result[k])
+    write_bytes(page.path, Path(result["page"]).read_bytes(), digest=False)

@@ -58,6 +58,22 @@ def with_triton_admin_key(task):
 
 
 def with_shared_volume(task):
-    """Mount the shared claim (Feast repository, Triton model repository)."""
+    """Mount the shared claim (Feast repository, Triton model repository) and, where the chart runs the
+    cluster feature store, its connections (`with_feast_connections`)."""
     kubernetes.mount_pvc(task, pvc_name=SHARED_PVC, mount_path=SHARED_MOUNT)
+    return with_feast_connections(task)
+
+
+# The cluster feature store's connections (taskloom.store.backends): a Secret with the keys postgres-url and
+# redis-url, the same one the chart's feast.registry / feast.onlineStore name. Mounted as optional: an install
+# with the local (file) store has no such Secret, and the steps then use the repository on the shared volume.
+FEAST_SECRET = ("taskloom-feast", "/etc/taskloom/feast")
+
+
+def with_feast_connections(task):
+    """The cluster store's PostgreSQL and Redis URLs, from their Secret as files, when it exists."""
+    name, path = FEAST_SECRET
+    kubernetes.use_secret_as_volume(task, secret_name=name, mount_path=path, optional=True)
+    task.set_env_variable("TASKLOOM_FEAST_POSTGRES_URL_FILE", f"{path}/postgres-url")
+    task.set_env_variable("TASKLOOM_FEAST_REDIS_URL_FILE", f"{path}/redis-url")
     return task

@@ -36,6 +36,10 @@ app.add_typer(tasks_app, name="tasks")
 app.add_typer(pipeline_app, name="pipeline")
 events_app = typer.Typer(help="Signed drift events (CloudEvents with an HMAC signature).", no_args_is_help=True)
 app.add_typer(events_app, name="events")
+repo_app = typer.Typer(
+    help="Model repositories in S3-compatible storage: push, pull, prune old versions.", no_args_is_help=True
+)
+app.add_typer(repo_app, name="repo")
 
 
 def _print_json(obj) -> None:
@@ -229,7 +233,9 @@ def merge(
 
 @app.command()
 def serve(
-    path: Path = typer.Argument(..., help="a Triton model repository or a model folder to serve"),
+    path: str = typer.Argument(
+        ..., help="a Triton model repository (a folder or s3://bucket/prefix, see `taskloom repo`) or a model folder"
+    ),
     http_port: int = typer.Option(8000, "--http-port"),
     grpc_port: int = typer.Option(8001, "--grpc-port"),
     metrics_port: int = typer.Option(8002, "--metrics-port"),
@@ -319,17 +325,49 @@ def pipeline_compile(
     typer.echo(str(compile_pipeline(name, out)))
 
 
+_KFP_NAMESPACE_HELP = "multi-user KFP: the profile namespace (pipeline, experiment and run live there)"
+_KFP_TOKEN_HELP = "file holding the bearer token, or 'Bearer <token>' (the chart's kfp.tokenSecret format)"
+_KFP_VERSION_HELP = "pipeline version name (default: taskloom's version and the compiled YAML's digest)"
+
+
 @pipeline_app.command("submit")
 def pipeline_submit(
     name: str = typer.Argument(..., help="train_merge_deploy | drift_retrain | train_joint"),
     host: str = typer.Option(..., "--host", help="KFP API endpoint, e.g. http://ml-pipeline.kubeflow:8888"),
     param: list[str] = typer.Option([], "--param", "-p", help="pipeline parameter as KEY=VALUE (repeatable)"),
-    experiment: str = typer.Option("taskloom", "--experiment"),
+    namespace: str | None = typer.Option(None, "--namespace", help=_KFP_NAMESPACE_HELP),
+    token_file: str | None = typer.Option(None, "--token-file", help=_KFP_TOKEN_HELP),
+    experiment: str = typer.Option("taskloom", "--experiment", help="experiment the run goes to (created if missing)"),
+    version: str | None = typer.Option(None, "--version", help=_KFP_VERSION_HELP),
 ) -> None:
-    """Submit a pipeline run to a Kubeflow Pipelines cluster with kfp.Client."""
+    """Start a run on Kubeflow Pipelines (v2beta1 REST API): upload the pipeline and a version unless they
+    exist, then create a run of that version."""
     from taskloom.kfp import submit
 
-    _print_json(submit(name, host, _params(param), experiment))
+    _print_json(submit(name, host, _params(param), experiment, namespace, token_file, version))
+
+
+@pipeline_app.command("register")
+def pipeline_register(
+    name: str = typer.Argument(..., help="train_merge_deploy | drift_retrain | train_joint"),
+    host: str = typer.Option(..., "--host", help="KFP API endpoint, e.g. http://ml-pipeline.kubeflow:8888"),
+    namespace: str | None = typer.Option(None, "--namespace", help=_KFP_NAMESPACE_HELP),
+    token_file: str | None = typer.Option(None, "--token-file", help=_KFP_TOKEN_HELP),
+    experiment: str = typer.Option("taskloom", "--experiment", help="experiment the runs go to (created if missing)"),
+    version: str | None = typer.Option(None, "--version", help=_KFP_VERSION_HELP),
+    output: str = typer.Option("json", "--output", "-o", help="json | helm (kfp.pipelineId=...,... for helm --set)"),
+) -> None:
+    """Upload a pipeline to Kubeflow Pipelines once (reused when it exists) and print the pipeline, version
+    and experiment ids the chart's Sensor needs."""
+    from taskloom.kfp import helm_sets, register
+
+    if output not in ("json", "helm"):
+        raise UserError(f"--output {output!r}: use json or helm")
+    ids = register(name, host, namespace, token_file, version, experiment)
+    if output == "helm":
+        typer.echo(helm_sets(ids))
+    else:
+        _print_json(ids)
 
 
 def _params(items: list[str]) -> dict[str, str]:
@@ -370,8 +408,11 @@ def monitor(
     once: bool = typer.Option(False, "--once", help="read the log once, test every window, exit (batch, tests)"),
     poll: float = typer.Option(5.0, "--poll", help="seconds between reads of the log when following it"),
     seed: int = typer.Option(0, "--seed"),
+    metrics_port: int = typer.Option(0, "--metrics-port", help="serve Prometheus metrics on this port (0: off)"),
+    metrics_host: str = typer.Option("127.0.0.1", "--metrics-host", help="its address (0.0.0.0 in a pod)"),
 ) -> None:
     """Watch served traffic for drift: tumbling windows per task vs the task's reference in Feast; alarm → retrain."""
+    from taskloom.metrics import MonitorMetrics
     from taskloom.monitor.service import run_monitor
     from taskloom.specs import MonitorSpec
 
@@ -392,7 +433,13 @@ def monitor(
         poll=poll,
         seed=seed,
     )
-    _print_json(run_monitor(log, feature_repo, out, spec))
+    metrics = None
+    if metrics_port:
+        if not 0 < metrics_port < 65536:
+            raise UserError(f"--metrics-port {metrics_port}: must be a port number (1-65535), or 0 for none")
+        metrics = MonitorMetrics()
+        metrics.serve(metrics_port, metrics_host)
+    _print_json(run_monitor(log, feature_repo, out, spec, metrics=metrics))
 
 
 @events_app.command("gateway")
@@ -415,7 +462,7 @@ def events_gateway(
     within --max-age of now, else 401; an event id seen before is refused with 409. Accepted events go
     on unchanged to --forward with `Authorization: Bearer <token>`; the caller gets the webhook's status,
     or 502 when the forward fails (the id is then released, so a retry can pass). GET /healthz is the
-    health probe. Runs in the foreground until Ctrl-C or SIGTERM."""
+    health probe, GET /metrics the Prometheus metrics. Runs in the foreground until Ctrl-C or SIGTERM."""
     from taskloom.events.gateway import run_gateway
 
     raise typer.Exit(
@@ -436,7 +483,9 @@ def deploy(
     source: str | None = typer.Argument(
         None, help="an adapter folder (added or replaced), a model folder or catalog name (new base)"
     ),
-    repo: Path = typer.Option(..., "--repo", help="the model repository the server serves"),
+    repo: str = typer.Option(
+        ..., "--repo", help="the model repository the server serves: a folder, or s3://bucket/prefix"
+    ),
     url: str = typer.Option(..., "--url", help="the server, e.g. http://127.0.0.1:8000 (explicit model control)"),
     name: str = typer.Option("taskloom", "--name", help="model name in the repository"),
     adapter_name: str | None = typer.Option(
@@ -467,15 +516,25 @@ def deploy(
     ),
 ) -> None:
     """Publish a new version through Triton's model control: canary, switch, smoke; roll back on failure."""
+    from taskloom.objectstore import working_copy
     from taskloom.serve import deploy as d
     from taskloom.serve.admin import load_admin_key
 
     admin_key = load_admin_key(admin_key_file)
+    # s3://: a local working copy, pushed before each load (Triton reads the bucket itself)
+    local, publish = working_copy(repo)
 
     if rollback:
         _print_json(
             d.rollback(
-                repo, url, name=name, to_version=to_version, protocol=protocol, timeout=timeout, admin_key=admin_key
+                local,
+                url,
+                name=name,
+                to_version=to_version,
+                protocol=protocol,
+                timeout=timeout,
+                admin_key=admin_key,
+                publish=publish,
             )
         )
         return
@@ -492,7 +551,7 @@ def deploy(
     }
     try:
         report = d.deploy(
-            repo,
+            local,
             url,
             source,
             name=name,
@@ -506,11 +565,56 @@ def deploy(
             serving=options,
             timeout=timeout,
             admin_key=admin_key,
+            publish=publish,
         )
     except d.DeployError as e:
         _print_json(e.report)
         raise
     _print_json(report)
+
+
+@repo_app.command("push")
+def repo_push(
+    folder: Path = typer.Argument(..., help="a local folder, e.g. a Triton model repository"),
+    url: str = typer.Argument(..., help="s3://bucket/prefix (endpoint, credentials: AWS_* as the AWS tools read them)"),
+    delete: bool = typer.Option(False, "--delete", help="also remove objects no longer in the folder"),
+) -> None:
+    """Upload a folder: changed objects only, version folders before config.pbtxt, the marker object last."""
+    from taskloom.objectstore import push_dir
+
+    _print_json(push_dir(folder, url, delete=delete))
+
+
+@repo_app.command("pull")
+def repo_pull(
+    url: str = typer.Argument(..., help="s3://bucket/prefix"),
+    folder: Path = typer.Argument(..., help="the local copy to keep in step (created when missing)"),
+    delete: bool = typer.Option(True, "--delete/--keep-extra", help="remove local files no longer in the bucket"),
+    interval: float = typer.Option(0, "--interval", help="seconds between pulls, following until stopped (0: once)"),
+) -> None:
+    """Download what changed; each version folder appears whole (written aside, renamed), config.pbtxt last."""
+    from taskloom import objectstore
+
+    if interval:
+        objectstore.follow(url, folder, interval, delete=delete, on_report=lambda r: typer.echo(json.dumps(r)))
+    else:
+        _print_json(objectstore.pull(url, folder, delete=delete))
+
+
+@repo_app.command("prune")
+def repo_prune(
+    repository: str = typer.Argument(..., help="a model repository folder or s3://bucket/prefix"),
+    keep: int = typer.Option(..., "--keep", help="keep the newest N versions of each model"),
+    deployments: list[Path] = typer.Option(
+        [], "--deployments", help="YAML/JSON with ModelDeployment records whose versions stay (repeatable)"
+    ),
+    name: str | None = typer.Option(None, "--name", help="only this model"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print what would be deleted; delete nothing"),
+) -> None:
+    """Delete versions older than the newest N unless serving, the rollback target or named by a deployment."""
+    from taskloom.serve.retention import prune
+
+    _print_json(prune(repository, keep, dry_run=dry_run, deployments=deployments, name=name))
 
 
 @app.command()
@@ -543,6 +647,20 @@ def infer(
             embeddings=embeddings,
         )
     )
+
+
+@app.command("operator")
+def operator_(
+    namespace: str | None = typer.Option(None, "--namespace", "-n", help="watch one namespace (default: all)"),
+    liveness: str | None = typer.Option(
+        None, "--liveness", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz"
+    ),
+) -> None:
+    """Run the ModelDeployment operator against the current kubeconfig (in a pod: its ServiceAccount),
+    as `kopf run` does; in the foreground until Ctrl-C or SIGTERM. Settings: TASKLOOM_OPERATOR_* env."""
+    from taskloom.operator.run import run_operator
+
+    run_operator(namespace, liveness)
 
 
 @app.command()

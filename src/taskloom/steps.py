@@ -29,8 +29,11 @@ from taskloom.errors import UserError
 from taskloom.merge import merge_adapters, merge_from_config
 from taskloom.merge.gate import gate
 from taskloom.merge.provenance import trained_base
+from taskloom.merge.report import write_merge_report
 from taskloom.merge.weights import weight_files
+from taskloom.monitor.check_report import write_check_report
 from taskloom.monitor.drift import drift_files
+from taskloom.objectstore import is_s3, push_dir, working_copy
 from taskloom.serve.deploy import deploy
 from taskloom.serve.repository import build_repository
 from taskloom.specs import (
@@ -97,18 +100,26 @@ def stage_task(task: str, out_dir: str | Path, max_rows: tuple[int | None, int |
 
 
 def validate_step(task_dir: str | Path, report_dir: str | Path) -> dict:
-    """Great Expectations checks of the staged task; the report is written first, then a failure stops the run."""
+    """Great Expectations checks of the staged task; the report is written first (validation.json, .txt
+    and the page validation.html, whose path is `page`), then a failure stops the run."""
     spec = load_task(Path(task_dir) / TASK_FILE)
     report = validate_task(spec)
     report_dir = Path(report_dir)
     write_json(report_dir / "validation.json", report.to_dict())
     write_text(report_dir / "validation.txt", report.render())
+    page = write_text(report_dir / "validation.html", report.to_html())
     errors = [c for c in report.checks if c.severity == "error" and not c.success]
     warnings = [c for c in report.checks if c.severity == "warning" and not c.success]
     if not report.success:
         failed = ", ".join(f"{c.split}/{c.name}" for c in errors) or "see validation.txt"
         raise UserError(f"task {spec.name}: data failed validation ({failed})")
-    return {"task": spec.name, "checks": len(report.checks), "errors": len(errors), "warnings": len(warnings)}
+    return {
+        "task": spec.name,
+        "checks": len(report.checks),
+        "errors": len(errors),
+        "warnings": len(warnings),
+        "page": str(page),
+    }
 
 
 def profile_step(task_dir: str | Path, out_dir: str | Path, options: ProfileSpec | None = None) -> dict:
@@ -161,7 +172,10 @@ def train_step(
     as a Kubeflow Trainer TrainJob (`torchrun` on every node, see taskloom.train.trainjob) that this step
     creates, waits for and reads back; `run_id` (the KFP run) labels it; `trainjob` holds overrides for
     `train_on_trainer` (api, namespace, shared_dir, timeout_s, poll_s). `progress`: a progress bar
-    on stderr (the demo; a pipeline step's log stays plain)."""
+    on stderr (the demo; a pipeline step's log stays plain).
+
+    Besides the metrics: `page`, the run's page (report.html: loss curves, base vs tuned), and for one
+    classification task `confusion`, the eval split's confusion matrix by the published adapter."""
     run = run or TrainRunSpec()
     try:
         check_required_cuda()  # a GPU step without CUDA stops here, before reading anything
@@ -172,7 +186,10 @@ def train_step(
     spec = run.train_spec()
     tasks = [load_task(Path(d) / TASK_FILE) for d in task_dirs]
     if not use_trainer(run.nodes, run.gpus_per_node):
-        return train(tasks, out_dir, spec, feature_repo=run.feature_repo, adapter_id=run.adapter_id, progress=progress)
+        metrics = train(
+            tasks, out_dir, spec, feature_repo=run.feature_repo, adapter_id=run.adapter_id, progress=progress
+        )
+        return _run_views(metrics, tasks, out_dir)
     given = {
         k: getattr(run, k)
         for k in ("max_steps", "epochs", "rank", "base", "temperature", "mixing")
@@ -192,6 +209,15 @@ def train_step(
         **(trainjob or {}),
     )
     record_adapter(run.feature_repo, run.adapter_id, tasks, metrics)
+    return _run_views(metrics, tasks, out_dir)
+
+
+def _run_views(metrics: dict, tasks: list[TaskSpec], out_dir: str | Path) -> dict:
+    """`metrics` plus the run's page, what a person looks at (metrics.json is left as written; for one
+    classification task it already holds the eval split's confusion matrix)."""
+    out_dir = Path(out_dir)
+    if (out_dir / "report.html").is_file():
+        metrics["page"] = str(out_dir / "report.html")
     return metrics
 
 
@@ -241,7 +267,8 @@ def merge(config: str | Path, out_dir: str | Path) -> dict:
 
 
 def merge_step(train_dirs: list[str], out_dir: str | Path, options: MergeStepSpec | None = None) -> dict:
-    """Merge the adapters of several training runs (each `<dir>/adapter`) into one full model, weight 1 each."""
+    """Merge the adapters of several training runs (each `<dir>/adapter`) into one full model, weight 1 each;
+    the report's page lands beside merge_report.json (merge_report.html, its path is `page`)."""
     options = options or MergeStepSpec()
     method, parameters = options.method, options.parameters
     from pydantic import ValidationError
@@ -270,7 +297,9 @@ def merge_step(train_dirs: list[str], out_dir: str | Path, options: MergeStepSpe
     except ValidationError as e:
         err = e.errors()[0]
         raise UserError(f"merge {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
-    return merge_adapters(spec, Path(out_dir))
+    report = merge_adapters(spec, Path(out_dir))
+    report["page"] = str(write_merge_report(Path(out_dir) / "merge_report.html", report))
+    return report
 
 
 def model_id(model_dir: str | Path, name: str = "taskloom") -> str:
@@ -399,21 +428,25 @@ def deploy_step(model_dir: str | Path, repo_dir: str | Path, options: DeploySpec
     model_dir, repo_dir = Path(model_dir), Path(repo_dir)
     head = head_task or _only_head(model_dir)
     if server_url:
-        served = Path(publish_to) if publish_to else repo_dir
-        report = deploy(served, server_url, model_dir, name=name, head_task=head or None)
+        # an s3:// repository goes through a local working copy, pushed before each load (taskloom.objectstore)
+        served, publish = working_copy(publish_to) if publish_to else (repo_dir, None)
+        report = deploy(served, server_url, model_dir, name=name, head_task=head or None, publish=publish)
         if served != repo_dir:
             write_json(repo_dir / "deploy.json", report)
         return {
             "model": name,
             "head_task": head or "",
-            "repository": str(served),
-            "published": [str(served / name)],
+            "repository": publish_to or str(served),
+            "published": [f"{publish_to or served}/{name}"],
             "version": report["version"],
             "deploy": report,
         }
     built = build_repository(model_dir, repo_dir, name=name, head_task=head)
     published = []
-    if publish_to:
+    if publish_to and is_s3(publish_to):
+        push_dir(repo_dir, publish_to)  # the config.pbtxt files last: a reader never sees half a model
+        published = [f"{publish_to}/{child.name}" for child in sorted(repo_dir.iterdir()) if child.is_dir()]
+    elif publish_to:
         import shutil
 
         for child in sorted(p for p in repo_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -428,8 +461,10 @@ def deploy_step(model_dir: str | Path, repo_dir: str | Path, options: DeploySpec
 def drift_step(
     reference: str | Path, current: str | Path, out_dir: str | Path, options: DriftSpec | None = None
 ) -> dict:
-    """Two-sample drift test between a reference and a current window; the result is written as drift.json."""
+    """Two-sample drift test between a reference and a current window; the result is written as drift.json
+    and as a page, drift.html (its path is `page`)."""
     options = options or DriftSpec()
     result = drift_files(Path(reference), Path(current), **options.model_dump())
     write_json(Path(out_dir) / "drift.json", result)
+    result["page"] = str(write_check_report(Path(out_dir) / "drift.html", result))
     return result

@@ -99,7 +99,7 @@ def test_render_has_every_part(docs):
         ("Deployment", "taskloom-feast"), ("Deployment", "taskloom-monitor"), ("Deployment", "taskloom-triton"),
         ("EventSource", "taskloom-drift"), ("NetworkPolicy", "taskloom-webhook"),
         ("PersistentVolumeClaim", "taskloom-shared"), ("Role", "taskloom-trainjobs"), ("RoleBinding", "taskloom-trainjobs"),
-        ("Sensor", "taskloom-retrain"), ("Service", "taskloom-feast"), ("Service", "taskloom-triton"),
+        ("Sensor", "taskloom-retrain"), ("Service", "taskloom-feast"), ("Service", "taskloom-triton"), ("Service", "taskloom-monitor"),
         ("Deployment", "taskloom-gateway"), ("Service", "taskloom-gateway"), ("NetworkPolicy", "taskloom-gateway"),
         ("Secret", "taskloom-events-token"), ("Secret", "taskloom-triton-admin"),
         *[("ServiceAccount", f"taskloom-{c}") for c in ("eventsource", "feast", "monitor", "sensor", "triton", "gateway")],
@@ -195,6 +195,7 @@ def test_monitor_signs_with_a_referenced_secret_that_the_chart_never_creates(doc
         "--out=/mnt/taskloom/monitor", "--model=minilm", "--method=mmd", "--alpha=0.05", "--window=300",
         "--min-rows=50", "--consecutive=2", "--cooldown=3", "--permutations=200", "--poll=5",
         "--webhook=http://taskloom-gateway.default.svc:8080/taskloom/drift",  # the gateway, never the webhook itself
+        "--metrics-port=9400", "--metrics-host=0.0.0.0",
     ]
     source = by_kind(docs, "EventSource")[0]["spec"]
     assert source["webhook"]["drift"] == {"port": "12000", "endpoint": "/taskloom/drift", "method": "POST",

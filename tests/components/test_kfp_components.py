@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from kfp.dsl import Artifact, Dataset, Metrics, Model
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Metrics, Model
 
 from taskloom.errors import UserError
 from taskloom.specs import MergeStepSpec
@@ -24,6 +24,7 @@ from taskloom_components.deploy import deploy_model
 from taskloom_components.drift_check import drift_check
 from taskloom_components.export import export_task
 from taskloom_components.task_list import task_list
+from taskloom_components.train import train_adapter
 from taskloom_components.validate import validate_task
 
 ALL_COMPONENTS = [
@@ -86,12 +87,18 @@ def test_export_builtin_then_validate(tmp_path):
     assert n_train >= 100 and n_eval >= 20
 
     report, metrics = Artifact(uri=str(tmp_path / "report")), Metrics(uri=str(tmp_path / "metrics"))
-    validate_task.python_func(dataset=dataset, report=report, metrics=metrics)
+    page = HTML(uri=str(tmp_path / "page"))
+    validate_task.python_func(dataset=dataset, report=report, metrics=metrics, page=page)
     doc = json.loads((tmp_path / "report" / "validation.json").read_text())
     assert doc["success"] is True and doc["task"] == "chatterbot-qa"
     assert metrics.metadata["errors"] == 0
     assert metrics.metadata["checks"] == len(doc["checks"]) >= 5
     assert "validation of chatterbot-qa" in (tmp_path / "report" / "validation.txt").read_text()
+    # the page the KFP UI shows: the report as HTML, one row per check
+    html = Path(page.path).read_text()
+    assert html.startswith("<!doctype html>") and "validation of chatterbot-qa: PASSED" in html
+    assert html.count("<tr class=") == len(doc["checks"])
+    assert html == (tmp_path / "report" / "validation.html").read_text()
 
 
 def test_export_of_a_task_path_copies_the_data_and_leaves_it_untouched(tmp_path):
@@ -121,10 +128,14 @@ def test_validation_failure_writes_the_report_then_stops(tmp_path):
     dataset = Dataset(uri=str(tmp_path / "dataset"))
     export_task.python_func(task=str(task_file), dataset=dataset)
     report, metrics = Artifact(uri=str(tmp_path / "report")), Metrics(uri=str(tmp_path / "metrics"))
+    page = HTML(uri=str(tmp_path / "page"))
     with pytest.raises(UserError, match=r"tiny-sentiment: data failed validation \(eval/label_set"):
-        validate_task.python_func(dataset=dataset, report=report, metrics=metrics)
+        validate_task.python_func(dataset=dataset, report=report, metrics=metrics, page=page)
     doc = json.loads((tmp_path / "report" / "validation.json").read_text())
     assert doc["success"] is False and "label_set" in doc["failed"]
+    # the report's page is written before the failure; the step's HTML output is not (the step failed)
+    assert "validation of tiny-sentiment: FAILED" in (tmp_path / "report" / "validation.html").read_text()
+    assert not Path(page.path).exists()
 
 
 def test_merge_step_rejects_bad_input_before_merging(tmp_path):
@@ -148,12 +159,17 @@ def test_drift_check_flags_a_shifted_window_only(tmp_path):
     verdicts = {}
     for name in ("same", "shifted"):
         result, metrics = Artifact(uri=str(tmp_path / f"r-{name}")), Metrics(uri=str(tmp_path / f"m-{name}"))
+        page = HTML(uri=str(tmp_path / f"p-{name}"))
         verdicts[name] = drift_check.python_func(
             reference=str(tmp_path / "ref.npy"), current=str(tmp_path / f"{name}.npy"),
-            field="text", method="mmd", alpha=0.05, result=result, metrics=metrics,
+            field="text", method="mmd", alpha=0.05, result=result, metrics=metrics, page=page,
         )
         saved = json.loads((tmp_path / f"r-{name}" / "drift.json").read_text())
         assert saved["p_value"] == metrics.metadata["p_value"]
+        html = Path(page.path).read_text()
+        assert html.startswith("<!doctype html>") and f"p = {saved['p_value']:.4g}" in html
+        assert ("Drift check: <span class=\"bad\">drift</span>" in html) is (name == "shifted")
+        assert str(tmp_path / f"{name}.npy") in html and "n_reference" in html
         assert metrics.metadata["n_reference"] == metrics.metadata["n_current"] == 120
         if name == "shifted":  # no permutation beats the observed statistic: p = (1 + 0) / (1 + 200)
             assert metrics.metadata["p_value"] == pytest.approx(1 / 201)
@@ -213,3 +229,41 @@ def test_deploy_hot_loads_versions_into_a_running_triton(tmp_path):
             emb = c.infer(["a fine film"])["embedding"]
     assert [int(m["version"]) for m in ready] == [2]
     assert emb.shape == (1, 384) and abs(float((emb ** 2).sum()) - 1) < 1e-3
+
+
+def test_classification_scores_carry_the_eval_confusion_matrix(tmp_path):
+    """What the training step logs as ClassificationMetrics: counts of (gold, predicted) over the eval
+    rows, labels in the task's order, its diagonal the accuracy the metric reports."""
+    from taskloom.specs import load_task
+    from taskloom.train.evaluate import evaluate_task
+
+    task = load_task(tiny_task(tmp_path / "task"))
+    result = evaluate_task(task, device="cpu")  # the base encoder with its fitted probe head
+    confusion = result["confusion"]
+    assert confusion["labels"] == ["fresh", "rotten"]
+    counts = np.array(confusion["matrix"])
+    assert counts.shape == (2, 2) and counts.sum(axis=1).tolist() == [10, 10]  # each gold label's eval rows
+    assert np.trace(counts) / counts.sum() == pytest.approx(result["value"])
+
+
+@pytest.mark.e2e  # trains (one step) and scores a real adapter
+def test_training_a_non_classification_task_gives_its_page_and_a_note_instead_of_a_matrix(tmp_path):
+    from taskloom.tasks.catalog import build_task
+
+    spec, train, eval_ = build_task("lee-similarity")
+    folder = tmp_path / "task"
+    folder.mkdir()
+    for split, rows in (("train", train[:24]), ("eval", eval_[:12])):
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    doc = {**spec, "name": "tiny-lee", "data": {"train": "train.jsonl", "eval": "eval.jsonl"}}
+    (folder / "task.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    page, classification = HTML(uri=str(tmp_path / "page")), ClassificationMetrics(uri=str(tmp_path / "cm"))
+    train_adapter.python_func(
+        dataset=Dataset(uri=str(folder)), model=Model(uri=str(tmp_path / "model")),
+        metrics=Metrics(uri=str(tmp_path / "metrics")), page=page, classification=classification,
+        max_steps=1, device="cpu", seed=1,
+    )
+    tuned = json.loads((tmp_path / "model" / "metrics.json").read_text())["tuned"]
+    html = Path(page.path).read_text()
+    assert "Training run: tiny-lee" in html and f"{tuned:.4f}" in html
+    assert classification.metadata == {"note": "a pair_similarity task: no confusion matrix (classification only)"}

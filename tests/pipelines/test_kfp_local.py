@@ -42,6 +42,19 @@ def _digests(folder: Path) -> dict:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
 
 
+def _outputs(step_dir: Path) -> dict:
+    """{output name: (path, metadata)} of one kfp.local step, from the executor output it wrote."""
+    doc = json.loads((step_dir / "executor_output.json").read_text())
+    return {k: (Path(v["artifacts"][0]["uri"]), v["artifacts"][0].get("metadata", {})) for k, v in doc["artifacts"].items()}
+
+
+def _page(path: Path) -> str:
+    """The text of an HTML artifact (a whole page, as the KFP UI shows it)."""
+    text = path.read_text()
+    assert text.startswith("<!doctype html>") and text.rstrip().endswith("</html>"), path
+    return text
+
+
 def test_interleaved_kfp_tasks_leave_the_root_logger_as_it_was():
     """Two parallel kfp.local tasks, entering and leaving kfp's own logger context out of order."""
     from kfp.local.logging_utils import local_logger_context
@@ -142,6 +155,27 @@ def test_train_merge_deploy_runs_locally_and_deploys_only_what_the_gate_promotes
     expected = gate(base, single, merged, share=0.9)
     assert gate_report["promote"] is expected["promote"] and gate_report["failed"] == expected["failed"]
     assert result["outputs"]["promoted"] is gate_report["promote"]
+
+    # what the KFP UI shows: an HTML page per validation, training run and merge, and each training
+    # run's confusion matrix on its eval split (the diagonal's share is the tuned accuracy)
+    validated = {_page(_outputs(d)["page"][0]).split("validation of ")[1].split(":")[0]
+                 for d in run_dir.glob("for-loop-*/validate-task")}
+    assert validated == {"tiny-sentiment", "tiny-sentiment-b"}
+    for step in run_dir.glob("for-loop-*/train-adapter"):
+        outputs = _outputs(step)
+        m = json.loads((outputs["model"][0] / "metrics.json").read_text())
+        page = _page(outputs["page"][0])
+        assert f"Training run: {m['task']}" in page and f"{m['tuned']:.4f}" in page and "data:image/png" in page
+        matrix = outputs["classification"][1]["confusionMatrix"]
+        assert [c["displayName"] for c in matrix["annotationSpecs"]] == ["fresh", "rotten"]
+        counts = [r["row"] for r in matrix["rows"]]
+        assert sum(map(sum, counts)) == m["eval_rows"] == 20
+        assert (counts[0][0] + counts[1][1]) / 20 == pytest.approx(m["tuned"], abs=0.051)  # one of 20 rows
+    merge_page = _page(_outputs(run_dir / "merge-adapters")["page"][0])
+    assert "Merge: task_arithmetic" in merge_page
+    assert "tiny-sentiment" in merge_page and "tiny-sentiment-b" in merge_page
+    assert f"{report['delta_norm']:.4f}" in merge_page
+
     store = TaskStore(root / "feature_repo")
     for task in ("tiny-sentiment", "tiny-sentiment-b"):
         assert store.read_task(task)["task_id"] == task
@@ -171,6 +205,8 @@ def test_train_joint_trains_one_adapter_on_two_tasks(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["type"] == "multitask" and metrics["mixing"] == "mixed" and metrics["steps"] == 2
     assert set(metrics["tasks"]) == {"tiny-sentiment", "tiny-sentiment-b"}
+    page = _page(_outputs(Path(result["run_dir"]) / "train-joint-adapter")["page"][0])
+    assert all(f"<td>{task}</td>" in page for task in metrics["tasks"])  # a row per task: base vs tuned
     for task in metrics["tasks"]:
         assert (out / "adapter" / "heads" / task).is_dir()
         stored = TaskStore(root / "feature_repo").read_adapter(f"joint-v1/{task}")

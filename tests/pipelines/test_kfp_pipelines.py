@@ -187,3 +187,23 @@ def test_deploy_step_reads_the_triton_admin_key_from_its_secret(compiled):
     (secret,) = platform["exec-deploy-model"]["secretAsEnv"]
     assert secret["secretNameParameter"]["runtimeValue"]["constant"] == "taskloom-triton-admin"
     assert secret["keyToEnv"] == [{"secretKey": "key", "envVar": "TASKLOOM_TRITON_ADMIN_KEY"}]
+
+
+# What each step shows in the KFP UI besides its Metrics: output name → artifact type.
+UI_OUTPUTS = {
+    "comp-validate-task": {"page": "system.HTML"},
+    "comp-train-adapter": {"page": "system.HTML", "classification": "system.ClassificationMetrics"},
+    "comp-train-joint-adapter": {"page": "system.HTML"},
+    "comp-merge-adapters": {"page": "system.HTML"},
+}
+
+
+@pytest.mark.parametrize("name", pipeline_names())
+def test_golden_declares_the_report_pages_and_classification_metrics(name):
+    spec = next(yaml.safe_load_all((GOLDEN / f"{name}.yaml").read_text()))
+    present = [c for c in UI_OUTPUTS if c in spec["components"]]
+    assert "comp-validate-task" in present and any(c.startswith("comp-train") for c in present)
+    for comp in present:
+        declared = spec["components"][comp]["outputDefinitions"]["artifacts"]
+        for output, kind in UI_OUTPUTS[comp].items():
+            assert declared[output]["artifactType"]["schemaTitle"] == kind, f"{name}: {comp}.{output}"

@@ -17,7 +17,7 @@ def test_local_env_is_offline_and_keeps_what_the_user_set(monkeypatch):
 
 
 def test_pipeline_pods_get_exactly_the_offline_env():
-    from pipelines.placement import offline
+    from taskloom_pipelines.placement import offline
 
     class Task:
         def __init__(self):

@@ -44,7 +44,7 @@ def test_kfp_train_component_exits_2_with_one_line(task, tmp_path):
     code = (  # artifacts are objects with .path, as KFP's executor hands them
         "import sys; from types import SimpleNamespace as A; from taskloom_components.train import train_adapter; "
         "train_adapter.python_func(dataset=A(path=sys.argv[1]), max_steps=1, epochs=1, rank=4, base='', "
-        "device='auto', seed=0, feature_repo='', adapter_id='a', model=A(path=sys.argv[2], metadata={}), metrics=None)"
+        "device='auto', seed=0, feature_repo='', adapter_id='a', model=A(path=sys.argv[2], metadata={}), metrics=None, page=None, classification=None)"
     )
     env = {**os.environ}
     env.update(CUDA_VISIBLE_DEVICES="", KUBERNETES_SERVICE_HOST="10.96.0.1", TASKLOOM_REQUIRE_CUDA="1")

@@ -12,7 +12,8 @@ id not forwarded before); it then forwards the request unchanged (CloudEvent hea
 Per POST: unsigned, forged or stale → 401 (400 not a CloudEvent, 413 too large); an id already
 forwarded (or being forwarded) → 409 {"duplicate": true}; the forward answered 2xx → that status and
 {"event_id", "forwarded": status}; the forward failed (refused, unreachable, non-2xx) → 502, and the id
-is released so the sender's retry can go through. GET /healthz → 200 for the kubelet's probes.
+is released so the sender's retry can go through. GET /healthz → 200 for the kubelet's probes;
+GET /metrics → the Prometheus counters of forwarded and refused events (`taskloom.metrics`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from taskloom.errors import UserError
 from taskloom.events.cloudevent import _secret_bytes, load_secret
 from taskloom.events.receiver import Rejected, _event_time, verify
 from taskloom.events.server import JsonServer
+from taskloom.metrics import GatewayMetrics
 
 log = logging.getLogger("taskloom.events.gateway")
 log.addHandler(logging.NullHandler())
@@ -37,6 +39,21 @@ log.addHandler(logging.NullHandler())
 TOKEN_ENV = "TASKLOOM_EVENTS_TOKEN"
 # what goes on to the webhook: the CloudEvent (binary mode: ce-* headers) and its signature
 FORWARD_HEADERS = ("content-type", "x-taskloom-signature")
+METRICS_PATH = "/metrics"
+# the refusal reason label (taskloom.metrics.GATEWAY_REFUSAL_REASONS) of each reason `verify` gives
+REFUSAL_REASONS = {
+    "missing signature": "unsigned",
+    "bad signature": "bad_signature",
+    "stale event": "stale",
+    "event has no time": "no_time",
+    "not a CloudEvent": "not_cloudevent",
+    "body missing or too large": "too_large",
+}
+
+
+def refusal_reason(reason: str) -> str:
+    """The metric label of a `verify` refusal, by the start of its text ("other" when unknown)."""
+    return next((label for start, label in REFUSAL_REASONS.items() if reason.startswith(start)), "other")
 
 
 def load_token(path: str | Path | None = None, env: str = TOKEN_ENV) -> str:
@@ -53,7 +70,8 @@ def load_token(path: str | Path | None = None, env: str = TOKEN_ENV) -> str:
 
 
 class EventGateway(JsonServer):
-    """Threaded HTTP server: verify, refuse replays, forward with the bearer token. `.url`, `.forwarded`, `.rejected`."""
+    """Threaded HTTP server: verify, refuse replays, forward with the bearer token. `.url`, `.forwarded`,
+    `.rejected`, `.metrics` (served on GET /metrics)."""
 
     name = "taskloom-gateway"
 
@@ -81,13 +99,20 @@ class EventGateway(JsonServer):
         self.forwarded: list[dict] = []
         self.rejected: list[dict] = []
         self._seen: dict[str, float] = {}  # id -> event time (epoch s); kept while a replay could still be fresh
+        self.metrics = GatewayMetrics()
         self._lock = threading.Lock()
         # the webhook is in-cluster (or on loopback): never through a proxy from the environment
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     # -- one request ------------------------------------------------------------------------
-    def _reject(self, status: int, reason: str, event_id: str | None = None, **extra) -> tuple[int, dict]:
+    def page(self, path: str) -> tuple[str, bytes] | None:
+        return (self.metrics.content_type, self.metrics.text()) if path == METRICS_PATH else None
+
+    def _reject(
+        self, status: int, reason: str, event_id: str | None = None, label: str = "other", **extra
+    ) -> tuple[int, dict]:
         log.warning("gateway refused event %s: %s", event_id or "?", reason)
+        self.metrics.refused(label)
         with self._lock:
             self.rejected.append({"status": status, "reason": reason, "event_id": event_id})
         return status, {"error": reason, **({"event_id": event_id} if event_id else {}), **extra}
@@ -97,7 +122,7 @@ class EventGateway(JsonServer):
         try:
             event = verify(headers, body, self._secret, self.max_age)
         except Rejected as r:
-            return self._reject(r.status, r.reason, r.event_id)
+            return self._reject(r.status, r.reason, r.event_id, refusal_reason(r.reason))
         event_id = event.get_id()
         with self._lock:
             cutoff = time.time() - self.max_age
@@ -107,15 +132,17 @@ class EventGateway(JsonServer):
             if not replay:
                 self._seen[event_id] = _event_time(event).timestamp()  # claimed: a concurrent copy is a replay
         if replay:
-            return self._reject(409, "replayed event (id already forwarded)", event_id, duplicate=True)
+            return self._reject(409, "replayed event (id already forwarded)", event_id, "replay", duplicate=True)
         status, error = self._forward(headers, body)
         if error is not None or status is None:  # (status is None only with an error)
             with self._lock:
                 self._seen.pop(event_id, None)  # not delivered: the sender's retry (same id) may go through
             log.error("gateway could not forward event %s: %s", event_id, error)
+            self.metrics.refused("forward_failed")
             return 502, {"error": f"forward failed: {error}", "event_id": event_id}
         with self._lock:
             self.forwarded.append({"event_id": event_id, "type": event.get_type(), "status": status})
+        self.metrics.forwarded()
         log.info("gateway forwarded event %s (webhook answered %d)", event_id, status)
         return status, {"event_id": event_id, "forwarded": status}
 

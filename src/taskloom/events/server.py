@@ -1,6 +1,7 @@
 """The HTTP plumbing the webhook receiver and the events gateway share: a threaded server on (host,
-port) whose POSTs go to `handle(headers, body) -> (status, JSON payload)` and whose GET /healthz
-answers 200 for a kubelet's probes. Subclasses hold the rules; this holds the sockets."""
+port) whose POSTs go to `handle(headers, body) -> (status, JSON payload)`, whose GET /healthz
+answers 200 for a kubelet's probes and whose other GETs go to `page(path)` (the gateway's /metrics).
+Subclasses hold the rules; this holds the sockets."""
 
 from __future__ import annotations
 
@@ -33,23 +34,33 @@ class JsonServer:
     def handle(self, headers: dict[str, str], body: bytes | None) -> tuple[int, dict]:
         raise NotImplementedError
 
+    def page(self, path: str) -> tuple[str, bytes] | None:
+        """(content type, body) for a GET of `path` other than /healthz, or None for 404 (e.g. /metrics)."""
+        return None
+
     def start(self: S) -> S:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # http.server's name
-                if self.path.split("?", 1)[0] == HEALTH_PATH:
-                    self._answer(200, {"ok": True})
-                else:
+                path = self.path.split("?", 1)[0]
+                if path == HEALTH_PATH:
+                    return self._answer(200, {"ok": True})
+                page = owner.page(path)
+                if page is None:
                     self._answer(404, {"error": "not found"})
+                else:
+                    self._send(200, *page)
 
             def do_POST(self):
                 self._answer(*owner.handle(dict(self.headers.items()), self._body()))
 
             def _answer(self, status: int, payload: dict) -> None:
-                data = json.dumps(payload).encode()
+                self._send(status, "application/json", json.dumps(payload).encode())
+
+            def _send(self, status: int, content_type: str, data: bytes) -> None:
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)

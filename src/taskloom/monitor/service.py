@@ -12,10 +12,17 @@ sample in Feast (`TaskStore.read_reference_record`) with the chosen detector, an
 and effect sizes of all tasks of that window to the alarm policy (`policy`). An alarm leaves as a
 signed CloudEvent whose id is its idempotency key, retried on network errors with the same id.
 
+In a cluster the Triton model writes the log (`taskloom.serve.requests_log`, v2 rows), by default
+without the texts: a labels detector (`--method chi2`) then tests the labels the served head logged
+against the reference labelled by `--model`'s head (heads/<task>/), and an embedding detector
+records such windows as "no_text", untested, with one message per task. The Python client's
+`request_log` (v1 rows, always with text) is for local runs; do not let both write one log.
+
 Everything it decides is in --out: windows.jsonl (one line per window and task), alarms.jsonl
 (one line per alarm, with its delivery and the retrain run it started), both rewritten atomically
 after each window, and drift_report.html, after each poll. Started again on the same --out it picks
 up where it stopped: recorded windows are not tested again, a delivered alarm is never sent twice.
+With `--metrics-port` the same decisions are Prometheus metrics on /metrics (`taskloom.metrics`).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from taskloom.artifacts import write_text
 from taskloom.errors import UserError
 from taskloom.events.cloudevent import load_secret, send_event
 from taskloom.jsonfiles import read_jsonl
+from taskloom.metrics import MonitorMetrics
 from taskloom.models.encoder import cached_encoder, embed_texts
 from taskloom.models.heads import load_head
 from taskloom.monitor.detectors import DETECTORS
@@ -42,6 +50,7 @@ from taskloom.monitor.report import write_drift_report
 from taskloom.monitor.windows import TumblingWindows, Window, iso
 from taskloom.requestlog import LogReader
 from taskloom.specs import MonitorSpec
+from taskloom.store.backends import Local, from_env
 from taskloom.store.feature_store import TaskStore
 
 EVENT_TYPE = "io.taskloom.drift.detected"
@@ -161,8 +170,10 @@ def run_monitor(
     out: str | Path,
     spec: MonitorSpec | None = None,
     say: Callable[[str], None] = _stderr,
+    metrics: MonitorMetrics | None = None,
 ) -> dict:
-    """Monitor the request log `log`; returns a summary {"windows", "tested", "too_small", "late", "alarms", ...}."""
+    """Monitor the request log `log`; returns a summary {"windows", "tested", "too_small", "late", "alarms", ...}.
+    `metrics`: where to count windows, alarms and retrains (and show each task's latest p-value)."""
     spec = spec or MonitorSpec()
     model, method, tasks, window, min_rows = spec.model, spec.method, spec.tasks, spec.window, spec.min_rows
     alpha, consecutive, min_effect, cooldown = spec.alpha, spec.consecutive, spec.min_effect, spec.cooldown
@@ -187,7 +198,7 @@ def run_monitor(
     log, out, feature_repo = Path(log), Path(out), Path(feature_repo)
     if not log.is_file():
         raise UserError(f"{log}: no such request log")
-    if not (feature_repo / "feature_store.yaml").is_file():
+    if isinstance(from_env(), Local) and not (feature_repo / "feature_store.yaml").is_file():
         raise UserError(f"{feature_repo}: not a feature repository (no feature_store.yaml)")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
@@ -222,6 +233,10 @@ def run_monitor(
             },
         )
     done = {(r["task"], r["start"]) for r in records}
+    if metrics is not None:  # the gauges show each task's latest window from before a restart too
+        for r in records:
+            if r["status"] == "tested":
+                metrics.latest(r["task"], r["method"], r["p_value"], r["statistic"])
 
     summary: dict[str, Any] = {
         "log": str(log),
@@ -230,6 +245,7 @@ def run_monitor(
         "windows": 0,
         "tested": 0,
         "too_small": 0,
+        "untestable": 0,  # windows whose rows carry nothing the detector tests (no text, no label)
         "late": 0,
         "ignored": 0,
         "alarms": [],
@@ -249,6 +265,8 @@ def run_monitor(
         assert secret is not None  # loaded whenever there is a webhook
         alarm["delivery"] = deliver(alarm, webhook, secret, timeout)
         d = alarm["delivery"]
+        if metrics is not None and d["status"] == "delivered":  # a duplicate's run was started before
+            metrics.retrain(alarm["task"])
         if d["status"] not in DELIVERED:
             say(
                 f"warning: alarm {alarm['key'][:12]} for task '{alarm['task']}' not delivered to {webhook}: "
@@ -274,6 +292,7 @@ def run_monitor(
             },
         )
 
+    warned: set[str] = set()  # tasks told once that their windows carry nothing the detector tests
     pending = [a for a in alarms if a.get("delivery", {}).get("status") in ("undelivered", "not_sent")]
     if webhook and pending:  # alarms an earlier run could not deliver: same key, same event id
         for alarm in pending:
@@ -284,9 +303,11 @@ def run_monitor(
         start = group[0].start
         results: dict[str, dict | None] = {}
         new: list[dict] = []
-        big = [w for w in group if w.n >= min_rows]  # one encoder pass for the whole group
+        # a labels detector takes the labels the server logged as they are; else the texts are embedded
+        logged = {w.task for w in group if labeler and len(w.labels) >= min_rows}
+        big = [w for w in group if w.task not in logged and len(w.texts) >= min_rows]  # one encoder pass for all
         flat = embed_texts([t for w in big for t in w.texts], model_name=str(model)) if big else None
-        offsets = dict(zip((w.task for w in big), np.cumsum([0] + [w.n for w in big])))
+        offsets = dict(zip((w.task for w in big), np.cumsum([0] + [len(w.texts) for w in big])))
         for w in group:
             ref = refs.load(w.task)  # re-read: a retrain may have refreshed it
             rec = {
@@ -305,10 +326,29 @@ def run_monitor(
                 say(
                     f"window {iso(w.start)} of task '{w.task}': {w.n} requests, below --min-rows {min_rows}: not tested"
                 )
+            elif w.task not in logged and len(w.texts) < min_rows:  # server rows logged without text
+                rec["status"] = "no_labels" if labeler else "no_text"
+                results[w.task] = None
+                summary["untestable"] += 1
+                if w.task not in warned:  # one message per task, not one per window
+                    warned.add(w.task)
+                    say(
+                        f"task '{w.task}': window {iso(w.start)} has {w.n} requests, {len(w.texts)} with text"
+                        + (
+                            f" and {len(w.labels)} with a label: method '{method}' needs the served head's labels"
+                            " or the texts; its windows are not tested"
+                            if labeler
+                            else f": method '{method}' embeds texts, so its windows are not tested (the server logs"
+                            " text only with includeText; --method chi2 tests the labels it logs)"
+                        )
+                    )
             else:
-                assert flat is not None  # embedded above: this window is big enough
-                emb = flat[offsets[w.task] : offsets[w.task] + w.n]
-                sample = labeler(w.task, emb) if labeler else emb
+                if w.task in logged:
+                    sample = np.asarray(w.labels, dtype=str)
+                else:
+                    assert flat is not None  # embedded above: this window is big enough
+                    emb = flat[offsets[w.task] : offsets[w.task] + len(w.texts)]
+                    sample = labeler(w.task, emb) if labeler else emb
                 r = drift_embeddings(
                     ref["sample"],
                     sample,
@@ -331,6 +371,8 @@ def run_monitor(
         decisions, raised = tracker.step(start, results)
         for rec in new:
             rec.update(decisions[rec["task"]])
+            if metrics is not None and rec["status"] == "tested":
+                metrics.window(rec["task"], method, rec["p_value"], rec["statistic"], rec["hit"])
         for alarm in raised:
             alarm.update(method=method, retrain_adapter_id=f"{alarm['task']}-{alarm['key'][:8]}")
             old = alarm_by_key.get(alarm["key"])
@@ -342,6 +384,8 @@ def run_monitor(
             alarms.append(alarm)
             alarm_by_key[alarm["key"]] = alarm
             summary["alarms"].append(alarm["key"])
+            if metrics is not None:
+                metrics.alarm(alarm["task"])
             say(
                 f"alarm {alarm['key'][:12]}: task '{alarm['task']}' drifted in {len(alarm['windows'])} windows in a row "
                 f"since {alarm['first_window_start']} (effect {alarm['effect']:.3f}); delivery: {alarm['delivery']['status']}"

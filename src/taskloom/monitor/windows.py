@@ -6,6 +6,10 @@ and a restarted monitor forms the same windows again. A window closes once the l
 largest ts seen, or the wall clock in follow mode) has passed its end by `lateness` seconds; a
 request that arrives for a window already closed is counted as late and dropped.
 
+A window keeps what its rows carry: the texts (client rows always, server rows when the deployment
+logs text) for embedding detectors, and the served head's labels (server rows, when a head answered)
+for a labels detector; `n` counts every request whatever it carries.
+
     windows = TumblingWindows(size=300)
     for row in reader.poll(): windows.add(row)
     for w in windows.close(until=time.time()): ...
@@ -29,10 +33,8 @@ class Window:
     start: float
     end: float
     texts: list[str] = field(default_factory=list)
-
-    @property
-    def n(self) -> int:
-        return len(self.texts)
+    labels: list[str] = field(default_factory=list)
+    n: int = 0  # requests, with or without text or label
 
 
 class TumblingWindows:
@@ -51,7 +53,7 @@ class TumblingWindows:
         return math.floor(ts / self.size) * self.size
 
     def add(self, row: dict) -> bool:
-        """Put one request {"ts", "task", "text"} in its window; False (and counted) when that window is closed."""
+        """Put one request {"ts", "task", "text", "label"?} in its window; False (and counted) when that window is closed."""
         start = self.start_of(row["ts"])
         if start + self.size <= self.closed_until:
             self.late += 1
@@ -60,7 +62,12 @@ class TumblingWindows:
         key = (row["task"], start)
         if key not in self.open:
             self.open[key] = Window(row["task"], start, start + self.size)
-        self.open[key].texts.append(row["text"])
+        w = self.open[key]
+        w.n += 1
+        if row.get("text") is not None:
+            w.texts.append(row["text"])
+        if row.get("label") is not None:
+            w.labels.append(row["label"])
         return True
 
     def close(self, until: float | None = None) -> list[Window]:

@@ -5,7 +5,8 @@ test it in-process and keeps the numbers identical to `taskloom.models.encoder` 
 tokens, L2 normalisation). One dynamic batch of many requests runs as few forward passes as possible,
 with texts sorted by token length and cut into chunks that waste little on padding. The body runs in
 PyTorch (any precision, adapters) or, for one fp32 model without adapters, in ONNX Runtime
-(serve/onnx_runtime.py: the same numbers, faster).
+(serve/onnx_runtime.py: the same numbers, faster). Each batch served is what the model writes to the
+request log (serve/requests_log.py) and counts in its served-requests metric (serve/triton/model.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from taskloom.models.encoder import hidden_size, mean_pool
 from taskloom.models.heads import has_head, load_head
 from taskloom.serve.lora import attach
 from taskloom.serve.onnx_runtime import input_names, session
+from taskloom.serve.requests_log import Served, ServedLog
 
 MAX_TEXT_CHARS = 100_000
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -119,7 +121,15 @@ class EncoderBackend:
         adapters: dict | None = None,
         precision: str = "fp32",
         onnx_file=None,
+        *,
+        name: str = "taskloom",
+        version: str = "",
+        tasks: dict | None = None,
+        request_log: ServedLog | None = None,
     ):
+        """name, version: the Triton model and version served; tasks: adapter name (None: the base) → the
+        task its requests are for (default: the adapter's name, the model's name for the base);
+        request_log: where served requests are logged (None: nowhere)."""
         import torch
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -138,6 +148,7 @@ class EncoderBackend:
             resolve_engine("onnxruntime", precision, adapters is not None)  # refuses adapters and bf16/int8
         if threads:
             torch.set_num_threads(threads)
+        self.name, self.version, self.tasks, self.request_log = name, str(version), dict(tasks or {}), request_log
         self.max_length = max_length
         self.chunk_overhead = chunk_overhead
         self.precision = precision
@@ -198,17 +209,23 @@ class EncoderBackend:
 
         Every file the version's manifest lists is checked against its sha256 first: a version whose
         files were changed after publishing fails to load (and Triton keeps serving the old one).
+        The request log is configured by the server's environment (`taskloom.serve.requests_log`); the task
+        of a request is its adapter's task, or the base's head task, from the manifest.
         """
         params = {k: v.get("string_value", "") for k, v in (model_config.get("parameters") or {}).items()}
         version_dir = Path(version_dir)
         verify_manifest(version_dir)
         head = params.get("head") or None
         adapters = None
-        if params.get("adapters") is not None and (version_dir / "manifest.json").exists():
-            manifest = json.loads((version_dir / "manifest.json").read_text())
-            if manifest.get("adapters") is not None:
-                folder = version_dir / (params.get("adapters") or "adapters")
-                adapters = {name: folder / name for name in manifest["adapters"]}
+        manifest_path = version_dir / "manifest.json"
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+        if params.get("adapters") is not None and manifest.get("adapters") is not None:
+            folder = version_dir / (params.get("adapters") or "adapters")
+            adapters = {name: folder / name for name in manifest["adapters"]}
+        name = str(model_config.get("name") or manifest.get("name") or "taskloom")
+        tasks: dict[str | None, str | None] = {None: manifest.get("head_task")}
+        tasks.update({a: (info or {}).get("task") for a, info in (manifest.get("adapters") or {}).items()})
+        request_log = ServedLog.from_env(name, version_dir.name)  # before loading: a bad setting fails fast
         return cls(
             version_dir / params.get("weights", "weights"),
             head_dir=version_dir / head if head else None,
@@ -218,6 +235,10 @@ class EncoderBackend:
             adapters=adapters,
             precision=params.get("precision") or "fp32",
             onnx_file=version_dir / ONNX_FILE if params.get("engine") == "onnxruntime" else None,
+            name=name,
+            version=version_dir.name,
+            tasks=tasks,
+            request_log=request_log,
         )
 
     def check_adapter(self, adapter) -> str | None:
@@ -288,11 +309,20 @@ class EncoderBackend:
         emb = self.embed(texts, [adapter] * len(texts))
         return {"EMBEDDING": emb, **self.head_outputs(emb, adapter)}
 
+    def task_of(self, adapter: str | None) -> str:
+        """The task a request for `adapter` (None: the base) is for, as the request log and the metric name it."""
+        return self.tasks.get(adapter) or adapter or self.name
+
     def execute(self, inputs: list, adapters: list | None = None) -> list:
         """One Triton batch: a TEXT array (+ an adapter name) per request → per request a dict of
         outputs, or an error str. A bad request fails alone; the others in the same dynamic batch
         still get their answers, all computed in as few forward passes as the lengths allow.
         """
+        return self.serve(inputs, adapters)[0]
+
+    def serve(self, inputs: list, adapters: list | None = None) -> tuple[list, list[Served]]:
+        """`execute`, plus what was served (per answered request: task, adapter, texts, head outputs),
+        which is also appended to the request log when one is configured."""
         adapters = adapters if adapters is not None else [None] * len(inputs)
         results: list = [None] * len(inputs)
         texts: list[str] = []
@@ -316,8 +346,25 @@ class EncoderBackend:
             except Exception as e:  # the model itself failed: every request of the batch gets the reason
                 for r, _, _, _ in spans:
                     results[r] = f"inference failed: {type(e).__name__}: {e}"
+        served = [
+            served_request(self.task_of(adapter), adapter, texts[a:b], results[r])
+            for r, adapter, a, b in spans
+            if isinstance(results[r], dict)
+        ]
+        if self.request_log is not None:
+            self.request_log.record(served)
         self.trim()
-        return results
+        return results, served
+
+
+def served_request(task: str, adapter: str | None, texts: list[str], outputs: dict) -> Served:
+    """One answered request as the request log records it: LABEL decoded, PROBS kept (none without a head)."""
+    labels = probs = None
+    if "LABEL" in outputs:
+        decoded = [bytes(x).decode("utf-8") for x in np.asarray(outputs["LABEL"]).reshape(-1)]
+        if any(decoded):  # an adapter without a head in a multi-adapter model answers empty labels
+            labels, probs = decoded, outputs.get("PROBS")
+    return Served(task, adapter, texts, labels, probs)
 
 
 def route(names: list) -> list:

@@ -51,7 +51,8 @@ class TritonClient:
         admin_key: str | None = None,
     ):
         """request_log: append every served text to this JSONL log (what `taskloom monitor` reads), under
-        `task` (default: the adapter asked for, else the model name). admin_key: sent with model control
+        `task` (default: the adapter asked for, else the model name); for local runs: in a cluster the
+        Triton model itself writes the log (taskloom.serve.requests_log). admin_key: sent with model control
         (default: $TASKLOOM_TRITON_ADMIN_KEY, none when unset)."""
         if protocol not in PROTOCOLS:
             raise UserError(f"protocol {protocol!r}: use one of {list(PROTOCOLS)}")

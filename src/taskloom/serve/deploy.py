@@ -15,7 +15,8 @@ The server must run with explicit model control (`taskloom serve` does). One dep
 4. switch: config.pbtxt names N+1 and Triton reloads the model: N keeps answering until N+1 is ready
    and in-flight requests finish on N, so no request is dropped; then readiness + smoke on the real name;
 5. a failure after the switch writes config.pbtxt back to N and reloads it: rolled back.
-Versions are never deleted: versions.json says which one serves and why each other one does not.
+A deploy never deletes a version (`taskloom repo prune` removes old unreferenced ones, taskloom.serve.retention):
+versions.json says which one serves and why each other one does not.
 Adapters change the same way (a new version holding the new set), so adding, replacing or removing
 one needs no server restart, and a server restarted later serves exactly what config.pbtxt names.
 """
@@ -26,6 +27,7 @@ import contextlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -57,12 +59,12 @@ class DeployError(UserError):
         self.report = report
 
 
-def _now() -> str:
+def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 @contextlib.contextmanager
-def _lock(repo: Path, name: str):
+def deploy_lock(repo: Path, name: str):
     """One deploy per model at a time (flock on a file beside the model folder)."""
     import fcntl
 
@@ -99,11 +101,11 @@ def read_state(model_folder: Path) -> dict:
     }
 
 
-def _write_state(model_folder: Path, state: dict) -> None:
+def write_state(model_folder: Path, state: dict) -> None:
     write_json(model_folder / VERSIONS_FILE, state)
 
 
-def _write_config(model_folder: Path, version: int, name: str) -> None:
+def write_config(model_folder: Path, version: int, name: str) -> None:
     write_text(
         model_folder / "config.pbtxt",
         config_for(read_manifest(model_folder / str(version)), version, name),
@@ -148,10 +150,33 @@ def smoke(
     return checks
 
 
-def _client(server_url: str, name: str, protocol: str, timeout: float, admin_key: str | None = None):
-    return TritonClient(
+def _client(
+    server_url: str,
+    name: str,
+    protocol: str,
+    timeout: float,
+    admin_key: str | None = None,
+    publish: Callable[[], None] | None = None,
+):
+    client = TritonClient(
         server_url, model=name, protocol=protocol, timeout=timeout, retries=3, backoff=0.2, admin_key=admin_key
     )
+    return client if publish is None else _Publishing(client, publish)
+
+
+class _Publishing:
+    """A client that publishes the repository before each load: the server reads object storage, so what
+    was just written locally must be there before it is asked to load it."""
+
+    def __init__(self, client, publish: Callable[[], None]):
+        self._client, self._publish = client, publish
+
+    def load_model(self, *args, **kwargs):
+        self._publish()
+        return self._client.load_model(*args, **kwargs)
+
+    def __getattr__(self, attr: str):
+        return getattr(self._client, attr)
 
 
 def _require_model_control(client, name: str) -> None:
@@ -179,12 +204,12 @@ class LoadFailed(UserError):
     """Triton refused to load the version: it kept serving the one it had."""
 
 
-def _activate(
+def activate(
     client, model_folder: Path, name: str, version: int, manifest: dict, targets: list, texts, expect, expect_adapter
 ) -> dict:
     """config.pbtxt → `version`, reload, check readiness and the served version, smoke. Raises UserError
     (LoadFailed when Triton did not load it: the old version is still the one served)."""
-    _write_config(model_folder, version, name)
+    write_config(model_folder, version, name)
     try:
         client.load_model(name)
     except UserError as e:
@@ -195,18 +220,16 @@ def _activate(
     return smoke(client, manifest, targets, texts, expect, expect_adapter)
 
 
-def _restore(client, model_folder: Path, name: str, version: int, failure: UserError, texts) -> None:
+def restore(client, model_folder: Path, name: str, version: int, failure: UserError, texts) -> None:
     """Serve `version` again after `failure` of a newer one: after a failed load Triton still serves it
     (only config.pbtxt goes back); after a load that succeeded, it is loaded again and smoked."""
     if isinstance(failure, LoadFailed):
-        _write_config(model_folder, version, name)
+        write_config(model_folder, version, name)
         return
-    _activate(
-        client, model_folder, name, version, read_state_manifest(model_folder, version), [None], texts, None, None
-    )
+    activate(client, model_folder, name, version, read_state_manifest(model_folder, version), [None], texts, None, None)
 
 
-def _canary(
+def run_canary(
     client, repo: Path, name: str, version: int, manifest: dict, targets: list, texts, expect, expect_adapter
 ) -> dict:
     """Load `version` as <name>.candidate (a config + a link to the version folder) and smoke it."""
@@ -310,6 +333,7 @@ def deploy(
     serving: dict | None = None,
     timeout: float = 300,
     admin_key: str | None = None,
+    publish: Callable[[], None] | None = None,
 ) -> dict:
     """Publish `model_dir_or_adapter` as the next version of model `name` in `repo_dir`, served by the
     Triton at `server_url`; returns {"model", "version", "previous", "status": "serving", ...}.
@@ -318,18 +342,20 @@ def deploy(
     a model folder or catalog name replaces the base (and serves no adapters); `remove` drops adapters.
     A refused or rolled-back version raises DeployError (its `.report`): the previous one serves.
     admin_key: for a server whose model control is restricted (default: $TASKLOOM_TRITON_ADMIN_KEY).
+    publish: for a server reading object storage: called before each load and once at the end
+    (taskloom.objectstore.working_copy pushes the local copy `repo_dir`).
     """
     t0 = time.monotonic()
     repo = Path(repo_dir)
     model_folder = repo / name
     if expect_labels is not None and len(expect_labels) != len(smoke_texts):
         raise UserError(f"expect_labels: {len(expect_labels)} labels for {len(smoke_texts)} smoke texts")
-    with _lock(repo, name):
+    with deploy_lock(repo, name):
         state = read_state(model_folder)
         plan = _plan(model_folder, state, model_dir_or_adapter, adapter_name, remove, head_task)
         prev = plan["prev"]
         options = serving_options(**{**((prev or {}).get("serving") or {}), **(serving or {})})
-        client = _client(server_url, name, protocol, timeout, admin_key)
+        client = _client(server_url, name, protocol, timeout, admin_key, publish)
         try:
             _require_model_control(client, name)
             previous = state.get("serving")
@@ -339,7 +365,7 @@ def deploy(
                     f"{model_folder}/config.pbtxt (is {server_url} serving {repo}?)"
                 )
             if previous is not None:  # config.pbtxt names what versions.json says serves (heals an interrupted deploy)
-                _write_config(model_folder, previous, name)
+                write_config(model_folder, previous, name)
             version = max([*version_numbers(model_folder), 0]) + 1
             stage = staging_dir(model_folder / str(version))
             try:
@@ -377,7 +403,7 @@ def deploy(
                 state["serving"] = serving_now
                 state.setdefault("history", []).append(
                     {
-                        "ts": _now(),
+                        "ts": now_iso(),
                         "action": "deploy",
                         "version": version,
                         "from": previous,
@@ -385,7 +411,7 @@ def deploy(
                         "reason": reason,
                     }
                 )
-                _write_state(model_folder, state)
+                write_state(model_folder, state)
                 report.update(
                     status=status, serving=serving_now, reason=reason, seconds=round(time.monotonic() - t0, 2)
                 )
@@ -393,7 +419,7 @@ def deploy(
 
             if canary and previous is not None:
                 try:
-                    report["canary"] = _canary(
+                    report["canary"] = run_canary(
                         client, repo, name, version, manifest, targets, smoke_texts, expect_labels, expect_adapter
                     )
                 except UserError as e:
@@ -402,7 +428,7 @@ def deploy(
                         f"version {version} of {name} refused ({e}); version {previous} keeps serving", report
                     ) from None
             try:
-                report["smoke"] = _activate(
+                report["smoke"] = activate(
                     client, model_folder, name, version, manifest, targets, smoke_texts, expect_labels, expect_adapter
                 )
             except UserError as e:
@@ -414,7 +440,7 @@ def deploy(
                         f"version {version} of {name} failed ({reason}); nothing serves", report
                     ) from None
                 try:
-                    _restore(client, model_folder, name, previous, e, smoke_texts)
+                    restore(client, model_folder, name, previous, e, smoke_texts)
                 except UserError as e2:
                     finish("rolled_back", reason, previous)
                     raise DeployError(
@@ -428,6 +454,8 @@ def deploy(
             return finish("serving", None, version)
         finally:
             client.close()
+            if publish is not None:  # versions.json and config.pbtxt as the deploy left them
+                publish()
 
 
 def read_state_manifest(model_folder: Path, version: int) -> dict:
@@ -443,12 +471,13 @@ def rollback(
     smoke_texts=SMOKE_TEXTS,
     timeout: float = 300,
     admin_key: str | None = None,
+    publish: Callable[[], None] | None = None,
 ) -> dict:
-    """Serve an older version again (default: the one served before the current one)."""
+    """Serve an older version again (default: the one served before the current one); publish: as for deploy."""
     t0 = time.monotonic()
     repo = Path(repo_dir)
     model_folder = repo / name
-    with _lock(repo, name):
+    with deploy_lock(repo, name):
         state = read_state(model_folder)
         current = state.get("serving")
         if current is None:
@@ -467,14 +496,16 @@ def rollback(
         if to_version == current:
             raise UserError(f"--to-version {to_version}: already serving")
         manifest = read_state_manifest(model_folder, to_version)
-        client = _client(server_url, name, protocol, timeout, admin_key)
+        client = _client(server_url, name, protocol, timeout, admin_key, publish)
         try:
             _require_model_control(client, name)
             targets = [None, *sorted(manifest.get("adapters") or {})]
             try:
-                checks = _activate(client, model_folder, name, to_version, manifest, targets, smoke_texts, None, None)
+                checks = activate(client, model_folder, name, to_version, manifest, targets, smoke_texts, None, None)
             except UserError as e:
-                _restore(client, model_folder, name, current, e, smoke_texts)
+                restore(client, model_folder, name, current, e, smoke_texts)
+                if publish is not None:  # config.pbtxt names `current` again
+                    publish()
                 raise UserError(
                     f"rollback of {name} to version {to_version} failed ({e}); version {current} serves"
                 ) from None
@@ -486,7 +517,7 @@ def rollback(
         state["serving"] = to_version
         state.setdefault("history", []).append(
             {
-                "ts": _now(),
+                "ts": now_iso(),
                 "action": "rollback",
                 "version": to_version,
                 "from": current,
@@ -494,7 +525,9 @@ def rollback(
                 "reason": None,
             }
         )
-        _write_state(model_folder, state)
+        write_state(model_folder, state)
+        if publish is not None:
+            publish()
         return {
             "model": name,
             "status": "serving",

@@ -36,9 +36,11 @@ from typing import BinaryIO
 from taskloom.environment import OFFLINE_ENV, QUIET_ENV
 from taskloom.errors import UserError
 from taskloom.models.registry import CATALOG
+from taskloom.objectstore import is_s3, triton_url
 from taskloom.packages import package_dir
 from taskloom.serve.admin import admin_header, server_args
 from taskloom.serve.repository import build_repository, is_repository
+from taskloom.serve.requests_log import ENV_PATH as REQUEST_LOG
 
 LOOPBACK = "127.0.0.1"
 SHM_DIR = Path("/dev/shm")
@@ -192,7 +194,9 @@ class TritonServer:
     ):
         if model_control not in ("none", "explicit"):
             raise UserError(f"model_control {model_control!r}: use 'none' or 'explicit'")
-        self.repo_dir = Path(repo_dir).resolve()
+        # a local folder, or s3://bucket/prefix, which the bundled server reads itself (taskloom.objectstore)
+        self.s3 = is_s3(repo_dir)
+        self.repo_dir = Path(repo_dir).resolve() if not self.s3 else repo_dir
         self.ports = {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port}
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.model_control = model_control
@@ -253,6 +257,8 @@ class TritonServer:
         self.stop()
 
     def _check_repository(self) -> None:
+        if self.s3:
+            return  # Triton lists the bucket itself; a missing or unreadable one ends in its own error line
         if not self.repo_dir.is_dir():
             raise UserError(f"{self.repo_dir}: no such model repository folder")
         if self.model_control == "none" and not any(self.repo_dir.glob("*/config.pbtxt")):
@@ -262,7 +268,7 @@ class TritonServer:
         assert self.workspace is not None, "start() creates the workspace first"
         cmd = [
             str(env.tritonserver),
-            f"--model-repository={self.repo_dir}",
+            f"--model-repository={triton_url(str(self.repo_dir)) if self.s3 else self.repo_dir}",
             f"--backend-directory={self.workspace / 'backends'}",
             f"--http-address={LOOPBACK}",
             f"--grpc-address={LOOPBACK}",
@@ -288,6 +294,8 @@ class TritonServer:
         # idle OpenMP threads sleep instead of spinning: on shared or busy CPUs spinning torch threads made
         # a MiniLM forward 5-20x slower (measured: 0.11-0.48 s spinning vs 0.011-0.023 s passive)
         e.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        if e.get(REQUEST_LOG):  # the server runs in its own workspace: a relative log path means the caller's
+            e[REQUEST_LOG] = str(Path(e[REQUEST_LOG]).resolve())
         e["LD_LIBRARY_PATH"] = os.pathsep.join(
             [str(env.libdir), str(env.libs)]
             + ([os.environ["LD_LIBRARY_PATH"]] if os.environ.get("LD_LIBRARY_PATH") else [])
@@ -481,6 +489,8 @@ def serve_foreground(
     """`taskloom serve`: a repository (folder with */config.pbtxt) or a model folder (exported to a
     repository in a temp workspace first); prints the URLs; Ctrl-C or SIGTERM stop it cleanly. With
     `admin_key`, model control answers only requests carrying it (taskloom.serve.admin)."""
+    if is_s3(path):
+        return _serve(str(path), None, http_port, grpc_port, metrics_port, log_dir, timeout, restarts, admin_key)
     path = Path(path)
     is_repo = is_repository(path)
     is_model = not is_repo and ((path / "config.json").exists() or (str(path) in CATALOG and not path.exists()))
@@ -501,6 +511,11 @@ def serve_foreground(
             shutil.rmtree(built, ignore_errors=True)
             raise
 
+    return _serve(repo, built, http_port, grpc_port, metrics_port, log_dir, timeout, restarts, admin_key)
+
+
+def _serve(repo, built, http_port, grpc_port, metrics_port, log_dir, timeout, restarts, admin_key) -> int:
+    """Run the server on `repo` (a folder or s3://) until Ctrl-C or SIGTERM; `built` is removed after."""
     # explicit model control with every model loaded at start: `taskloom deploy` can then publish new
     # versions into `repo` and switch them without a restart (and a restart serves what config.pbtxt names)
     server = TritonServer(
@@ -523,7 +538,7 @@ def serve_foreground(
         signal.signal(signal.SIGTERM, _on_term)
     try:
         server.start(timeout)
-        models = sorted(p.parent.name for p in repo.glob("*/config.pbtxt"))
+        models = ["the models in it"] if server.s3 else sorted(p.parent.name for p in repo.glob("*/config.pbtxt"))
         print(f"Triton ready in {server.ready_seconds:.1f} s, serving {', '.join(models)} from {repo}", flush=True)
         print(f"  http     {server.http_url}", flush=True)
         print(f"  grpc     {server.grpc_url}", flush=True)

@@ -6,8 +6,9 @@
   against, stored flattened (embeddings = rows·dims floats) with rows, dims and the adapter_id it
   belongs to. The online store holds the latest version; the Parquet history keeps every version.
 
-Each view reads a Parquet file under `data_dir` (the offline store); taskloom appends to those
-files and pushes the same rows to the SQLite online store, so a read right after a write sees it.
+Each view reads a Parquet file under `data_dir` (local) or a PostgreSQL table of its own name
+(cluster; see taskloom.store.backends); taskloom appends to that history and pushes the same rows
+to the online store, so a read right after a write sees it.
 """
 
 from __future__ import annotations
@@ -25,14 +26,15 @@ COLUMNS = {
 JOIN_KEYS = {"task_profile": "task_id", "adapter_metrics": "adapter_id", "drift_reference": "task_id"}
 
 
-def build(data_dir: str | Path) -> dict:
-    """Feast objects by name, their FileSources reading `data_dir/<view>.parquet`."""
+def build(data_dir: str | Path | None) -> dict:
+    """Feast objects by name: their sources read `data_dir/<view>.parquet`, or with no `data_dir` the
+    PostgreSQL table `<view>` of the cluster's offline store."""
     from datetime import timedelta
 
     from feast import Entity, FeatureView, Field, FileSource, ValueType
+    from feast.data_source import DataSource
     from feast.types import Array, Float32, Float64, Int64, String
 
-    data_dir = Path(data_dir).resolve()
     task = Entity(
         name="task", join_keys=["task_id"], value_type=ValueType.STRING, description="a task (task.yaml name)"
     )
@@ -40,8 +42,13 @@ def build(data_dir: str | Path) -> dict:
         name="adapter", join_keys=["adapter_id"], value_type=ValueType.STRING, description="a trained or merged adapter"
     )
 
-    def source(view: str) -> FileSource:
-        return FileSource(name=f"{view}_source", path=str(data_dir / f"{view}.parquet"), timestamp_field=TIMESTAMP)
+    def source(view: str) -> DataSource:
+        if data_dir is None:
+            from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
+
+            return PostgreSQLSource(name=f"{view}_source", table=view, timestamp_field=TIMESTAMP)
+        path = Path(data_dir).resolve() / f"{view}.parquet"
+        return FileSource(name=f"{view}_source", path=str(path), timestamp_field=TIMESTAMP)
 
     schema = {
         "task_profile": [

@@ -1,24 +1,28 @@
-"""Task features in Feast: write a row to the Parquet history and the online store, read it by id.
+"""Task features in Feast: write a row to the history and the online store, read it by id.
 
     store = TaskStore("runs/feature_repo")
     store.write_task_profile(profile_task(spec, rows))
     store.read_task("rt-sentiment")  # online, immediately
 
-The repository (feature_store.yaml, definitions.py, data/) is created on first use and applied
-once; `feast -c runs/feature_repo serve` serves the same features over HTTP. Every write appends
-to the view's Parquet file atomically (temp file + rename, under a file lock) and then writes the
-same rows to the SQLite online store, so reads never wait for a materialisation.
+Where the features live is the store's backend (taskloom.store.backends): by default `Local()`, the
+repository folder (file registry, SQLite online store, Parquet history); with `Cluster(postgres_url,
+redis_url)`, or TASKLOOM_FEAST_POSTGRES_URL and TASKLOOM_FEAST_REDIS_URL in the environment, Feast's
+SQL registry and PostgreSQL history with a Redis online store, for writers on many pods.
+
+Locally the repository (feature_store.yaml, definitions.py, data/) is created on first use and applied
+once; `feast -c runs/feature_repo serve` serves the same features over HTTP. In a cluster nothing is
+written to the folder (the configuration holds the passwords and stays in memory) and
+`python -m taskloom.store.serve` serves them. Every write appends to the view's history and then
+writes the same rows to the online store, both under the writers' lock (taskloom.store.history), so
+reads never wait for a materialisation and the online value is the newest row of the history.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import math
 import os
-import tempfile
-import threading
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,9 +32,9 @@ import numpy as np
 
 from taskloom.artifacts import write_text
 from taskloom.errors import UserError
-from taskloom.store.definitions import COLUMNS, JOIN_KEYS, REPO_DEFINITIONS, TIMESTAMP, build, feature_store_yaml
-
-_lock = threading.Lock()
+from taskloom.store.backends import Backend, Cluster, from_env
+from taskloom.store.definitions import COLUMNS, JOIN_KEYS, REPO_DEFINITIONS, TIMESTAMP, VIEWS, build, feature_store_yaml
+from taskloom.store.history import ParquetHistory, PostgresHistory
 
 
 @contextlib.contextmanager
@@ -45,11 +49,19 @@ def quiet_feast():
 
 
 class TaskStore:
-    """The Feast feature repository at `repo_dir` (local provider, SQLite online, Parquet offline)."""
+    """The Feast feature repository at `repo_dir`; `backend` says where its data lives (None: the environment's)."""
 
-    def __init__(self, repo_dir: str | os.PathLike):
+    def __init__(self, repo_dir: str | os.PathLike, backend: Backend | None = None):
         self.repo_dir = Path(repo_dir).resolve()
         self.data_dir = self.repo_dir / "data"
+        self.backend = from_env() if backend is None else backend
+        self.history: ParquetHistory | PostgresHistory
+        if isinstance(self.backend, Cluster):
+            self.history = PostgresHistory(self.backend)
+            self.where = f"postgresql {self.backend.postgres_host}"
+        else:
+            self.history = ParquetHistory(self.data_dir)
+            self.where = str(self.repo_dir)
         self._fs: Any = None  # feast.FeatureStore, imported when first used
         self._objects: dict | None = None
 
@@ -61,65 +73,91 @@ class TaskStore:
         if not (self.repo_dir / "definitions.py").exists():
             write_text(self.repo_dir / "definitions.py", REPO_DEFINITIONS, digest=False)
 
-    @contextlib.contextmanager
-    def _locked(self):
-        """One writer at a time across threads and processes (parallel pipeline steps share a repository).
-        Not reentrant: never nested."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        with _lock, open(self.data_dir / ".write.lock", "a") as lockf:
-            fcntl.flock(lockf, fcntl.LOCK_EX)
-            yield
-
     @property
     def fs(self):
-        """The feast.FeatureStore, created (and applied once) on first use. Under the lock: a store
+        """The feast.FeatureStore, created (and applied once) on first use. Under the writers' lock: a store
         opened while another process is still applying a new repository would miss its views."""
         if self._fs is None:
-            self._ensure_files()
-            with self._locked():
-                with quiet_feast():
-                    from feast import FeatureStore
+            if isinstance(self.backend, Cluster):
+                self._open_cluster(self.backend)
+            else:
+                self._ensure_files()
+                with self.history.locked():
+                    with quiet_feast():
+                        from feast import FeatureStore
 
-                    self._fs = FeatureStore(repo_path=str(self.repo_dir))
-                if not (self.data_dir / "registry.db").exists():
-                    self._apply()
+                        self._fs = FeatureStore(repo_path=str(self.repo_dir))
+                    if not (self.data_dir / "registry.db").exists():
+                        self._apply()
         return self._fs
+
+    def _open_cluster(self, cluster: Cluster) -> None:
+        assert isinstance(self.history, PostgresHistory)
+        with self.history.locked(), self._reaching():
+            with quiet_feast():
+                from feast import FeatureStore
+                from feast.repo_config import RepoConfig
+
+                fs = FeatureStore(repo_path=str(self.repo_dir), config=RepoConfig(**cluster.repo_config()))
+                self.history.create_tables(self._views())
+                try:
+                    applied = {fv.name for fv in fs.list_feature_views(allow_cache=False)}
+                except Exception:  # a new database: the project is not registered yet
+                    applied = set()
+            self._fs = fs
+            if not set(VIEWS) <= applied:
+                self._apply()
+
+    def _views(self) -> dict:
+        if self._objects is None:
+            self._objects = build(None if isinstance(self.backend, Cluster) else self.data_dir)
+        return {v: self._objects[v] for v in VIEWS}
 
     def apply(self) -> None:
         """Register the entities and feature views (idempotent)."""
-        fresh = self._fs is None and not (self.data_dir / "registry.db").exists()
+        fresh = self._fs is None and (isinstance(self.backend, Cluster) or not (self.data_dir / "registry.db").exists())
         self.fs  # noqa: B018 (opening a new repository applies it)
         if not fresh:
-            with self._locked():
+            with self.history.locked(), self._reaching():
                 self._apply()
 
     def _apply(self) -> None:
         with quiet_feast():
-            if self._objects is None:
-                self._objects = build(self.data_dir)
+            self._views()
+            assert self._objects is not None
             self._fs.apply(list(self._objects.values()))
+
+    @contextlib.contextmanager
+    def _reaching(self):
+        """An online store that cannot be reached is the deployment's mistake: one line naming it.
+        (PostgreSQL is reached first, by the history, which says so itself.)"""
+        if not isinstance(self.backend, Cluster):
+            yield
+            return
+        import redis
+
+        try:
+            yield
+        except redis.exceptions.ConnectionError as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UserError(f"feature store ({self.where}): cannot reach Redis: {reason}") from None
 
     # -- writes -----------------------------------------------------------------------------
     def _append(self, view: str, rows: list[dict]) -> None:
-        """Append rows to the view's Parquet file (atomically, under a lock), then to the online store."""
+        """Append rows to the view's history, then to the online store, under the writers' lock. The time
+        is taken inside the lock: writes are stamped in the order they land, so the newest wins online."""
         import pandas as pd
 
         fs = self.fs
-        now = datetime.now(timezone.utc)
-        df = pd.DataFrame(
-            [{JOIN_KEYS[view]: r[JOIN_KEYS[view]], **{c: r[c] for c in COLUMNS[view]}, TIMESTAMP: now} for r in rows]
-        )
-        path = self.data_dir / f"{view}.parquet"
-        with self._locked():
-            full = pd.concat([pd.read_parquet(path), df], ignore_index=True) if path.exists() else df
-            fd, tmp = tempfile.mkstemp(dir=self.data_dir, prefix=f".{view}.", suffix=".parquet.tmp")
-            os.close(fd)
-            try:
-                full.to_parquet(tmp, index=False)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+        with self.history.locked(), self._reaching():
+            now = datetime.now(timezone.utc)
+            df = pd.DataFrame(
+                [
+                    {JOIN_KEYS[view]: r[JOIN_KEYS[view]], **{c: r[c] for c in COLUMNS[view]}, TIMESTAMP: now}
+                    for r in rows
+                ]
+            )
+            self.history.append(view, df)
             with quiet_feast():
                 fs.write_to_online_store(view, df)
 
@@ -189,14 +227,14 @@ class TaskStore:
     def _online(self, view: str, key: str) -> dict:
         fs = self.fs
         join = JOIN_KEYS[view]
-        with quiet_feast():
+        with quiet_feast(), self._reaching():
             out = fs.get_online_features(
                 features=[f"{view}:{c}" for c in COLUMNS[view]], entity_rows=[{join: str(key)}]
             ).to_dict()
         row = {k: v[0] for k, v in out.items()}
         if all(row.get(c) is None for c in COLUMNS[view]):
             entity = "task" if join == "task_id" else "adapter"
-            raise UserError(f"feature store {self.repo_dir}: no {view} for {entity} '{key}'")
+            raise UserError(f"feature store {self.where}: no {view} for {entity} '{key}'")
         return row
 
     def read_task(self, task_id: str) -> dict:
@@ -229,16 +267,14 @@ class TaskStore:
         if adapter_id is None:
             r = self._online("drift_reference", task_id)
             return np.asarray(r["embeddings"], dtype=np.float32).reshape(int(r["rows"]), int(r["dims"]))
-        import pandas as pd
-
-        path = self.data_dir / "drift_reference.parquet"
-        df = pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=["task_id", "adapter_id"])
-        hit = df[(df["task_id"] == str(task_id)) & (df["adapter_id"] == str(adapter_id))]
+        hit = self.history.frame(
+            "drift_reference", ["rows", "dims", "embeddings"], task_id=str(task_id), adapter_id=str(adapter_id)
+        )
         if hit.empty:
             raise UserError(
-                f"feature store {self.repo_dir}: no drift reference for task '{task_id}' and adapter '{adapter_id}'"
+                f"feature store {self.where}: no drift reference for task '{task_id}' and adapter '{adapter_id}'"
             )
-        r = hit.sort_values(TIMESTAMP).iloc[-1]
+        r = hit.iloc[-1]
         return np.asarray(r["embeddings"], dtype=np.float32).reshape(int(r["rows"]), int(r["dims"]))
 
     def read_reference_record(self, task_id: str) -> dict:
@@ -250,7 +286,7 @@ class TaskStore:
         rows, dims = int(r["rows"]), int(r["dims"])
         if len(values) != rows * dims:
             raise UserError(
-                f"feature store {self.repo_dir}: reference of task '{task_id}' holds {len(values)} "
+                f"feature store {self.where}: reference of task '{task_id}' holds {len(values)} "
                 f"values, not rows × dims = {rows} × {dims}"
             )
         return {
@@ -260,13 +296,7 @@ class TaskStore:
 
     def reference_versions(self, task_id: str) -> list[dict]:
         """Every reference written for `task_id`, oldest first: [{"adapter_id", "rows", "dims", "written"}]."""
-        import pandas as pd
-
-        path = self.data_dir / "drift_reference.parquet"
-        if not path.exists():
-            return []
-        df = pd.read_parquet(path, columns=["task_id", "adapter_id", "rows", "dims", TIMESTAMP])
-        df = df[df["task_id"] == str(task_id)].sort_values(TIMESTAMP)
+        df = self.history.frame("drift_reference", ["adapter_id", "rows", "dims"], task_id=str(task_id))
         return [
             {"adapter_id": a, "rows": int(n), "dims": int(d), "written": t.isoformat()}
             for a, n, d, t in zip(df["adapter_id"], df["rows"], df["dims"], df[TIMESTAMP])

@@ -8,6 +8,7 @@ eval positives and negatives; generation the held-out answer loss on the causal 
 
 `score_encoder` is the in-process entry: give it any (tokenizer, model) pair already built (a merged
 model, a PEFT model) and, for classification, a head; `evaluate_task` loads those from folders.
+Classification results also carry the eval split's confusion matrix (`confusion_matrix`).
 """
 
 from __future__ import annotations
@@ -78,8 +79,36 @@ def score_encoder(
     result = {"task": task.name, "type": task.type, "metric": kind.metric, "n": len(rows)}
     if kind.labelled and head is None:
         head = fit_probe_head(task, tok, model, train_rows if train_rows is not None else load_split(task, "train"))
-    result.update(kind.score(lambda texts: embed(tok, model, texts), rows, task, head))
+    seen: dict[tuple[str, ...], np.ndarray] = {}
+
+    def embed_once(texts: list[str]) -> np.ndarray:  # the confusion matrix reuses the metric's embeddings
+        key = tuple(texts)
+        if key not in seen:
+            seen[key] = embed(tok, model, texts)
+        return seen[key]
+
+    result.update(kind.score(embed_once, rows, task, head))
+    if kind.labelled and task.labels and all(r.get("label") in task.labels for r in rows):
+        result["confusion"] = confusion_matrix(task, embed_once([r[kind.main_text] for r in rows]), rows, head)
     return result
+
+
+def confusion_matrix(task, x: np.ndarray, rows: list[dict], head) -> dict:
+    """{"labels", "matrix"}: matrix[i][j] counts the rows labelled labels[i] that the head predicts as
+    labels[j] (labels in `task.labels` order), from the embeddings `x` of the rows' texts. The same
+    argmax as the classification metric, so the diagonal's share is the accuracy; what the KFP UI shows
+    as the step's ClassificationMetrics."""
+    import torch
+
+    with torch.no_grad():
+        logits = torch.nn.functional.linear(
+            torch.as_tensor(x), head.weight.detach().float().cpu(), head.bias.detach().float().cpu()
+        )
+    pred = logits.argmax(1).numpy()
+    gold = np.array([task.labels.index(r["label"]) for r in rows], dtype=np.int64)
+    counts = np.zeros((len(task.labels), len(task.labels)), dtype=np.int64)
+    np.add.at(counts, (gold, pred), 1)
+    return {"labels": list(task.labels), "matrix": counts.tolist()}
 
 
 def _adapter_info(adapter: Path, task) -> dict:

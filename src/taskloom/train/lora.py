@@ -240,6 +240,8 @@ def train_tasks(tasks: list, out, spec, progress: bool = True, resume: bool = Fa
                 if extra in b:
                     m[f"base_{extra}"] = round(b[extra], 6)
                     m[f"tuned_{extra}"] = round(tuned[extra], 6)
+            if "confusion" in tuned:  # the eval split's confusion matrix (KFP ClassificationMetrics)
+                m["confusion"] = tuned["confusion"]
             per_task[w.name] = m
         losses = result["losses"]
         shared = {
