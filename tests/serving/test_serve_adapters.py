@@ -173,12 +173,25 @@ def metrics(server) -> dict[str, float]:
     return out
 
 
+def settled(server, timeout: float = 15.0) -> dict[str, float]:
+    """The counters once they stop moving: Triton records a request's statistics after its response is
+    sent, so under load the previous test's last requests can still land after a first read."""
+    last, end = metrics(server), time.monotonic() + timeout
+    while time.monotonic() < end:
+        time.sleep(0.5)
+        now = metrics(server)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
 def test_bad_requests_fail_alone_with_clear_errors_and_metrics_count_requests(server):
-    before = metrics(server)
+    before = settled(server)
     with TritonClient(server.http_url) as c:
         for adapter in (None, "senti", "qa"):
             assert c.infer(["serving"], adapter=adapter)["embedding"].shape == (1, 384)
-        good = metrics(server)
+        good = settled(server)
         assert good["success"] - before["success"] == 3 and good["failure"] == before["failure"]
         with pytest.raises(UserError, match=r"adapter 'nope': not served by this model \(adapters: qa, senti"):
             c.infer(["x"], adapter="nope")
