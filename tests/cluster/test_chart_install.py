@@ -21,7 +21,7 @@ from cluster_env import CHART, CPU_NODES, GPU_NODES
 pytestmark = pytest.mark.cluster
 
 VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
-WORKLOADS = ("triton", "monitor", "feast", "gateway")
+WORKLOADS = ("triton", "monitor", "feast", "gateway", "operator")
 
 
 def prepare_namespace(cluster, ns: str) -> None:
@@ -74,7 +74,7 @@ def test_install_schedule_upgrade_uninstall(cluster, values):
     deployments = {d["metadata"]["name"] for d in cluster.get("deployments", "-n", ns)["items"]}
     assert {f"{release}-{w}" for w in WORKLOADS} <= deployments
 
-    replicas = {"triton": spec["triton"].get("replicas", 1), "monitor": 1, "feast": 1, "gateway": 1}
+    replicas = {"triton": spec["triton"].get("replicas", 1), "monitor": 1, "feast": 1, "gateway": 1, "operator": 1}
     for component in WORKLOADS:
         for pod in wait_pods(cluster, ns, component, replicas[component]):
             _, owner = owner_chain(cluster, ns, pod)

@@ -103,6 +103,8 @@ def test_render_has_every_part(docs):
         ("Deployment", "taskloom-gateway"), ("Service", "taskloom-gateway"), ("NetworkPolicy", "taskloom-gateway"),
         ("Secret", "taskloom-events-token"), ("Secret", "taskloom-triton-admin"),
         *[("ServiceAccount", f"taskloom-{c}") for c in ("eventsource", "feast", "monitor", "sensor", "triton", "gateway")],
+        ("Deployment", "taskloom-operator"), ("ServiceAccount", "taskloom-operator"), ("Role", "taskloom-operator"),
+        ("RoleBinding", "taskloom-operator"),
     ])
 
 
@@ -163,22 +165,28 @@ def test_triton_runs_on_a_gpu_node_with_health_probes(docs):
 
 
 def test_workloads_hold_no_api_token_and_rbac_is_scoped(docs):
+    operator = "taskloom-operator"  # the one workload that calls the API (test_rbac_evidence.py holds its Role to its use)
     for sa in by_kind(docs, "ServiceAccount"):
-        assert sa["automountServiceAccountToken"] is False
+        assert sa.get("automountServiceAccountToken") is (None if sa["metadata"]["name"] == operator else False)
     for dep in by_kind(docs, "Deployment"):
         pod = dep["spec"]["template"]["spec"]
-        assert pod["automountServiceAccountToken"] is False
+        assert pod["automountServiceAccountToken"] is (dep["metadata"]["name"] == operator)
         assert pod["serviceAccountName"] == dep["metadata"]["name"]
         assert pod["securityContext"]["runAsNonRoot"] is True
     roles = {r["metadata"]["name"]: r for r in by_kind(docs, "Role")}
-    assert sorted(roles) == ["taskloom-trainjobs"]
+    assert sorted(roles) == [operator, "taskloom-trainjobs"]
+    assert all(r["apiGroups"] != ["*"] and "secrets" not in r["resources"] for r in roles[operator]["rules"])
+    assert [b["subjects"] for b in by_kind(docs, "RoleBinding") if b["metadata"]["name"] == operator] == [
+        [{"kind": "ServiceAccount", "name": operator, "namespace": "default"}]]
+    roles.pop(operator)
     for role in roles.values():
         assert all("*" not in r["verbs"] and "*" not in r["resources"] for r in role["rules"])
     assert roles["taskloom-trainjobs"]["rules"] == [
         {"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainjobs"], "verbs": ["create", "get", "delete"]}]
     for binding in by_kind(docs, "RoleBinding"):
         assert binding["roleRef"]["name"] == binding["metadata"]["name"]
-        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}]
+        if binding["metadata"]["name"] != operator:
+            assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}]
 
 
 def test_monitor_signs_with_a_referenced_secret_that_the_chart_never_creates(docs):
@@ -302,10 +310,12 @@ def test_values_schema_rejects_bad_values(bad, field):
 
 def test_parts_can_be_switched_off():
     kinds = {(d["kind"], d["metadata"]["name"]) for d in render("triton.enabled=false", "events.enabled=false",
-                                                                 "persistence.create=false", "trainer.enabled=false")}
+                                                                 "persistence.create=false", "trainer.enabled=false",
+                                                                 "operator.enabled=false")}
     assert not any(k in ("EventSource", "Sensor", "NetworkPolicy", "PersistentVolumeClaim", "Role",
                          "TrainingRuntime") for k, _ in kinds)
     assert ("Deployment", "taskloom-triton") not in kinds and ("Deployment", "taskloom-monitor") in kinds
+    assert ("Deployment", "taskloom-operator") not in kinds
 
 
 def test_plain_manifests_match_the_chart():

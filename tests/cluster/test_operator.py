@@ -174,6 +174,21 @@ class Operator:
         return "\n".join(lines[-n:])
 
 
+def broken_adapter(source: Path, dest: Path) -> Path:
+    """A copy of `source` whose LoRA B weights are NaN: it passes every file check, its smoke fails."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from taskloom.artifacts import write_digest
+
+    shutil.copytree(source, dest)
+    f = dest / "adapter_model.safetensors"
+    save_file({k: v * float("nan") if "lora_B" in k else v for k, v in load_file(f).items()}, str(f))
+    write_digest(f)
+    return dest
+
+
 @pytest.fixture(scope="module")
 def world(cluster, tmp_path_factory):
     """The CRD, a namespace, a model repository (MiniLM as version 1), two adapters, the kubelet stand-in."""
@@ -186,6 +201,7 @@ def world(cluster, tmp_path_factory):
         n: make_adapter(root / "adapters", n, seed, ["fresh", "rotten"] if n == "senti" else None)
         for n, seed in (("senti", 1), ("qa", 2))
     }
+    adapters["broken"] = broken_adapter(adapters["qa"], root / "adapters" / "broken")
     port = free_port()
     with PodRunner(cluster, root / "pods") as pods:
         yield {"root": root, "repo": repo, "adapters": adapters, "port": port, "pods": pods}
@@ -208,7 +224,7 @@ def declared(world, *names: str, sha: dict | None = None) -> list[dict]:
     return out
 
 
-def md(world, adapters: list[dict] | None = None, replicas: int = 1) -> dict:
+def md(world, adapters: list[dict] | None = None, replicas: int = 1, canary: bool = True) -> dict:
     return {
         "apiVersion": "taskloom.dev/v1alpha1",
         "kind": "ModelDeployment",
@@ -217,7 +233,7 @@ def md(world, adapters: list[dict] | None = None, replicas: int = 1) -> dict:
             "model": {"name": MODEL, "repository": str(world["repo"])},
             "adapters": adapters or [],
             "replicas": replicas,
-            "rollout": {"canary": True, "rollbackOnFailure": True},
+            "rollout": {"canary": canary, "rollbackOnFailure": True},
         },
     }
 
@@ -398,6 +414,50 @@ def test_two_operators_racing_end_in_one_state(cluster, world, created):
         assert set(pod_versions(world).values()) == {int(obj["status"]["liveVersion"])}
     finally:
         second.stop()
+
+
+def _rolled_back(cluster, world, what: str) -> dict:
+    def check():
+        obj = get_md(cluster)
+        c = condition(obj, "Degraded")
+        gen = obj["metadata"]["generation"]
+        rb = (obj.get("status") or {}).get("lastRollback") or {}
+        ok = c.get("status") == "True" and c.get("observedGeneration") == gen and rb.get("observedGeneration") == gen
+        return obj if ok else None
+
+    try:
+        return cluster.wait(what, check, timeout=180, every=1)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\nstatus: {get_md(cluster).get('status')}\n{world['operator'].tail()}") from None
+
+
+@pytest.mark.parametrize("canary", [False, True], ids=["smoke-after-switch", "canary"])
+def test_a_version_that_fails_its_smoke_is_rolled_back_and_not_retried(cluster, world, created, canary):
+    cluster.apply(md(world, declared(world, "senti"), canary=canary))
+    good = wait_ready(cluster, world, "senti served", adaptersLoaded=["senti"])
+    live = good["status"]["liveVersion"]
+    cluster.apply(md(world, declared(world, "senti", "broken"), canary=canary))
+    obj = _rolled_back(cluster, world, "the broken version rolled back")
+    st, rb = obj["status"], obj["status"]["lastRollback"]
+    assert condition(obj, "Degraded")["reason"] == "RolledBack"
+    assert condition(obj, "Ready")["status"] == "False"
+    assert rb["toVersion"] == live and rb["fromVersion"] != live and "NaN" in rb["reason"]
+    assert st["liveVersion"] == live and st["adaptersLoaded"] == ["senti"]
+    assert set(pod_versions(world).values()) == {int(live)}  # every pod still serves the previous version
+    state = json.loads((world["repo"] / MODEL / "versions.json").read_text())
+    assert state["versions"][rb["fromVersion"]]["status"] == "rolled_back"
+    # not retried in this generation: further passes (one a second) leave the rollback, the pods and the log as they are
+    tries = len([h for h in state["history"] if h.get("result") == "rolled_back"])
+    time.sleep(5)
+    again = get_md(cluster)
+    assert again["status"]["lastRollback"] == rb and condition(again, "Degraded")["reason"] == "RolledBack"
+    state = json.loads((world["repo"] / MODEL / "versions.json").read_text())
+    assert len([h for h in state["history"] if h.get("result") == "rolled_back"]) == tries
+    assert set(pod_versions(world).values()) == {int(live)}
+    # a new generation without the broken adapter serves again
+    cluster.apply(md(world, declared(world, "senti")))
+    wait_ready(cluster, world, "senti served after the rollback", adaptersLoaded=["senti"], liveVersion=live)
+    assert condition(get_md(cluster), "Degraded")["status"] == "False"
 
 
 def test_delete_with_the_finalizer_unloads_and_children_are_collected(cluster, world, created):
