@@ -486,7 +486,9 @@ def deploy(
     repo: str = typer.Option(
         ..., "--repo", help="the model repository the server serves: a folder, or s3://bucket/prefix"
     ),
-    url: str = typer.Option(..., "--url", help="the server, e.g. http://127.0.0.1:8000 (explicit model control)"),
+    url: str | None = typer.Option(
+        None, "--url", help="the server, e.g. http://127.0.0.1:8000 (explicit model control); not with --kubernetes"
+    ),
     name: str = typer.Option("taskloom", "--name", help="model name in the repository"),
     adapter_name: str | None = typer.Option(
         None, "--adapter-name", help="serve the adapter under this name (default: task.json's task)"
@@ -514,12 +516,59 @@ def deploy(
     admin_key_file: Path | None = typer.Option(
         None, "--admin-key-file", help="the server's model-control key (default: env TASKLOOM_TRITON_ADMIN_KEY)"
     ),
+    kubernetes: bool = typer.Option(
+        False,
+        "--kubernetes",
+        help="create or patch a ModelDeployment (current kubeconfig) and wait for Ready (--timeout: the wait)",
+    ),
+    namespace: str | None = typer.Option(
+        None, "--namespace", help="with --kubernetes: its namespace (default: the kubeconfig context's)"
+    ),
+    model_deployment: str | None = typer.Option(
+        None, "--model-deployment", help="with --kubernetes: the ModelDeployment's name (default: --name)"
+    ),
+    model_version: int | None = typer.Option(
+        None, "--model-version", help="with --kubernetes: the base version folder to serve (default: the newest)"
+    ),
 ) -> None:
-    """Publish a new version through Triton's model control: canary, switch, smoke; roll back on failure."""
+    """Publish a new version through Triton's model control: canary, switch, smoke; roll back on failure.
+    With --kubernetes, declare it in a ModelDeployment instead and let the operator do it."""
     from taskloom.objectstore import working_copy
     from taskloom.serve import deploy as d
     from taskloom.serve.admin import load_admin_key
 
+    if kubernetes:
+        from taskloom.operator import declare
+
+        not_here = {"--url": url, "--rollback": rollback or None, "--head": head, "--smoke-text": smoke_text or None}
+        for flag, value in not_here.items():
+            if value is not None:
+                raise UserError(f"{flag}: not with --kubernetes (the operator loads, smokes and rolls back)")
+        if source is not None and not Path(source, "adapter_model.safetensors").exists():
+            raise UserError(f"{source}: with --kubernetes, SOURCE is an adapter folder (adapter_model.safetensors)")
+        declaration = declare.Declaration(
+            model=name,
+            repository=repo,
+            version=model_version,
+            add=(Path(source),) if source else (),
+            adapter_name=adapter_name,
+            remove=tuple(remove),
+            canary=canary,
+            engine=engine,
+            precision=precision,
+        )
+        _print_json(declare.deploy(declaration, namespace, model_deployment, timeout))
+        return
+    kube_only: dict[str, object] = {
+        "--namespace": namespace,
+        "--model-deployment": model_deployment,
+        "--model-version": model_version,
+    }
+    for option, given in kube_only.items():
+        if given is not None:
+            raise UserError(f"{option}: only with --kubernetes")
+    if url is None:
+        raise UserError("--url: the Triton server to deploy to (or --kubernetes)")
     admin_key = load_admin_key(admin_key_file)
     # s3://: a local working copy, pushed before each load (Triton reads the bucket itself)
     local, publish = working_copy(repo)

@@ -104,7 +104,8 @@ def test_render_has_every_part(docs):
         ("Secret", "taskloom-events-token"), ("Secret", "taskloom-triton-admin"),
         *[("ServiceAccount", f"taskloom-{c}") for c in ("eventsource", "feast", "monitor", "sensor", "triton", "gateway")],
         ("Deployment", "taskloom-operator"), ("ServiceAccount", "taskloom-operator"), ("Role", "taskloom-operator"),
-        ("RoleBinding", "taskloom-operator"),
+        ("RoleBinding", "taskloom-operator"), ("ClusterRole", "taskloom-default-operator-crd"),
+        ("ClusterRoleBinding", "taskloom-default-operator-crd"),
     ])
 
 
@@ -183,6 +184,13 @@ def test_workloads_hold_no_api_token_and_rbac_is_scoped(docs):
         assert all("*" not in r["verbs"] and "*" not in r["resources"] for r in role["rules"])
     assert roles["taskloom-trainjobs"]["rules"] == [
         {"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainjobs"], "verbs": ["create", "get", "delete"]}]
+    # cluster scope: only the one CRD the operator keeps current, by name, to read and replace
+    (crd_role,) = by_kind(docs, "ClusterRole")
+    assert crd_role["rules"] == [{"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
+                                  "resourceNames": ["modeldeployments.taskloom.dev"], "verbs": ["get", "update"]}]
+    (crd_binding,) = by_kind(docs, "ClusterRoleBinding")
+    assert crd_binding["roleRef"]["name"] == crd_role["metadata"]["name"]
+    assert crd_binding["subjects"] == [{"kind": "ServiceAccount", "name": operator, "namespace": "default"}]
     for binding in by_kind(docs, "RoleBinding"):
         assert binding["roleRef"]["name"] == binding["metadata"]["name"]
         if binding["metadata"]["name"] != operator:
@@ -313,7 +321,7 @@ def test_parts_can_be_switched_off():
                                                                  "persistence.create=false", "trainer.enabled=false",
                                                                  "operator.enabled=false")}
     assert not any(k in ("EventSource", "Sensor", "NetworkPolicy", "PersistentVolumeClaim", "Role",
-                         "TrainingRuntime") for k, _ in kinds)
+                         "TrainingRuntime", "ClusterRole", "ClusterRoleBinding") for k, _ in kinds)
     assert ("Deployment", "taskloom-triton") not in kinds and ("Deployment", "taskloom-monitor") in kinds
     assert ("Deployment", "taskloom-operator") not in kinds
 

@@ -17,9 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from cluster_env import REPO, Cluster
 
 from taskloom.artifacts import sha256_file
+from taskloom.operator.crd import REVISION, revision, shipped
 from taskloom.serve.client import TritonClient
 from taskloom.serve.launcher import TritonServer, free_port
 from taskloom.serve.repository import build_repository, version_numbers
@@ -34,6 +36,7 @@ NAME = "rt"
 MODEL = "taskloom"
 CRD = REPO / "charts" / "taskloom" / "crds" / "modeldeployments.taskloom.dev.yaml"
 LABEL = "taskloom.dev/modeldeployment"
+OLD_CRD = REPO / "tests" / "data" / "crds" / "modeldeployments.taskloom.dev-rev1.yaml"
 
 
 class PodTriton(TritonServer):
@@ -458,6 +461,105 @@ def test_a_version_that_fails_its_smoke_is_rolled_back_and_not_retried(cluster, 
     cluster.apply(md(world, declared(world, "senti")))
     wait_ready(cluster, world, "senti served after the rollback", adaptersLoaded=["senti"], liveVersion=live)
     assert condition(get_md(cluster), "Degraded")["status"] == "False"
+
+
+def replace_crd(cluster, crd: dict) -> None:
+    """Swap the whole CRD for `crd` (as a cluster installed from the previous chart has it after `helm upgrade`)."""
+    live = cluster.get("crd", crd["metadata"]["name"])
+    crd = {**crd, "metadata": {**crd["metadata"], "resourceVersion": live["metadata"]["resourceVersion"]}}
+    cluster.kubectl("replace", "-f", "-", input=yaml.safe_dump(crd))
+
+
+def spec_fields(crd: dict) -> set[str]:
+    return set(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"])
+
+
+def pod_uids(cluster) -> dict[str, str]:
+    return {p["metadata"]["name"]: p["metadata"]["uid"] for p in cluster.get("pods", "-n", NS, "-l", LABEL)["items"]}
+
+
+def restart_until_logged(op, cluster, line: str) -> None:
+    op.stop()
+    start = len(op.log.read_text(errors="replace")) if op.log.exists() else 0
+    op.start()
+    cluster.wait(
+        f"the operator to log {line!r}", lambda: line in op.log.read_text(errors="replace")[start:], timeout=60
+    )
+
+
+def test_an_older_crd_is_made_current_at_start_without_restarting_serving_pods(cluster, world, created):
+    op, crd_name = world["operator"], "modeldeployments.taskloom.dev"
+    cluster.apply(md(world, declared(world, "senti")))
+    wait_ready(cluster, world, "senti served", adaptersLoaded=["senti"])
+    cluster.wait("the Deployment's rollout settled (one pod)", lambda: len(pod_uids(cluster)) == 1, timeout=120)
+    uids, started = pod_uids(cluster), list(world["pods"].started)
+    op.stop()
+    replace_crd(cluster, yaml.safe_load(OLD_CRD.read_text()))
+    old = cluster.get("crd", crd_name)
+    assert "autoscaling" not in spec_fields(old) and revision(old) == 0
+    restart_until_logged(op, cluster, f"updated at revision {revision(shipped())}")
+    current = cluster.get("crd", crd_name)
+    assert "autoscaling" in spec_fields(current) and revision(current) == revision(shipped())
+    wait_ready(cluster, world, "Ready after the CRD update", adaptersLoaded=["senti"])
+    assert pod_uids(cluster) == uids and world["pods"].started == started  # serving pods untouched
+
+    # current: a restart replaces nothing
+    restart_until_logged(op, cluster, "current at revision")
+    assert cluster.get("crd", crd_name)["metadata"]["resourceVersion"] == current["metadata"]["resourceVersion"]
+
+    # newer (a later chart's operator ran here): never downgraded
+    newer = str(revision(shipped()) + 1)
+    cluster.kubectl("annotate", "--overwrite", "crd", crd_name, f"{REVISION}={newer}")
+    restart_until_logged(op, cluster, "is newer than this operator's")
+    assert cluster.get("crd", crd_name)["metadata"]["annotations"][REVISION] == newer
+    cluster.kubectl("annotate", "--overwrite", "crd", crd_name, f"{REVISION}={revision(shipped())}")
+    wait_ready(cluster, world, "Ready after the restarts", adaptersLoaded=["senti"])
+    assert pod_uids(cluster) == uids and world["pods"].started == started
+
+
+def deploy_cli(cluster, world, adapter: Path, name: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    """`taskloom deploy ADAPTER --kubernetes` as a user runs it against the current kubeconfig."""
+    cmd = [str(REPO / ".venv" / "bin" / "taskloom"), "deploy", str(adapter), "--kubernetes", "--repo",
+           str(world["repo"]), "--name", MODEL, "--namespace", NS, "--model-deployment", NAME,
+           "--adapter-name", name, "--timeout", str(timeout)]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, env=cluster.env(), cwd=REPO, timeout=timeout + 60)
+
+
+def test_deploy_kubernetes_declares_an_adapter_and_waits_until_the_pods_serve_it(cluster, world, created, tmp_path):
+    cluster.apply(md(world, declared(world, "senti")))
+    wait_ready(cluster, world, "senti served", adaptersLoaded=["senti"])
+    out = deploy_cli(cluster, world, world["adapters"]["qa"], "qa")
+    assert out.returncode == 0, out.stderr[-3000:] + world["operator"].tail()
+    report = json.loads(out.stdout)
+    assert report["adapters"] == ["qa", "senti"] and report["model_deployment"] == f"{NS}/{NAME}"
+    obj = get_md(cluster)
+    assert declared(world, "qa", "senti") == obj["spec"]["adapters"]  # sha256 computed from the files
+    assert condition(obj, "Ready")["status"] == "True" and obj["status"]["liveVersion"] == report["version"]
+    assert set(pod_versions(world).values()) == {int(report["version"])}
+    server = next(iter(world["pods"].servers.values()))
+    with TritonClient(server.http_url, model=MODEL) as c:
+        with_qa, base = (c.infer(["A fine film."], adapter=a)["embedding"] for a in ("qa", None))
+    assert with_qa.shape == base.shape and abs(with_qa - base).max() > 1e-4  # qa's weights applied
+
+    # weights that no longer match their own digest: refused before anything is declared
+    import shutil
+
+    tampered = shutil.copytree(world["adapters"]["qa"], tmp_path / "tampered")
+    weights = tampered / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    generation = get_md(cluster)["metadata"]["generation"]
+    out = deploy_cli(cluster, world, tampered, "tampered")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "sha256 does not match" in out.stderr and "Traceback" not in out.stderr
+    assert get_md(cluster)["metadata"]["generation"] == generation
+
+    # an adapter whose smoke fails: the operator rolls back, the command names why in one line
+    out = deploy_cli(cluster, world, world["adapters"]["broken"], "broken", timeout=180)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr + world["operator"].tail()
+    assert "Degraded (RolledBack)" in out.stderr and out.stdout == ""
+    assert set(pod_versions(world).values()) == {int(report["version"])}  # the pods still serve qa and senti
+    cluster.apply(md(world, declared(world, "senti")))
+    wait_ready(cluster, world, "senti served again", adaptersLoaded=["senti"])
 
 
 def test_delete_with_the_finalizer_unloads_and_children_are_collected(cluster, world, created):

@@ -7,8 +7,9 @@ ServiceAccount, with that account's own token: a TrainJob that completes (create
 and one that overruns (create, get, delete). A thread plays the Trainer, as admin. The audit log says
 what the account did; the chart's Roles must grant exactly that, and `kubectl auth can-i --as` must
 refuse everything else. The ModelDeployment operator (`taskloom operator`) runs the same way with its own
-ServiceAccount's token through a ModelDeployment's whole life (create, scale to a PDB, autoscale, drift of
-a child, delete through the finalizer); its Role must grant exactly what it used. The other workloads
+ServiceAccount's token through a ModelDeployment's whole life (an older CRD made current at start, create,
+scale to a PDB, autoscale, drift of a child, delete through the finalizer); its Role and ClusterRole must
+grant exactly what it used. The other workloads
 call no API at all: they get no token and no rights.
 """
 
@@ -24,6 +25,7 @@ import pytest
 import yaml
 from cluster_env import CHART, REPO
 
+from taskloom.operator.crd import revision, shipped
 from taskloom.train import trainjob
 
 pytestmark = pytest.mark.cluster
@@ -36,6 +38,8 @@ OPERATOR_USER = f"system:serviceaccount:{NS}:{OPERATOR}"
 # Needed only where the OwnerReferencesPermissionEnforcement admission plugin runs (children carry
 # blockOwnerDeletion); the plugin checks it without a request of its own, so the audit log never shows it.
 ADMISSION_ONLY = {("update", "taskloom.dev/modeldeployments/finalizers")}
+CRD_NAME = "modeldeployments.taskloom.dev"
+OLD_CRD = REPO / "tests" / "data" / "crds" / "modeldeployments.taskloom.dev-rev1.yaml"
 
 
 def sa_kubeconfig(cluster, tmp_path, sa: str) -> str:
@@ -82,9 +86,11 @@ def play_trainer(cluster, name: str, outcome: str, out_dir=None):
 
 
 def granted_pairs(cluster, user_ns: str, sa: str) -> set[tuple[str, str]]:
-    """(verb, group/resource) pairs the Roles bound to the ServiceAccount in NS grant."""
+    """(verb, group/resource) pairs the Roles bound to the ServiceAccount in NS, and the ClusterRoles bound
+    to it cluster-wide, grant."""
     pairs = set()
-    for rb in cluster.get("rolebindings", "-n", NS)["items"]:
+    bindings = [*cluster.get("rolebindings", "-n", NS)["items"], *cluster.get("clusterrolebindings")["items"]]
+    for rb in bindings:
         if not any(s.get("kind") == "ServiceAccount" and s["name"] == sa and s.get("namespace") == user_ns
                    for s in rb.get("subjects") or []):
             continue
@@ -133,12 +139,18 @@ def exercise_operator(cluster, tmp_path) -> None:
         ann = cluster.get(kind, name, "-n", NS)["metadata"].get("annotations") or {}
         return ann.get("taskloom.dev/desired-hash") not in (None, "stale")
 
+    # the previous chart's CRD, as `helm upgrade` leaves it: the operator replaces it at start (get, update)
+    old = yaml.safe_load(OLD_CRD.read_text())
+    old["metadata"]["resourceVersion"] = cluster.get("crd", CRD_NAME)["metadata"]["resourceVersion"]
+    cluster.kubectl("replace", "-f", "-", input=yaml.safe_dump(old))
+
     log = open(tmp_path / "operator.log", "ab")
     proc = subprocess.Popen([str(REPO / ".venv" / "bin" / "taskloom"), "operator", "--namespace", NS],
                             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     try:
         apply()
         cluster.wait("the Deployment and Service", lambda: exists("deployment") and exists("service"), timeout=90)
+        assert revision(cluster.get("crd", CRD_NAME)) == revision(shipped())
         cluster.wait("a status", lambda: (cluster.get("modeldeployment", name, "-n", NS).get("status") or {})
                      .get("conditions"), timeout=60)
         for kind in ("service", "deployment"):  # drift of a child: patched back
@@ -232,8 +244,14 @@ def test_each_service_account_holds_exactly_what_its_code_used(cluster, tmp_path
                                               f"used but not granted: {used - granted}; denied: {denied}")
     for verb, resource in [("delete", "services"), ("delete", "deployments.apps"), ("get", "secrets"),
                            ("create", "pods"), ("delete", "modeldeployments.taskloom.dev"),
-                           ("create", "rolebindings.rbac.authorization.k8s.io"), ("list", "configmaps")]:
+                           ("create", "rolebindings.rbac.authorization.k8s.io"), ("list", "configmaps"),
+                           ("create", "customresourcedefinitions.apiextensions.k8s.io"),
+                           ("list", "customresourcedefinitions.apiextensions.k8s.io"),
+                           ("delete", f"customresourcedefinitions.apiextensions.k8s.io/{CRD_NAME}"),
+                           ("update", "customresourcedefinitions.apiextensions.k8s.io/trainjobs.trainer.kubeflow.org")]:
         assert not can_i(cluster, OPERATOR_USER, verb, resource), f"{OPERATOR} may {verb} {resource}"
+    for verb in ("get", "update"):  # the one CRD it keeps current, by name
+        assert can_i(cluster, OPERATOR_USER, verb, f"customresourcedefinitions.apiextensions.k8s.io/{CRD_NAME}")
 
     # The chart's other workloads call no API: no token mounted, no Role bound, every request refused.
     sas = [s["metadata"]["name"] for s in cluster.get("serviceaccounts", "-n", NS,

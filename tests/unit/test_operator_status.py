@@ -6,7 +6,7 @@ from taskloom.operator.pods import PodReport, pending_pods, ready_endpoints, ser
 from taskloom.operator.status import Problem, compute_status, differs
 
 
-def _status(reports, pending=(), want=1, problem=None, previous=None, version=2, revision="r2"):
+def _status(reports, pending=(), want=1, problem=None, previous=None, version=2, revision="r2", rolling=None):
     return compute_status(
         generation=5,
         version=version,
@@ -19,6 +19,7 @@ def _status(reports, pending=(), want=1, problem=None, previous=None, version=2,
         last_rollback=None,
         previous=previous or {},
         now="2026-01-01T00:00:00Z",
+        rolling=rolling,
     )
 
 
@@ -45,6 +46,13 @@ def test_pending_pod_or_too_few_replicas_is_not_ready():
     s = _status([ok], pending=["p2"], want=2)
     assert cond(s, "Ready")["reason"] == "PodsPending" and cond(s, "Progressing")["status"] == "True"
     assert cond(_status([ok], want=2), "Ready")["reason"] == "WaitingForPods"
+
+
+def test_not_ready_while_the_deployment_rolls_out_even_when_every_ready_pod_serves():
+    ok = PodReport("p1", "http://10.0.0.1:8000", 2, "r2")
+    s = _status([ok], rolling="Deployment rt: 0 of 1 pods updated, 1 old left")
+    assert cond(s, "Ready")["status"] == "False" and cond(s, "Ready")["reason"] == "RollingOut"
+    assert "1 old left" in cond(s, "Ready")["message"] and cond(s, "Progressing")["status"] == "True"
 
 
 def test_problem_is_degraded_with_its_reason_and_transition_times_kept():

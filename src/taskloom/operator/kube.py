@@ -19,6 +19,10 @@ class Conflict(Exception):
     pass
 
 
+class Forbidden(Exception):
+    pass
+
+
 def load_api_client() -> Any:
     """In a pod: its ServiceAccount; outside: the current kubeconfig context (as kubectl)."""
     from kubernetes import client, config
@@ -60,6 +64,8 @@ class Kube:
                 raise NotFound(path) from None
             if e.status == 409:
                 raise Conflict(path) from None
+            if e.status == 403:
+                raise Forbidden(path) from None
             raise
         data = resp.data
         return json.loads(data) if data else {}
@@ -73,6 +79,10 @@ class Kube:
 
     def create(self, path: str, body: dict) -> dict:
         return self._call("POST", path, body=body)
+
+    def replace(self, path: str, body: dict) -> dict:
+        """PUT: the RBAC verb `update`; `body` carries the resourceVersion it replaces (else Conflict)."""
+        return self._call("PUT", path, body=body)
 
     def merge_patch(self, path: str, body: dict) -> dict:
         return self._call("PATCH", path, body=body, content_type="application/merge-patch+json")

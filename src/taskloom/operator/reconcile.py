@@ -108,6 +108,22 @@ def ensure_children(kube: Kube, body: dict, spec: ModelSpec, cfg: OperatorConfig
     return changes
 
 
+def rollout_left(kube: Kube, namespace: str, name: str) -> str | None:
+    """Why the Deployment's rollout is unfinished (its controller has not seen the last change, or pods of an
+    older template remain), or None when every pod is of the current template."""
+    try:
+        dep = kube.get(f"{collection('apps/v1', namespace, 'deployments')}/{name}")
+    except NotFound:
+        return f"Deployment {name} missing"
+    st, want = dep.get("status") or {}, int((dep.get("spec") or {}).get("replicas", 1))
+    if int(st.get("observedGeneration") or 0) < int(dep["metadata"].get("generation") or 0):
+        return f"Deployment {name}: the change is not yet seen by its controller"
+    updated, total = int(st.get("updatedReplicas") or 0), int(st.get("replicas") or 0)
+    if updated < want or total > updated:
+        return f"Deployment {name}: {updated} of {want} pods updated, {max(total - updated, 0)} old left"
+    return None
+
+
 def _target_of(spec: ModelSpec, version: int) -> Target:
     manifest = read_manifest(Path(spec.repository) / spec.model / str(version))
     return Target(version, manifest["revision"], tuple(sorted(manifest.get("adapters") or {})), manifest)
@@ -193,8 +209,10 @@ def reconcile(kube: Kube, cfg: OperatorConfig, body: dict, admin_key: str | None
             with model_lock(spec):
                 record(spec, serve.version, "serving", _previous(spec, reports, serve))
     want = 0
+    rolling = None
     if spec is not None:
         want = spec.autoscaling.min_replicas if spec.autoscaling else spec.replicas
+        rolling = rollout_left(kube, ns, name)
     status = compute_status(
         generation=generation,
         version=serve.version if serve else None,
@@ -207,6 +225,7 @@ def reconcile(kube: Kube, cfg: OperatorConfig, body: dict, admin_key: str | None
         last_rollback=last_rollback,
         previous=old,
         now=_now(),
+        rolling=rolling,
     )
     if differs(old, status):
         out.status = status

@@ -48,11 +48,14 @@ def compute_status(
     last_rollback: dict | None,
     previous: dict,
     now: str,
+    rolling: str | None = None,
 ) -> dict:
-    """The status subresource (whole), from one look at the pods. `previous`: the current status."""
+    """The status subresource (whole), from one look at the pods. `previous`: the current status.
+    `rolling`: why the Deployment's rollout is not finished (old pods left): not Ready until it is, as a
+    new pod may still come up without the version the old ones were switched to."""
     converged = [r for r in reports if version is not None and r.version == version and r.revision == revision]
     behind = [r.pod for r in reports if r not in converged]
-    ready = problem is None and not pending and not behind and len(converged) >= want
+    ready = problem is None and not pending and not behind and len(converged) >= want and not rolling
     if problem is not None:
         ready_reason, ready_msg = problem.reason, problem.message
     elif pending:
@@ -61,6 +64,8 @@ def compute_status(
         ready_reason, ready_msg = "Converging", f"not yet serving version {version}: {', '.join(behind)}"
     elif len(converged) < want:
         ready_reason, ready_msg = "WaitingForPods", f"{len(converged)} of {want} replicas ready"
+    elif rolling:
+        ready_reason, ready_msg = "RollingOut", rolling
     else:
         ready_reason, ready_msg = "Serving", f"{len(converged)} pod(s) serve version {version} (revision {revision})"
     prev_conds = {c.get("type"): c for c in previous.get("conditions") or []}
