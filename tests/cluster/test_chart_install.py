@@ -154,14 +154,21 @@ def test_two_releases_in_two_namespaces_side_by_side(cluster):
     for ns in ("tl-team-a", "tl-team-b"):
         assert json.loads(cluster.helm("status", "taskloom", "-n", ns, "-o", "json").stdout)["info"]["status"] == "deployed"
         wait_pods(cluster, ns, "triton", 1)
-    # nothing the chart makes is cluster-scoped, so nothing can collide: every object lives in its namespace
+    # nothing can collide: every object lives in its namespace, but for the operator's grant on its one CRD
+    # (a ClusterRole and its binding), whose names carry the namespace
+    cluster_scoped = {("ClusterRole", f"taskloom-{ns}-operator-crd") for ns in ("tl-team-a", "tl-team-b")}
+    cluster_scoped |= {("ClusterRoleBinding", name) for _, name in cluster_scoped}
     for ns in ("tl-team-a", "tl-team-b"):
         manifest = [d for d in yaml.safe_load_all(cluster.helm("get", "manifest", "taskloom", "-n", ns).stdout) if d]
         assert len(manifest) > 10
         for obj in manifest:
-            live = cluster.get(f"{obj['kind']}.{obj['apiVersion'].split('/')[0] if '/' in obj['apiVersion'] else ''}".rstrip("."),
-                               obj["metadata"]["name"], "-n", ns)
-            assert live["metadata"].get("namespace") == ns, f"{obj['kind']} {obj['metadata']['name']} is cluster-scoped"
+            kind, name = obj["kind"], obj["metadata"]["name"]
+            live = cluster.get(f"{kind}.{obj['apiVersion'].split('/')[0] if '/' in obj['apiVersion'] else ''}".rstrip("."),
+                               name, "-n", ns)
+            if (kind, name) in cluster_scoped:
+                assert ns in name and live["metadata"]["annotations"]["meta.helm.sh/release-namespace"] == ns
+            else:
+                assert live["metadata"].get("namespace") == ns, f"{kind} {name} is cluster-scoped"
     for ns in ("tl-team-a", "tl-team-b"):
         cluster.helm("uninstall", "taskloom", "-n", ns)
 
