@@ -9,9 +9,6 @@ and the sender's retry with the same id then goes through; without the token the
 from __future__ import annotations
 
 import json
-import os
-import select
-import signal
 import subprocess
 import sys
 import threading
@@ -22,6 +19,7 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from gateway_helpers import gateway_process
 
 from taskloom.events.cloudevent import make_event, send_event, to_request
 
@@ -101,26 +99,8 @@ def stand_in():
 @pytest.fixture(scope="module")
 def gateway(stand_in, tmp_path_factory):
     """`taskloom events gateway` on a free loopback port, secret and token from files as in the pod."""
-    d = tmp_path_factory.mktemp("gw")
-    (d / "secret").write_text(SECRET + "\n")
-    (d / "token").write_text(TOKEN + "\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("TASKLOOM_WEBHOOK_SECRET", "TASKLOOM_EVENTS_TOKEN")}
-    proc = subprocess.Popen([sys.executable, "-m", "taskloom", "events", "gateway", "--port", "0",
-                             "--forward", stand_in.url, "--secret-file", str(d / "secret"),
-                             "--token-file", str(d / "token"), "--max-age", "60"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        line = proc.stdout.readline() if ready else ""
-        assert line.startswith("gateway listening on http://127.0.0.1:"), (line, proc.poll())
-        yield line.split()[3].rstrip(",")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            assert proc.wait(10) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    with gateway_process(stand_in.url, tmp_path_factory.mktemp("gw"), SECRET, TOKEN) as url:
+        yield url
 
 
 def test_health_path_answers_get(gateway):

@@ -16,11 +16,8 @@ import importlib.util
 import json
 import os
 import re
-import select
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -31,6 +28,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from gateway_helpers import gateway_process
 from prometheus_client.parser import text_string_to_metric_families
 
 from taskloom.cli import main
@@ -292,25 +290,8 @@ def webhook():
 @pytest.fixture(scope="module")
 def gateway(webhook, tmp_path_factory):
     """`taskloom events gateway` as in the pod: secret and token from files, a free loopback port."""
-    d = tmp_path_factory.mktemp("gw")
-    (d / "secret").write_text(SECRET + "\n")
-    (d / "token").write_text(TOKEN + "\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("TASKLOOM_WEBHOOK_SECRET", "TASKLOOM_EVENTS_TOKEN")}
-    proc = subprocess.Popen([sys.executable, "-m", "taskloom", "events", "gateway", "--port", "0", "--forward",
-                             webhook.url, "--secret-file", str(d / "secret"), "--token-file", str(d / "token"),
-                             "--max-age", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        line = proc.stdout.readline() if ready else ""
-        assert line.startswith("gateway listening on http://127.0.0.1:"), (line, proc.poll())
-        yield line.split()[3].rstrip(",")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            assert proc.wait(10) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    with gateway_process(webhook.url, tmp_path_factory.mktemp("gw"), SECRET, TOKEN) as url:
+        yield url
 
 
 def post(url: str, headers: dict, body: bytes) -> int:
