@@ -189,7 +189,7 @@ def train_step(
         metrics = train(
             tasks, out_dir, spec, feature_repo=run.feature_repo, adapter_id=run.adapter_id, progress=progress
         )
-        return _run_views(metrics, tasks, out_dir)
+        return _run_views(metrics, out_dir)
     given = {
         k: getattr(run, k)
         for k in ("max_steps", "epochs", "rank", "base", "temperature", "mixing")
@@ -209,10 +209,10 @@ def train_step(
         **(trainjob or {}),
     )
     record_adapter(run.feature_repo, run.adapter_id, tasks, metrics)
-    return _run_views(metrics, tasks, out_dir)
+    return _run_views(metrics, out_dir)
 
 
-def _run_views(metrics: dict, tasks: list[TaskSpec], out_dir: str | Path) -> dict:
+def _run_views(metrics: dict, out_dir: str | Path) -> dict:
     """`metrics` plus the run's page, what a person looks at (metrics.json is left as written; for one
     classification task it already holds the eval split's confusion matrix)."""
     out_dir = Path(out_dir)
