@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 
-.PHONY: setup tools images testenv demo test test-cluster test-all lint bench chart golden clean
+.PHONY: setup tools images testenv demo test test-cluster test-all lint bench chart golden sbom reliability clean
 
 setup:            ## create .venv and .venv-triton (idempotent, offline, registry packages only)
 	@bash scripts/setup.sh
@@ -51,6 +51,17 @@ chart: tools      ## lint and render the Helm chart
 
 golden: setup     ## regenerate the compiled pipeline YAML in pipelines/compiled/
 	$(PY) -m taskloom_pipelines.compile_all
+
+sbom: setup       ## CycloneDX SBOMs of .venv, .venv-triton and both images (after `make images`) into build/sbom/
+	$(PY) scripts/sbom.py --out build/sbom
+
+reliability: setup ## fuzz every input surface (slow tier too) under coverage, run the fault tests, write RELIABILITY.md
+	@bash scripts/system-packages.sh
+	mkdir -p build/reliability && rm -f build/reliability/.coverage
+	$(VENV)/bin/coverage run --data-file=build/reliability/.coverage --include='src/taskloom/*' -m pytest -q tests/fuzz -m "slow or not slow"
+	$(VENV)/bin/coverage json --data-file=build/reliability/.coverage -o build/reliability/coverage.json
+	$(PY) -m pytest -q tests/faults -m "slow or not slow"
+	$(PY) scripts/reliability.py
 
 clean:
 	rm -rf demo-out runs

@@ -7,7 +7,16 @@ IMAGE is the one container image every step runs in: it holds taskloom, its depe
 (built by scripts/images.sh; its name and tag come from taskloom.images)."""
 
 from taskloom import images
-from taskloom.specs import DeploySpec, DriftSpec, GateSpec, JointTrainRunSpec, MergeStepSpec, ProfileSpec, TrainRunSpec
+from taskloom.specs import (
+    DeploySpec,
+    DriftSpec,
+    GateSpec,
+    GenerateSpec,
+    JointTrainRunSpec,
+    MergeStepSpec,
+    ProfileSpec,
+    TrainRunSpec,
+)
 
 IMAGE = images.PLATFORM
 
@@ -20,6 +29,8 @@ SPECS = {
     "merge_adapters": MergeStepSpec,
     "gate_model": GateSpec,
     "deploy_model": DeploySpec,
+    "deploy_adapter": DeploySpec,
+    "generate_adapter": GenerateSpec,
     "drift_check": DriftSpec,
 }
 # Parameters that are the data a component works on, not options.

@@ -11,7 +11,18 @@ from taskloom_pipelines.placement import offline, on_gpu, with_shared_volume, wi
 
 
 def gate_then_deploy(
-    staged, trained, merged, *, share, feature_repo, model_name, head_task, model_repository, server_url
+    staged,
+    trained,
+    merged,
+    *,
+    share,
+    feature_repo,
+    model_name,
+    head_task,
+    model_repository,
+    server_url,
+    model_deployment,
+    model_deployment_namespace,
 ):
     """Gate (GPU: it evaluates the merged model) → deploy (GPU) under `dsl.If(promoted)`; returns the gate task."""
     gated = gate_model(
@@ -30,6 +41,8 @@ def gate_then_deploy(
             head_task=head_task,
             model_repository=model_repository,
             server_url=server_url,
+            model_deployment=model_deployment,
+            namespace=model_deployment_namespace,
         )
         with_triton_admin_key(with_shared_volume(on_gpu(offline(deployed))))
         deployed.set_display_name("deploy").set_caching_options(False)

@@ -46,12 +46,16 @@ def train_merge_deploy(
     feature_repo: str = FEATURE_REPO,
     model_repository: str = MODEL_REPOSITORY,
     server_url: str = "",
+    model_deployment: str = "",
+    model_deployment_namespace: str = "",
     nodes: int = 1,
     gpus_per_node: int = 1,
 ) -> Outputs:
     """`tasks`: comma-separated built-in names or task.yaml paths. 0 or "" means the default.
     `server_url`: the running Triton (e.g. http://taskloom-triton:8000) to hot-load the promoted model into,
     with canary and rollback; "" writes the model repository only.
+    `model_deployment`: instead, declare the promoted model in this ModelDeployment (in
+    `model_deployment_namespace`, "" = the run's own) and wait until its operator reports it Ready.
     `nodes`, `gpus_per_node`: the training step trains on its own GPU when both are 1; more hands each
     task's training to the Kubeflow Trainer as a TrainJob (torchrun on every node; the chart's runtime)."""
     names = on_cpu(offline(task_list(tasks=tasks)), memory="1Gi").set_display_name("tasks")
@@ -87,5 +91,7 @@ def train_merge_deploy(
         head_task=head_task,
         model_repository=model_repository,
         server_url=server_url,
+        model_deployment=model_deployment,
+        model_deployment_namespace=model_deployment_namespace,
     )
     return Outputs(promoted=gated.outputs["Output"], gate=gated.outputs["report"], merged=merged.outputs["merged"])

@@ -20,7 +20,7 @@ def read_json(path: str | Path, label: str | None = None) -> dict:
     where = f" in {label}" if label else ""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:  # RecursionError: nested too deeply
         raise UserError(f"{path}: not valid JSON ({e.__class__.__name__}){where}") from None
     if not isinstance(doc, dict):
         raise UserError(f"{path}: expected a JSON object{where}")
@@ -43,6 +43,8 @@ def read_numbered(path: str | Path) -> list[tuple[int, Any]]:
             out.append((n, json.loads(line)))
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: row {n}: malformed JSON: {e.msg} (column {e.colno})") from None
+        except RecursionError:
+            raise UserError(f"{path}: row {n}: malformed JSON: nested too deeply") from None
     return out
 
 

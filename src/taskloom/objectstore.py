@@ -391,6 +391,9 @@ def _pull_once(s3: Any, loc: S3Url, root: Path, delete: bool, on_object) -> dict
         files = {r: {"size": i.size, "etag": i.etag} for r, i in list_objects(loc, s3).items()}
     else:
         files = marker["files"]
+    for rel in files:  # a key is a path under root: never absolute, never climbing out
+        if rel.startswith("/") or "\x00" in rel or any(part in ("", ".", "..") for part in rel.split("/")):
+            raise UserError(f"{loc}: object {rel!r} is not a plain path under the prefix; refused")
     root.mkdir(parents=True, exist_ok=True)
     state = _read_state(root)
     new_state: dict[str, dict] = {}

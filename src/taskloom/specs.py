@@ -9,14 +9,81 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from taskloom.data.rows import MAX_BAD_SHARE
 from taskloom.errors import UserError
 from taskloom.tasks.types import TASK_TYPES
+
+
+def _no_nul(v: Path) -> Path:
+    """A path with a NUL byte names no file anywhere (and makes the OS calls raise): refuse it here."""
+    if "\x00" in str(v):
+        raise ValueError("a path cannot contain a NUL byte")
+    return v
 
 
 class DataFiles(BaseModel):
     model_config = ConfigDict(extra="forbid")
     train: Path = Field(description="training rows, JSONL or Parquet, relative to the task file")
     eval: Path = Field(description="held-out rows for metrics, JSONL or Parquet, relative to the task file")
+
+    _paths = field_validator("train", "eval")(_no_nul)
+
+
+Severity = Literal["error", "warning", "off"]
+
+
+class CheckPolicy(BaseModel):
+    """How much one validation check matters: error fails validation, warning is reported, off skips it."""
+
+    model_config = ConfigDict(extra="forbid")
+    severity: Severity = Field(description="error | warning | off")
+
+
+class SharePolicy(CheckPolicy):
+    """A check with an allowance: up to `max_share` of a split's rows is a warning, more is `severity`."""
+
+    max_share: float = Field(default=0.01, ge=0.0, le=1.0, description="share of a split's rows tolerated as a warning")
+
+
+class MinRowsPolicy(CheckPolicy):
+    severity: Severity = "error"
+    train: int = Field(default=20, ge=1, description="fewest train rows (after bad rows are dropped)")
+    eval: int = Field(default=10, ge=1, description="fewest eval rows (after bad rows are dropped)")
+
+
+class TextLengthsPolicy(CheckPolicy):
+    severity: Severity = "error"
+    max_chars: int = Field(default=10_000, ge=1, description="longest text; longer catches pasted files")
+
+
+class ValidationPolicy(BaseModel):
+    """The `validation:` block of task.yaml: each check's severity and threshold. Real corpora repeat short
+    texts ("Yes.", "OK."), so repeats only warn; contradictions and unreadable rows fail beyond a small share."""
+
+    model_config = ConfigDict(extra="forbid")
+    duplicates: CheckPolicy = Field(
+        default_factory=lambda: CheckPolicy(severity="warning"),
+        description="the same row more than once in a split (same text and label; for pairs the same pair)",
+    )
+    conflicts: SharePolicy = Field(
+        default_factory=lambda: SharePolicy(severity="error", max_share=0.01),
+        description="the same text with different labels (pairs: different scores); up to max_share only warns",
+    )
+    leakage: CheckPolicy = Field(
+        default_factory=lambda: CheckPolicy(severity="warning"),
+        description="eval rows whose text also appears in train (named by file and row)",
+    )
+    bad_rows: SharePolicy = Field(
+        default_factory=lambda: SharePolicy(severity="error", max_share=MAX_BAD_SHARE),
+        description="unreadable rows (malformed JSON, not UTF-8, too deep, wrong type, blank text, unknown "
+        "label): up to max_share are dropped wherever the data is read, and counted; more is `severity`",
+    )
+    min_rows: MinRowsPolicy = Field(default_factory=MinRowsPolicy, description="enough rows to train and score")
+    text_lengths: TextLengthsPolicy = Field(default_factory=TextLengthsPolicy, description="texts not too long")
+    class_balance: CheckPolicy = Field(
+        default_factory=lambda: CheckPolicy(severity="warning"),
+        description="smallest class far below an even share (labelled tasks)",
+    )
 
 
 class TaskSpec(BaseModel):
@@ -29,6 +96,9 @@ class TaskSpec(BaseModel):
     labels: list[str] | None = Field(default=None, description="the label set; classification only")
     data: DataFiles
     base_model: str = Field(default="minilm", description="a catalog name or a local model folder")
+    validation: ValidationPolicy = Field(
+        default_factory=ValidationPolicy, description="severity and threshold of each data check"
+    )
     root: Path = Field(default=Path("."), exclude=True, description="folder of the task file")
 
     @field_validator("type", mode="before")
@@ -78,18 +148,27 @@ def _first_error(e: ValidationError) -> str:
 def read_yaml(path: str | Path) -> dict:
     """Read a YAML mapping, or raise UserError naming the file."""
     path = Path(path)
-    if not path.exists():
+    try:
+        found, folder = path.exists(), path.is_dir()
+    except OSError as e:  # e.g. a name too long for the file system
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    if not found:
         raise UserError(f"{path}: file not found")
-    if path.is_dir():
+    if folder:
         raise UserError(f"{path}: is a folder, expected a YAML file")
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:  # unreadable: permissions, a special file
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
-        raise UserError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', e)}") from None
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())  # a reader error spans lines
+        raise UserError(f"{path}: malformed YAML{where}: {problem}") from None
+    except RecursionError:
+        raise UserError(f"{path}: malformed YAML: nested too deeply") from None
     if not isinstance(doc, dict):
         raise UserError(f"{path}: expected a YAML mapping at the top level")
     return doc
@@ -103,8 +182,14 @@ def load_task(path: str | Path) -> TaskSpec:
         spec = TaskSpec.model_validate({**doc, "root": path.parent.resolve()})
     except ValidationError as e:
         raise UserError(f"{path}: {_first_error(e)}") from None
-    for split, p in (("train", spec.train_path), ("eval", spec.eval_path)):
-        if not p.exists():
+    for split in ("train", "eval"):
+        try:
+            p = spec.train_path if split == "train" else spec.eval_path
+            found = p.exists()
+        except (OSError, ValueError) as e:  # a NUL byte, a name too long for the file system
+            reason = getattr(e, "strerror", None) or str(e)
+            raise UserError(f"{path}: data.{split}: not a usable file path ({reason})") from None
+        if not found:
             raise UserError(f"{path}: data.{split}: file not found: {p}")
         if p.suffix.lower() not in (".jsonl", ".json", ".parquet"):
             raise UserError(f"{path}: data.{split}: expected a .jsonl or .parquet file, got {p.name}")
@@ -156,6 +241,8 @@ class AdapterRef(BaseModel):
     path: Path = Field(description="a PEFT LoRA adapter folder, or a full fine-tuned model folder of the same base")
     weight: float = Field(default=1.0, allow_inf_nan=False, description="wᵢ: how much of this task vector to take")
 
+    _path = field_validator("path")(_no_nul)
+
     @model_validator(mode="before")
     @classmethod
     def _bare_path(cls, v):
@@ -184,6 +271,11 @@ class MergeSpec(BaseModel):
         "(self_positioning, greedy_soup); relative to the file",
     )
     root: Path = Field(default=Path("."), exclude=True)
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks_no_nul(cls, v: list[Path]) -> list[Path]:
+        return [_no_nul(p) for p in v]
 
     def adapter_paths(self) -> list[Path]:
         return [(self.root / a.path).resolve() for a in self.adapters]
@@ -277,6 +369,24 @@ class DeploySpec(StepSpec):
     head_task: str = Field(default="", description='classification head to serve ("": the model\'s only head)')
     model_repository: str = Field(default="", description='repository Triton serves from ("": none, build only)')
     server_url: str = Field(default="", description='a running Triton to hot-load into ("": write files only)')
+    model_deployment: str = Field(
+        default="",
+        description="a ModelDeployment to declare the new version in and wait for (its operator loads it; "
+        '"": not through Kubernetes)',
+    )
+    namespace: str = Field(default="", description="the ModelDeployment's namespace (\"\": the pod's own)")
+    timeout: float = Field(default=900.0, description="seconds to wait for the ModelDeployment to be Ready")
+
+
+class GenerateSpec(StepSpec):
+    """Generate an adapter from the task's description (and k examples) with a meta-LoRA generator."""
+
+    generator: str = Field(default="", description="the generator folder (`taskloom metalora build`); required")
+    shots: int = Field(default=0, ge=0, description="labelled train examples to condition on (0: description only)")
+    seed: int = Field(default=0, description="seed of the example draw")
+    min_gain: float = Field(
+        default=0.0, description="ship the generated adapter only when tuned - base exceeds this on the eval split"
+    )
 
 
 class MonitorSpec(StepSpec):

@@ -23,8 +23,8 @@ from taskloom.artifacts import (
     write_text,
 )
 from taskloom.data.profile import profile_task
-from taskloom.data.rows import load_rows
-from taskloom.data.validation import validate_task
+from taskloom.data.rows import load_rows, write_rows
+from taskloom.data.validation import clean_splits, validate_task
 from taskloom.errors import UserError
 from taskloom.merge import merge_adapters, merge_from_config
 from taskloom.merge.gate import gate
@@ -34,13 +34,14 @@ from taskloom.merge.weights import weight_files
 from taskloom.monitor.check_report import write_check_report
 from taskloom.monitor.drift import drift_files
 from taskloom.objectstore import is_s3, push_dir, working_copy
-from taskloom.serve.deploy import deploy
+from taskloom.serve.deploy import DeployError, deploy, publish_version
 from taskloom.serve.repository import build_repository
 from taskloom.specs import (
     AdapterRef,
     DeploySpec,
     DriftSpec,
     GateSpec,
+    GenerateSpec,
     MergeSpec,
     MergeStepSpec,
     ProfileSpec,
@@ -99,6 +100,46 @@ def stage_task(task: str, out_dir: str | Path, max_rows: tuple[int | None, int |
     return {"task": spec.name, "type": spec.type, "task_file": str(path)}
 
 
+def dedup_task(task_file: str | Path, out_dir: str | Path) -> dict:
+    """A clean copy of a task under `out_dir`: task.yaml and its splits without bad rows, repeated rows
+    (the first kept), rows whose labels conflict, and eval rows whose text is in train
+    (taskloom.data.validation.clean_splits). Each file is written atomically, the splits before
+    task.yaml; dedup.json lists every removed row and why. The inputs are only read."""
+    import yaml
+
+    spec = load_task(task_file)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir}: exists and is not a folder")
+    sources = {"train": spec.train_path, "eval": spec.eval_path}
+    targets = {split: (out_dir / f"{split}{p.suffix.lower()}").resolve() for split, p in sources.items()}
+    inputs = {Path(task_file).resolve(), *sources.values()}
+    if (out_dir / TASK_FILE).resolve() in inputs or inputs & set(targets.values()):
+        raise UserError(f"--out {out_dir}: would overwrite the task's own files; choose another folder")
+    clean = clean_splits(spec)
+    for split, kept in clean.kept.items():
+        if not kept:
+            raise UserError(f"{sources[split]}: no rows left after removing {len(clean.removed[split])}")
+    for split, kept in clean.kept.items():
+        write_rows(targets[split], [row for _n, row in kept])
+    removed = {s: [{"row": n, "why": why, "detail": d} for n, why, d in rows] for s, rows in clean.removed.items()}
+    write_json(
+        out_dir / "dedup.json",
+        {"task": spec.name, "files": {s: str(p) for s, p in sources.items()}, "removed": removed},
+    )
+    doc = spec.model_dump(mode="json")
+    doc["data"] = {split: p.name for split, p in targets.items()}
+    base = spec.root / spec.base_model
+    if base.is_dir():  # a local model folder named relative to the task file: keep it reachable
+        doc["base_model"] = str(base.resolve())
+    path = write_text(out_dir / TASK_FILE, yaml.safe_dump(doc, sort_keys=False))
+    return {
+        "task_file": str(path),
+        "rows": {s: len(k) for s, k in clean.kept.items()},
+        "removed": {s: clean.removed[s] for s in clean.removed},
+    }
+
+
 def validate_step(task_dir: str | Path, report_dir: str | Path) -> dict:
     """Great Expectations checks of the staged task; the report is written first (validation.json, .txt
     and the page validation.html, whose path is `page`), then a failure stops the run."""
@@ -135,7 +176,7 @@ def profile_step(task_dir: str | Path, out_dir: str | Path, options: ProfileSpec
     import numpy as np
 
     spec = load_task(Path(task_dir) / TASK_FILE)
-    profile = profile_task(spec, load_rows(spec.train_path, spec.type, spec.labels))
+    profile = profile_task(spec, load_rows(spec.train_path, spec.type, spec.labels, spec.validation.bad_rows))
     reference = np.asarray(profile["reference"], dtype=np.float32)
     out_dir = Path(out_dir)
     buf = io.BytesIO()
@@ -417,7 +458,9 @@ def deploy_step(model_dir: str | Path, repo_dir: str | Path, options: DeploySpec
     canary, smoke-tested, switched to, rolled back on failure; clients are never cut off, and a refused
     version raises DeployError while the previous one keeps serving. `repo_dir` then holds deploy.json.
     Without it (local runs) the repository is built into `repo_dir` and, given `model_repository`, each
-    model folder is swapped in whole, so a server picking it up never sees half a model."""
+    model folder is swapped in whole, so a server picking it up never sees half a model.
+    With `model_deployment` (in a cluster) the model is written as the next version of `model_repository`
+    and declared in that ModelDeployment, whose operator loads it on every pod; see `_declare_step`."""
     options = options or DeploySpec()
     name, head_task, publish_to, server_url = (
         options.model_name,
@@ -427,6 +470,8 @@ def deploy_step(model_dir: str | Path, repo_dir: str | Path, options: DeploySpec
     )
     model_dir, repo_dir = Path(model_dir), Path(repo_dir)
     head = head_task or _only_head(model_dir)
+    if options.model_deployment:
+        return _declare_step(model_dir, repo_dir, head, options)
     if server_url:
         # an s3:// repository goes through a local working copy, pushed before each load (taskloom.objectstore)
         served, publish = working_copy(publish_to) if publish_to else (repo_dir, None)
@@ -456,6 +501,88 @@ def deploy_step(model_dir: str | Path, repo_dir: str | Path, options: DeploySpec
             publish_dir(tmp, final)
             published.append(str(final))
     return {"model": name, "head_task": head or "", "repository": str(built), "published": published}
+
+
+def generate_step(task_dir: str | Path, out_dir: str | Path, options: GenerateSpec) -> dict:
+    """Generate an adapter for one staged task into `out_dir` (adapter/, metrics.json, as `train` lays
+    them out); `beats_base`: the generated adapter scores above the base on the task's eval split by more
+    than `min_gain`, which is what lets generate_deploy ship it instead of training one."""
+    from taskloom.metalora.generate import generate
+
+    if not options.generator:
+        raise UserError("generator: the folder of a meta-LoRA generator is required")
+    task = load_task(Path(task_dir) / TASK_FILE)
+    metrics = generate(task, options.generator, out_dir, shots=options.shots, seed=options.seed)
+    metrics["beats_base"] = bool(metrics["tuned"] - metrics["base"] > options.min_gain)
+    return metrics
+
+
+def deploy_adapter_step(adapter_dir: str | Path, repo_dir: str | Path, options: DeploySpec | None = None) -> dict:
+    """Add an adapter (trained or generated) to the served model `model_name`, the way `deploy_step`
+    ships a full model: declared in a ModelDeployment, hot-loaded into a running Triton, or (neither)
+    written as the next version of `model_repository` with config.pbtxt naming it."""
+    from taskloom.serve.adapters import check_adapter
+    from taskloom.serve.deploy import serve_files
+
+    options = options or DeploySpec()
+    adapter_dir, repo_dir = Path(adapter_dir), Path(repo_dir)
+    adapter = adapter_dir / "adapter" if (adapter_dir / "adapter").is_dir() else adapter_dir
+    adapter_name = check_adapter(adapter)["name"]  # checked before anything is written or declared
+    repo, name = options.model_repository, options.model_name
+    if options.model_deployment:
+        from taskloom.operator.declare import Declaration
+        from taskloom.operator.declare import deploy as declare
+
+        if options.server_url:
+            raise UserError("model_deployment and server_url: give one (the operator talks to Triton itself)")
+        report = declare(
+            Declaration(model=name, repository=repo, add=(adapter,)),
+            options.namespace or None,
+            options.model_deployment,
+            timeout=options.timeout,
+        )
+        version = report["version"]
+    elif options.server_url:
+        served, publish = working_copy(repo) if repo else (repo_dir, None)
+        report = deploy(served, options.server_url, adapter, name=name, publish=publish)
+        version = report["version"]
+    else:
+        if not repo:
+            raise UserError("model_repository: needed to add an adapter (the repository of the served model)")
+        report = publish_version(repo, adapter, name=name)
+        serve_files(repo, name, report["version"])
+        version = report["version"]
+    write_json(repo_dir / "deploy.json", report)
+    return {"model": name, "adapter": adapter_name, "version": version, "deploy": report}
+
+
+def _declare_step(model_dir: Path, repo_dir: Path, head: str | None, options: DeploySpec) -> dict:
+    """Deploy by declaring: the model becomes the next version (a candidate nobody serves yet), the
+    ModelDeployment names that version and no adapters (a new base serves none of the old ones), and the
+    step waits until the operator reports every pod serving it; Degraded or the timeout: DeployError."""
+    from taskloom.operator.declare import Declaration
+    from taskloom.operator.declare import deploy as declare
+
+    repo = options.model_repository
+    if options.server_url:
+        raise UserError("model_deployment and server_url: give one (the operator talks to Triton itself)")
+    if not repo or is_s3(repo) or not Path(repo).is_absolute():
+        raise UserError(f"model_repository {repo!r}: with model_deployment, the absolute path the pods mount")
+    published = publish_version(repo, model_dir, name=options.model_name, head_task=head or None)
+    declared = Declaration(model=options.model_name, repository=repo, version=published["version"], keep_adapters=False)
+    try:
+        report = declare(declared, options.namespace or None, options.model_deployment, timeout=options.timeout)
+    except UserError as e:
+        raise DeployError(f"version {published['version']} of {options.model_name}: {e}", published) from None
+    write_json(repo_dir / "deploy.json", report)
+    return {
+        "model": options.model_name,
+        "head_task": head or "",
+        "repository": repo,
+        "published": [f"{repo}/{options.model_name}/{published['version']}"],
+        "version": published["version"],
+        "deploy": report,
+    }
 
 
 def drift_step(

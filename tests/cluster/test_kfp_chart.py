@@ -99,8 +99,11 @@ def test_render_has_every_part(docs):
         ("Deployment", "taskloom-feast"), ("Deployment", "taskloom-monitor"), ("Deployment", "taskloom-triton"),
         ("EventSource", "taskloom-drift"), ("NetworkPolicy", "taskloom-webhook"),
         ("PersistentVolumeClaim", "taskloom-shared"), ("Role", "taskloom-trainjobs"), ("RoleBinding", "taskloom-trainjobs"),
+        ("Role", "taskloom-modeldeployments"), ("RoleBinding", "taskloom-modeldeployments"),
         ("Sensor", "taskloom-retrain"), ("Service", "taskloom-feast"), ("Service", "taskloom-triton"), ("Service", "taskloom-monitor"),
         ("Deployment", "taskloom-gateway"), ("Service", "taskloom-gateway"), ("NetworkPolicy", "taskloom-gateway"),
+        *[("NetworkPolicy", f"taskloom-{p}") for p in ("default-deny", "sensor", "gateway-egress", "triton", "operator-triton",
+                                                       "operator-egress", "feast", "monitor-egress", "trainer")],
         ("Secret", "taskloom-events-token"), ("Secret", "taskloom-triton-admin"),
         *[("ServiceAccount", f"taskloom-{c}") for c in ("eventsource", "feast", "monitor", "sensor", "triton", "gateway")],
         ("Deployment", "taskloom-operator"), ("ServiceAccount", "taskloom-operator"), ("Role", "taskloom-operator"),
@@ -175,7 +178,7 @@ def test_workloads_hold_no_api_token_and_rbac_is_scoped(docs):
         assert pod["serviceAccountName"] == dep["metadata"]["name"]
         assert pod["securityContext"]["runAsNonRoot"] is True
     roles = {r["metadata"]["name"]: r for r in by_kind(docs, "Role")}
-    assert sorted(roles) == [operator, "taskloom-trainjobs"]
+    assert sorted(roles) == ["taskloom-modeldeployments", operator, "taskloom-trainjobs"]
     assert all(r["apiGroups"] != ["*"] and "secrets" not in r["resources"] for r in roles[operator]["rules"])
     assert [b["subjects"] for b in by_kind(docs, "RoleBinding") if b["metadata"]["name"] == operator] == [
         [{"kind": "ServiceAccount", "name": operator, "namespace": "default"}]]
@@ -184,6 +187,8 @@ def test_workloads_hold_no_api_token_and_rbac_is_scoped(docs):
         assert all("*" not in r["verbs"] and "*" not in r["resources"] for r in role["rules"])
     assert roles["taskloom-trainjobs"]["rules"] == [
         {"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainjobs"], "verbs": ["create", "get", "delete"]}]
+    assert roles["taskloom-modeldeployments"]["rules"] == [
+        {"apiGroups": ["taskloom.dev"], "resources": ["modeldeployments"], "verbs": ["get", "create", "patch"]}]
     # cluster scope: only the one CRD the operator keeps current, by name, to read and replace
     (crd_role,) = by_kind(docs, "ClusterRole")
     assert crd_role["rules"] == [{"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
@@ -280,6 +285,19 @@ def test_sensor_starts_drift_retrain_with_the_body_kfp_client_sends():
     assert (dep["eventSourceName"], dep["eventName"]) == ("taskloom-drift", "drift")
 
 
+def test_sensor_run_deploys_through_the_model_deployment_when_one_is_named():
+    """kfp.modelDeployment: the retrain run's deploy step declares its model there (release namespace)."""
+    from taskloom.kfp import pipeline_parameters
+
+    sensor = by_kind(render("kfp.pipelineId=p1", "kfp.modelDeployment=rt"), "Sensor")[0]
+    _, body = sensor_request(sensor, {"body": {"task": "rt-sentiment", "adapter_id": ""}})
+    assert body["runtime_config"]["parameters"] == {
+        "task": "rt-sentiment", "adapter_id": "", "model_deployment": "rt", "model_deployment_namespace": "default"}
+    assert set(body["runtime_config"]["parameters"]) <= set(pipeline_parameters("drift_retrain"))
+    result = helm("template", "t", str(CHART), "--set", HMAC, "--set", "kfp.modelDeployment=Bad_Name", check=False)
+    assert result.returncode != 0 and "modelDeployment" in result.stderr
+
+
 def test_monitor_args_follow_the_values_and_parse_as_the_real_cli():
     import typer
 
@@ -320,8 +338,11 @@ def test_parts_can_be_switched_off():
     kinds = {(d["kind"], d["metadata"]["name"]) for d in render("triton.enabled=false", "events.enabled=false",
                                                                  "persistence.create=false", "trainer.enabled=false",
                                                                  "operator.enabled=false")}
-    assert not any(k in ("EventSource", "Sensor", "NetworkPolicy", "PersistentVolumeClaim", "Role",
+    assert not any(k in ("EventSource", "Sensor", "PersistentVolumeClaim", "Role",
                          "TrainingRuntime", "ClusterRole", "ClusterRoleBinding") for k, _ in kinds)
+    # what still runs keeps its policies (default deny, Feast's allows, the monitor's egress); none for parts off
+    assert {n for k, n in kinds if k == "NetworkPolicy"} == {"taskloom-default-deny", "taskloom-feast",
+                                                            "taskloom-monitor-egress"}
     assert ("Deployment", "taskloom-triton") not in kinds and ("Deployment", "taskloom-monitor") in kinds
     assert ("Deployment", "taskloom-operator") not in kinds
 

@@ -10,6 +10,7 @@ removed. The operator runs as a subprocess, as a developer runs it, and talks to
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -560,6 +561,45 @@ def test_deploy_kubernetes_declares_an_adapter_and_waits_until_the_pods_serve_it
     assert set(pod_versions(world).values()) == {int(report["version"])}  # the pods still serve qa and senti
     cluster.apply(md(world, declared(world, "senti")))
     wait_ready(cluster, world, "senti served again", adaptersLoaded=["senti"])
+
+
+def test_deploy_step_publishes_the_model_and_waits_for_the_model_deployment(cluster, world, created, tmp_path,
+                                                                              monkeypatch):
+    """The pipelines' deploy step with `model_deployment`: the model written as the next version, the
+    ModelDeployment patched to it (no adapters: a new base serves none of the old ones), Ready once every
+    pod serves it; versions.json follows. A pod restarted afterwards loads it by itself (config.pbtxt)."""
+    from taskloom.serve.repository import resolve_model_dir
+    from taskloom.specs import DeploySpec
+    from taskloom.steps import deploy_step
+
+    cluster.apply(md(world, declared(world, "senti")))
+    before = wait_ready(cluster, world, "senti served", adaptersLoaded=["senti"])
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+    monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(cluster.kubeconfig))
+    options = DeploySpec(model_name=MODEL, model_repository=str(world["repo"]), model_deployment=NAME, namespace=NS,
+                         timeout=240)
+    try:
+        result = deploy_step(resolve_model_dir("minilm"), tmp_path / "out", options)
+    except Exception as e:
+        raise AssertionError(f"{e}\n{world['operator'].tail()}") from None
+    version = result["version"]
+    assert version > int(before["status"]["liveVersion"])
+    obj = get_md(cluster)
+    assert obj["spec"]["model"]["version"] == str(version) and obj["spec"]["adapters"] == []
+    assert obj["status"]["liveVersion"] == str(version) and obj["status"]["adaptersLoaded"] == []
+    assert condition(obj, "Ready")["status"] == "True"
+    assert set(pod_versions(world).values()) == {version}
+    assert json.loads((tmp_path / "out" / "deploy.json").read_text())["version"] == str(version)
+    state = json.loads((world["repo"] / MODEL / "versions.json").read_text())
+    assert state["serving"] == version and state["versions"][str(version)]["status"] == "serving"
+    assert re.search(rf"versions:\s*\[\s*{version}\s*\]", (world["repo"] / MODEL / "config.pbtxt").read_text())
+
+    # the same step with a Triton URL as well is refused before anything is written
+    from taskloom.errors import UserError
+
+    with pytest.raises(UserError, match="give one"):
+        deploy_step(resolve_model_dir("minilm"), tmp_path / "again", options.model_copy(update={"server_url": "x"}))
+    assert max(version_numbers(world["repo"] / MODEL)) == version
 
 
 def test_delete_with_the_finalizer_unloads_and_children_are_collected(cluster, world, created):

@@ -25,7 +25,10 @@ import pytest
 import yaml
 from cluster_env import CHART, REPO
 
+from taskloom.errors import UserError
 from taskloom.operator.crd import revision, shipped
+from taskloom.operator.declare import Declaration
+from taskloom.operator.declare import deploy as declare
 from taskloom.train import trainjob
 
 pytestmark = pytest.mark.cluster
@@ -213,13 +216,25 @@ def test_each_service_account_holds_exactly_what_its_code_used(cluster, tmp_path
     with pytest.raises(trainjob.TrainJobError, match="not finished after .* deleted it"):
         trainjob.submit_and_wait(late, NS, timeout_s=1.0, poll_s=0.2)
 
+    # 3. The deploy step's declaration (taskloom.operator.declare, as steps.deploy_step calls it): create the
+    #    ModelDeployment, then patch it to the next version. No operator serves it here, so each wait ends
+    #    in its timeout, one line as the step reports it.
+    for version in (1, 2):
+        declared = Declaration(model="taskloom", repository="/mnt/taskloom/model_repository", version=version,
+                               keep_adapters=False)
+        with pytest.raises(UserError, match="not Ready after"):
+            declare(declared, NS, "rbac-md", timeout=0.5)
+    assert cluster.get("modeldeployment", "rbac-md", "-n", NS)["spec"]["model"]["version"] == "2"
+    cluster.kubectl("delete", "modeldeployment", "rbac-md", "-n", NS)  # no finalizer yet: no operator saw it
+
     time.sleep(1.5)  # the audit log is written asynchronously in batches
     used = cluster.wait("the runner's requests in the audit log",
                         lambda: used_pairs(cluster, RUNNER_USER) if ("delete", "trainer.kubeflow.org/trainjobs")
                         in used_pairs(cluster, RUNNER_USER) else None, timeout=30)
     granted = granted_pairs(cluster, NS, RUNNER)
     assert used == {("create", "trainer.kubeflow.org/trainjobs"), ("get", "trainer.kubeflow.org/trainjobs"),
-                    ("delete", "trainer.kubeflow.org/trainjobs")}
+                    ("delete", "trainer.kubeflow.org/trainjobs"), ("get", "taskloom.dev/modeldeployments"),
+                    ("create", "taskloom.dev/modeldeployments"), ("patch", "taskloom.dev/modeldeployments")}
     assert granted == used, f"granted but never used: {granted - used}; used but not granted: {used - granted}"
 
     for verb, resource in sorted(granted):
@@ -227,11 +242,12 @@ def test_each_service_account_holds_exactly_what_its_code_used(cluster, tmp_path
     refused = [("list", "trainjobs.trainer.kubeflow.org"), ("patch", "trainjobs.trainer.kubeflow.org"),
                ("update", "trainjobs.trainer.kubeflow.org"), ("get", "secrets"), ("create", "pods"),
                ("patch", "deployments.apps"), ("get", "deployments.apps"), ("create", "trainingruntimes.trainer.kubeflow.org"),
-               ("create", "rolebindings.rbac.authorization.k8s.io")]
+               ("create", "rolebindings.rbac.authorization.k8s.io"), ("delete", "modeldeployments.taskloom.dev"),
+               ("list", "modeldeployments.taskloom.dev"), ("update", "modeldeployments.taskloom.dev")]
     for verb, resource in refused:
         assert not can_i(cluster, RUNNER_USER, verb, resource), f"{RUNNER} may {verb} {resource}"
 
-    # 3. The operator, as its ServiceAccount: its Role grants what it used (and the admission-only right).
+    # 4. The operator, as its ServiceAccount: its Role grants what it used (and the admission-only right).
     exercise_operator(cluster, tmp_path)
     time.sleep(1.5)
     used = cluster.wait("the operator's requests in the audit log",

@@ -83,4 +83,16 @@ def test_readme_walkthrough_runs_against_the_api_server(cluster, tmp_path):
     values = json.loads(cluster.run(str(TOOLS / "helm"), "get", "values", "taskloom", "-n", "taskloom", "-o", "json",
                                     env=env).stdout)
     assert values["kfp"] == {"pipelineId": drift["pipeline_id"], "pipelineVersionId": drift_version["pipeline_version_id"],
-                             "experimentId": run["experiment_id"]}
+                             "experimentId": run["experiment_id"], "modelDeployment": "rt"}
+    # the README's ModelDeployment example, applied as written: the resource the operator serves from
+    md = cluster.get("modeldeployment", "rt", "-n", "taskloom")
+    assert md["spec"]["model"] == {"name": "taskloom", "repository": "/mnt/taskloom/model_repository"}
+    assert md["spec"]["replicas"] == 2 and md["spec"]["gpusPerReplica"] == 0  # the schema's defaults filled in
+    header = cluster.kubectl("get", "modeldeployments", "-n", "taskloom").stdout.splitlines()[0].split()
+    assert header == ["NAME", "MODEL", "VERSION", "ADAPTERS", "READY", "REPLICAS", "AGE"]
+
+
+def test_readme_model_deployment_example_is_the_applied_file():
+    text = (REPO / "README.md").read_text()
+    block = text.split("`manifests/examples/modeldeployment.yaml`", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert block == (REPO / "manifests" / "examples" / "modeldeployment.yaml").read_text()

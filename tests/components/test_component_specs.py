@@ -20,7 +20,7 @@ def _parameters(comp) -> dict:
 
 def test_every_component_is_listed_once():
     assert set(SPECS) | set(DATA_PARAMETERS) <= set(COMPONENTS)
-    assert len(COMPONENTS) == 10
+    assert len(COMPONENTS) == 12
 
 
 @pytest.mark.parametrize("name", sorted(COMPONENTS))

@@ -129,10 +129,10 @@ def test_validation_failure_writes_the_report_then_stops(tmp_path):
     export_task.python_func(task=str(task_file), dataset=dataset)
     report, metrics = Artifact(uri=str(tmp_path / "report")), Metrics(uri=str(tmp_path / "metrics"))
     page = HTML(uri=str(tmp_path / "page"))
-    with pytest.raises(UserError, match=r"tiny-sentiment: data failed validation \(eval/label_set"):
+    with pytest.raises(UserError, match=r"tiny-sentiment: data failed validation \(eval/bad_rows"):
         validate_task.python_func(dataset=dataset, report=report, metrics=metrics, page=page)
     doc = json.loads((tmp_path / "report" / "validation.json").read_text())
-    assert doc["success"] is False and "label_set" in doc["failed"]
+    assert doc["success"] is False and "bad_rows" in doc["failed"]
     # the report's page is written before the failure; the step's HTML output is not (the step failed)
     assert "validation of tiny-sentiment: FAILED" in (tmp_path / "report" / "validation.html").read_text()
     assert not Path(page.path).exists()

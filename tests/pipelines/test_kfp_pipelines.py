@@ -32,8 +32,12 @@ from taskloom.kfp import (
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "pipelines" / "compiled"
 # where each pipeline's steps run: the GPU steps, and the steps that mount the shared volume
-GPU_EXECUTORS = {"train_joint": ("exec-train-joint-adapter",)}
-SHARED_VOLUME_EXECUTORS = {"train_joint": ("exec-profile-task", "exec-train-joint-adapter")}
+GPU_EXECUTORS = {"train_joint": ("exec-train-joint-adapter",), "generate_deploy": ("exec-train-adapter",)}
+SHARED_VOLUME_EXECUTORS = {
+    "train_joint": ("exec-profile-task", "exec-train-joint-adapter"),
+    "generate_deploy": ("exec-profile-task", "exec-generate-adapter", "exec-train-adapter", "exec-deploy-adapter",
+                        "exec-deploy-adapter-2"),
+}
 RELEASE_GPU = ("exec-train-adapter", "exec-gate-model", "exec-deploy-model")  # train, merge, gate, deploy
 RELEASE_SHARED = ("exec-profile-task", "exec-train-adapter", "exec-deploy-model")
 
@@ -110,6 +114,16 @@ def test_deploy_runs_only_when_the_gate_promotes(compiled):
         assert not any("deploy" in key or "gate" in key for key in docs[0]["deploymentSpec"]["executors"])
         return
     root = docs[0]["root"]["dag"]["tasks"]
+    if name == "generate_deploy":  # the generated adapter ships when it beats the base, else a trained one
+        branches = docs[0]["components"][root["condition-branches-1"]["componentRef"]["name"]]["dag"]["tasks"]
+        generated, fallback = (branches[k] for k in sorted(branches))
+        assert generated["triggerPolicy"]["condition"] == (
+            "inputs.parameter_values['pipelinechannel--generate-adapter-Output'] == true")
+        assert fallback["triggerPolicy"]["condition"] == (
+            "!(inputs.parameter_values['pipelinechannel--generate-adapter-Output'] == true)")
+        inner = [list(docs[0]["components"][b["componentRef"]["name"]]["dag"]["tasks"]) for b in (generated, fallback)]
+        assert inner == [["deploy-adapter"], ["deploy-adapter-2", "train-adapter"]]
+        return
     condition = next(t for t in root.values() if t["componentRef"]["name"].startswith("comp-condition"))
     assert condition["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--gate-model-Output'] == true"
     inner = docs[0]["components"][condition["componentRef"]["name"]]["dag"]["tasks"]
@@ -130,7 +144,7 @@ def test_pipeline_parameters_and_their_types():
 @pytest.mark.parametrize(
     "name, params, message",
     [
-        ("train_and_pray", {}, "unknown pipeline 'train_and_pray': use one of [drift_retrain, train_joint, train_merge_deploy]"),
+        ("train_and_pray", {}, "unknown pipeline 'train_and_pray': use one of [drift_retrain, generate_deploy, train_joint, train_merge_deploy]"),
         ("train_merge_deploy", {"max_step": "5"}, "unknown parameter 'max_step'"),
         ("train_merge_deploy", {"max_steps": "five"}, "parameter max_steps: expected an integer, got 'five'"),
         ("train_merge_deploy", {"share": "most"}, "parameter share: expected a number, got 'most'"),
@@ -150,7 +164,7 @@ def test_cli_compile_writes_the_golden_and_bad_names_exit_2(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["pipeline", "compile", "nope", "--out", str(tmp_path / "nope.yaml")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: unknown pipeline 'nope': use one of [drift_retrain, train_joint, train_merge_deploy]"]
+    assert err == ["error: unknown pipeline 'nope': use one of [drift_retrain, generate_deploy, train_joint, train_merge_deploy]"]
     assert cli.main(["pipeline", "run", "drift_retrain", "-p", "max_steps"]) == 2
     assert "expected KEY=VALUE" in capsys.readouterr().err
     assert not (tmp_path / "nope.yaml").exists()
@@ -182,6 +196,9 @@ def test_deploy_step_reads_the_triton_admin_key_from_its_secret(compiled):
     with_key = {k for k, v in platform.items() if v.get("secretAsEnv")}
     if name == "train_joint":
         assert not with_key
+        return
+    if name == "generate_deploy":
+        assert with_key == {"exec-deploy-adapter", "exec-deploy-adapter-2"}
         return
     assert with_key == {"exec-deploy-model"}
     (secret,) = platform["exec-deploy-model"]["secretAsEnv"]

@@ -10,7 +10,15 @@ from __future__ import annotations
 import pytest
 
 from taskloom.kfp import load_pipeline, pipeline_names
-from taskloom.specs import TRAIN_OPTIONS, DeploySpec, GateSpec, JointTrainRunSpec, MergeStepSpec, TrainRunSpec
+from taskloom.specs import (
+    TRAIN_OPTIONS,
+    DeploySpec,
+    GateSpec,
+    GenerateSpec,
+    JointTrainRunSpec,
+    MergeStepSpec,
+    TrainRunSpec,
+)
 
 # pipeline parameter → (spec, field)
 FEEDS = {
@@ -30,6 +38,10 @@ FEEDS = {
     "model_name": (GateSpec, "model_name"),
     "head_task": (DeploySpec, "head_task"),
     "server_url": (DeploySpec, "server_url"),
+    "model_deployment": (DeploySpec, "model_deployment"),
+    "model_deployment_namespace": (DeploySpec, "namespace"),
+    "shots": (GenerateSpec, "shots"),
+    "min_gain": (GenerateSpec, "min_gain"),
 }
 ON_PURPOSE = {
     "feature_repo": "in a cluster the Feast repository is on the shared claim (pipelines/placement.py)",
@@ -37,6 +49,7 @@ ON_PURPOSE = {
     "gpus_per_node": "a pipeline trains on its GPU node; the step spec's 0 is one CPU worker",
     "tasks": "the data, not an option",
     "task": "the data, not an option",
+    "generator": "in a cluster the generator is a folder on the shared claim (pipelines/generate_deploy.py)",
 }
 
 

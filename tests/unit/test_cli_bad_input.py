@@ -1,5 +1,5 @@
-"""`taskloom validate` on broken inputs: exit 2, one stderr line naming file/row/field, nothing written,
-inputs untouched."""
+"""`taskloom validate` on broken inputs: exit 2, one stderr line naming file/row/field, nothing written
+but a complete report for bad rows (the bad_rows check), inputs untouched."""
 
 from __future__ import annotations
 
@@ -161,7 +161,10 @@ def test_validate_bad_input(tmp_path, capsys, rt_rows, lee_rows, case):
     assert err_lines[0].startswith("error: ")
     assert re.search(message, err_lines[0]), err_lines[0]
     assert "Traceback" not in captured.err + captured.out
-    assert not out.exists()  # nothing written
+    if re.search(r": row \d", message):  # a bad row is a failed check: the whole report names it
+        assert json.loads((out / "validation.json").read_text())["failed"][0] == "bad_rows"
+    else:
+        assert not out.exists()  # nothing written
     assert _digests(tmp_path / "task") == before  # inputs untouched
 
 

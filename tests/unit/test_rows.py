@@ -111,7 +111,7 @@ def test_file_level_errors(tmp_path):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(st.text(min_size=1), st.sampled_from(LABELS)), min_size=1, max_size=20))
+@given(st.lists(st.tuples(st.text(min_size=1).filter(str.strip), st.sampled_from(LABELS)), min_size=1, max_size=20))
 def test_any_text_round_trips_through_jsonl(tmp_path, pairs):
     rows = [{"text": t, "label": lab} for t, lab in pairs]
     path = tmp_path / "p.jsonl"

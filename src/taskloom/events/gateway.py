@@ -27,7 +27,7 @@ import urllib.request
 from pathlib import Path
 
 from taskloom.environment import read_credential
-from taskloom.errors import UserError
+from taskloom.errors import UserError, redact
 from taskloom.events.cloudevent import _secret_bytes, load_secret
 from taskloom.events.receiver import Rejected, _event_time, verify
 from taskloom.events.server import JsonServer
@@ -49,6 +49,15 @@ REFUSAL_REASONS = {
     "not a CloudEvent": "not_cloudevent",
     "body missing or too large": "too_large",
 }
+
+
+def _sendable(value: str) -> bool:
+    """A header value http.client can send unchanged: Latin-1 text without line breaks or NUL."""
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return not any(c in value for c in "\r\n\x00")
 
 
 def refusal_reason(reason: str) -> str:
@@ -119,6 +128,12 @@ class EventGateway(JsonServer):
 
     def handle(self, headers: dict[str, str], body: bytes | None) -> tuple[int, dict]:
         """Decide on one request and forward it: (HTTP status, JSON reply). Independent of the HTTP server."""
+        # Check what will be forwarded: header values as HTTP carries them (no surrounding blanks), and
+        # refuse one HTTP cannot carry rather than fail while forwarding.
+        headers = {k: v.strip() for k, v in headers.items()}
+        bad = next((k for k, v in headers.items() if not _sendable(v)), None)
+        if bad is not None:
+            return self._reject(400, f"not a CloudEvent (header {bad!r}: not HTTP header text)", None, "not_cloudevent")
         try:
             event = verify(headers, body, self._secret, self.max_age)
         except Rejected as r:
@@ -190,7 +205,7 @@ def run_gateway(
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
     gateway.start()
     try:
-        print(f"gateway listening on {gateway.url}, forwarding to {forward}", flush=True)
+        print(f"gateway listening on {gateway.url}, forwarding to {redact(forward)}", flush=True)
         while not stop.wait(0.5):
             pass
     except KeyboardInterrupt:

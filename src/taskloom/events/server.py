@@ -17,6 +17,8 @@ log = logging.getLogger("taskloom.events")
 log.addHandler(logging.NullHandler())  # a library: the application decides where logs go
 
 MAX_BODY = 1 << 20  # 1 MiB: a drift alarm is a few hundred bytes
+DRAIN_LIMIT = 8 * MAX_BODY  # a larger body is not read at all: the connection is closed after the 413
+DRAIN_WAIT = 1.0  # seconds an oversized body may pause while it is read away
 HEALTH_PATH = "/healthz"
 S = TypeVar("S", bound="JsonServer")
 
@@ -72,6 +74,17 @@ class JsonServer:
                 except ValueError:
                     return None
                 if length < 0 or length > MAX_BODY:
+                    left = length if MAX_BODY < length <= DRAIN_LIMIT else 0
+                    self.connection.settimeout(DRAIN_WAIT)  # a client that announced a body it never sends
+                    try:
+                        while left > 0:  # read it away, so the client gets the 413 rather than a reset
+                            chunk = self.rfile.read(min(left, 1 << 16))
+                            if not chunk:
+                                break
+                            left -= len(chunk)
+                    except OSError:  # timed out: answer now, then close
+                        pass
+                    self.close_connection = True
                     return None
                 return self.rfile.read(length)
 

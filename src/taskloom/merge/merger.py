@@ -11,6 +11,7 @@ whole, and only if it is empty or a previous merge output.
 
 from __future__ import annotations
 
+import errno
 import math
 import re
 import resource
@@ -134,8 +135,12 @@ def merge_adapters(spec: MergeSpec, out: Path, *, max_shard_bytes: int = 2 << 30
             report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
             write_json(staging / REPORT, report)
             publish_dir(staging, out)
-        except BaseException:
+        except BaseException as e:
             shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise UserError(
+                    f"--out {out}: no space left on its device ({e.strerror}); nothing was changed"
+                ) from None
             raise
     return report
 
@@ -156,7 +161,11 @@ def _check_out(out: Path, inputs: list[Path]) -> None:
 
 def _open_input(folder: Path, label: str, base_name: str, base_dir: Path, base, matcher, stack):
     """A LoRA adapter or a full model folder, checked against the base; tagged with its task."""
-    if not folder.exists():
+    try:
+        found = folder.exists()
+    except OSError as e:  # e.g. a name too long for the file system
+        raise UserError(f"{label}: cannot read {folder} ({e.strerror})") from None
+    if not found:
         raise UserError(f"{label}: folder not found: {folder}")
     if not folder.is_dir():
         raise UserError(f"{label}: not a folder: {folder}")

@@ -9,13 +9,13 @@ L2 strength chosen by cross-validation on the training rows; it also initialises
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from taskloom.artifacts import save_safetensors, verify_digest, write_json
 from taskloom.errors import UserError
+from taskloom.jsonfiles import read_json
 
 HEAD_INPUT = "l2-normalised mean-pooled embedding"
 PROBE_L2 = (1e-2, 1e-3, 1e-4, 1e-5)
@@ -36,6 +36,17 @@ def save_head(folder: str | Path, head, labels: list[str]) -> Path:
     return folder
 
 
+def read_tensors(path: Path, load_file) -> dict:
+    """Every tensor of a safetensors file, or UserError naming it (a truncated or foreign file)."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise UserError(f"{path}: not a readable safetensors file ({reason})") from None
+
+
 def has_head(folder: str | Path) -> bool:
     folder = Path(folder)
     return (folder / "head.safetensors").exists() and (folder / "head.json").exists()
@@ -52,12 +63,20 @@ def load_head(folder: str | Path):
     weights = folder / "head.safetensors"
     if weights.with_name(weights.name + ".sha256").exists() and not verify_digest(weights):
         raise UserError(f"{weights}: sha256 does not match head.safetensors.sha256 (corrupted file?)")
-    meta = json.loads((folder / "head.json").read_text())
-    tensors = load_file(weights)
-    labels = list(meta.get("labels") or [])
+    meta = read_json(folder / "head.json")
+    labels = meta.get("labels")
+    if not isinstance(labels, list) or not labels or not all(isinstance(lab, str) and lab for lab in labels):
+        raise UserError(f"{folder}/head.json: 'labels' must be a non-empty list of label names")
+    tensors = read_tensors(weights, load_file)
+    for key in ("weight", "bias"):
+        if key not in tensors:
+            raise UserError(f"{weights}: no {key!r} tensor (tensors: {', '.join(sorted(tensors)) or 'none'})")
     w, b = tensors["weight"], tensors["bias"]
-    if w.ndim != 2 or w.shape[0] != len(labels) or b.shape != (len(labels),):
-        raise UserError(f"{folder}/head.json: {len(labels)} labels but head weight has shape {tuple(w.shape)}")
+    if w.ndim != 2 or w.shape[0] != len(labels) or w.shape[1] < 1 or tuple(b.shape) != (len(labels),):
+        raise UserError(
+            f"{folder}/head.json: {len(labels)} labels but head weight has shape {tuple(w.shape)}, "
+            f"bias {tuple(b.shape)}"
+        )
     head = torch.nn.Linear(w.shape[1], w.shape[0])
     with torch.no_grad():
         head.weight.copy_(w)

@@ -41,7 +41,11 @@ def resolve_base(name_or_path: str | os.PathLike) -> Path:
             return cached_gguf_folder(pkg / entry.subdir, entry.gguf, entry.cache_name)
         return pkg / entry.subdir
     path = Path(key).expanduser()
-    if path.is_dir():
+    try:
+        folder = path.is_dir()
+    except OSError:  # e.g. a name too long for the file system: not a folder here
+        folder = False
+    if folder:
         if not (path / "config.json").exists():
             raise UserError(f"base model {key!r}: folder has no config.json")
         return path.resolve()

@@ -79,6 +79,8 @@ def drift_embeddings(
     {"method", "statistic", "p_value", "effect", "drift", "n_reference", "n_current", "alpha", ...detector extras}
     """
     check_options(method, alpha, permutations)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UserError(f"seed must be an integer >= 0, got {seed!r}")
     detector = DETECTORS[method]
     if detector.inputs == "labels":
         ref, cur = check_labels(reference, names[0]), check_labels(current, names[1])
@@ -144,7 +146,11 @@ def read_sample(path, field: str, inputs: str = "embeddings"):
 
     For a "labels" detector a .npy holds labels or class probabilities (kind 'labels')."""
     path = Path(path)
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as e:  # e.g. a name too long for the file system
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    if not found:
         raise UserError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix == ".npy":

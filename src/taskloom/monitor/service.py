@@ -10,7 +10,9 @@ tumbling windows per task (`windows`), and for each window that is over: embed i
 served model folder or the base encoder (`--model`), test them against the task's latest reference
 sample in Feast (`TaskStore.read_reference_record`) with the chosen detector, and pass the p-values
 and effect sizes of all tasks of that window to the alarm policy (`policy`). An alarm leaves as a
-signed CloudEvent whose id is its idempotency key, retried on network errors with the same id.
+signed CloudEvent whose id is its idempotency key, retried on network errors with the same id; it
+is on disk before it is sent, and one the receiver could not take stays in the outbox (`outbox`),
+tried again with backoff while the monitor runs and when it starts again.
 
 In a cluster the Triton model writes the log (`taskloom.serve.requests_log`, v2 rows), by default
 without the texts: a labels detector (`--method chi2`) then tests the labels the served head logged
@@ -37,12 +39,13 @@ from typing import Any
 import numpy as np
 
 from taskloom.artifacts import write_text
-from taskloom.errors import UserError
+from taskloom.errors import UserError, redact
 from taskloom.events.cloudevent import load_secret, send_event
 from taskloom.jsonfiles import read_jsonl
 from taskloom.metrics import MonitorMetrics
 from taskloom.models.encoder import cached_encoder, embed_texts
 from taskloom.models.heads import load_head
+from taskloom.monitor import outbox
 from taskloom.monitor.detectors import DETECTORS
 from taskloom.monitor.drift import MIN_ROWS, check_options, drift_embeddings
 from taskloom.monitor.policy import AlarmPolicy, AlarmTracker
@@ -263,13 +266,20 @@ def run_monitor(
             }
             return
         assert secret is not None  # loaded whenever there is a webhook
-        alarm["delivery"] = deliver(alarm, webhook, secret, timeout)
-        d = alarm["delivery"]
+        before = alarm.get("delivery") or {}
+        d = deliver(alarm, webhook, secret, timeout)
+        d["rounds"] = int(before.get("rounds") or 0) + 1
+        d["attempts"] += int(before.get("attempts") or 0)
+        if before.get("queued_at"):
+            d["queued_at"] = before["queued_at"]
+        if d["status"] == "undelivered":
+            d["next_try_ts"] = outbox.next_try(d["rounds"], time.time())
+        alarm["delivery"] = d
         if metrics is not None and d["status"] == "delivered":  # a duplicate's run was started before
             metrics.retrain(alarm["task"])
         if d["status"] not in DELIVERED:
             say(
-                f"warning: alarm {alarm['key'][:12]} for task '{alarm['task']}' not delivered to {webhook}: "
+                f"warning: alarm {alarm['key'][:12]} for task '{alarm['task']}' not delivered to {redact(webhook)}: "
                 f"{d['status']} ({d['error']})"
             )
 
@@ -293,7 +303,7 @@ def run_monitor(
         )
 
     warned: set[str] = set()  # tasks told once that their windows carry nothing the detector tests
-    pending = [a for a in alarms if a.get("delivery", {}).get("status") in ("undelivered", "not_sent")]
+    pending = [a for a in alarms if outbox.waiting(a) or a.get("delivery", {}).get("status") == "not_sent"]
     if webhook and pending:  # alarms an earlier run could not deliver: same key, same event id
         for alarm in pending:
             send(alarm)
@@ -378,11 +388,16 @@ def run_monitor(
             old = alarm_by_key.get(alarm["key"])
             if old is not None and old.get("delivery", {}).get("status") in DELIVERED:
                 continue  # the same alarm was raised and delivered before: never twice
-            send(alarm)
             if old is not None:
                 alarms.remove(old)
+            if webhook:  # in the outbox on disk before it leaves: a kill while sending resends the same id
+                kept = old.get("delivery") if old is not None and outbox.waiting(old) else None
+                alarm["delivery"] = kept or outbox.pending(alarm, iso(time.time()))
             alarms.append(alarm)
             alarm_by_key[alarm["key"]] = alarm
+            if webhook:
+                save(report=False)
+            send(alarm)
             summary["alarms"].append(alarm["key"])
             if metrics is not None:
                 metrics.alarm(alarm["task"])
@@ -423,7 +438,10 @@ def run_monitor(
                 )
         for start in sorted({w.start for w in closed}):
             test_group([w for w in closed if w.start == start])
-        if closed:
+        retry = outbox.due(alarms, time.time()) if webhook else []
+        for alarm in retry:  # the outbox: alarms the receiver could not take yet, same event id
+            send(alarm)
+        if closed or retry:
             save()
         summary["late"] = win.late
         polls += 1

@@ -30,6 +30,7 @@ class Declaration:
     add: tuple[Path, ...] = ()
     adapter_name: str | None = None
     remove: tuple[str, ...] = ()
+    keep_adapters: bool = True  # False: a new base model, which serves none of the old adapters
     canary: bool | None = None
     engine: str | None = None
     precision: str | None = None
@@ -87,7 +88,8 @@ def spec_of(current: dict | None, d: Declaration) -> dict:
     model: dict = {"name": d.model, "repository": d.repository}
     if d.version is not None:
         model["version"] = str(d.version)
-    spec: dict = {"model": model, "adapters": _adapters(((current or {}).get("adapters")) or [], d)}
+    current_adapters = ((current or {}).get("adapters") or []) if d.keep_adapters else []
+    spec: dict = {"model": model, "adapters": _adapters(current_adapters, d)}
     if d.canary is not None:
         spec["rollout"] = {"canary": d.canary}
     for key, value in (("engine", d.engine), ("precision", d.precision), ("replicas", d.replicas)):

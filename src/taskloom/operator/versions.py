@@ -10,21 +10,26 @@ is written.
 from __future__ import annotations
 
 import contextlib
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from taskloom.artifacts import sha256_file, staging_dir
+from taskloom.artifacts import sha256_file
 from taskloom.errors import UserError
 from taskloom.operator.spec import ModelSpec
 from taskloom.serve.adapters import check_adapter
-from taskloom.serve.deploy import deploy_lock, now_iso, read_state, write_state
+from taskloom.serve.deploy import (
+    deploy_lock,
+    now_iso,
+    read_state,
+    record_outcome,
+    write_next_version,
+    write_state,
+)
 from taskloom.serve.repository import (
     read_manifest,
     serving_options,
     version_numbers,
     version_record,
-    write_version,
 )
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -143,28 +148,19 @@ def resolve(spec: ModelSpec) -> Target:
         options = serving_options(
             **{**(base_manifest.get("serving") or {}), "precision": spec.precision, "engine": spec.engine}
         )
-        version = max(version_numbers(folder)) + 1
         base_dir = folder / str(base)
-        stage = staging_dir(folder / str(version))
         try:
-            manifest = write_version(
-                stage,
+            version, manifest = write_next_version(
+                Path(spec.repository),
+                spec.model,
                 base_dir / "weights",
-                name=spec.model,
-                version=version,
                 head_dir=base_dir / "head" if base_manifest.get("labels") else None,
                 head_task=base_manifest.get("head_task"),
                 adapters=adapters,
                 options=options,
-                repo_root=Path(spec.repository),
             )
-            stage.rename(folder / str(version))
         except UserError as e:
-            shutil.rmtree(stage, ignore_errors=True)
             raise SpecRefused("VersionInvalid", str(e)) from None
-        except BaseException:
-            shutil.rmtree(stage, ignore_errors=True)
-            raise
         state = read_state(folder)
         state.setdefault("versions", {})[str(version)] = version_record(manifest, "candidate")
         state.setdefault("history", []).append(
@@ -180,20 +176,6 @@ def record(spec: ModelSpec, version: int, status: str, previous: int | None, rea
     state = read_state(folder)
     if state.get("serving") == version and status == "serving":
         return
+    serving = version if status == "serving" else state.get("serving")
     manifest = read_manifest(folder / str(version))
-    state.setdefault("versions", {})[str(version)] = version_record(manifest, status, reason)
-    if status == "serving":
-        if previous is not None and previous != version:
-            state["versions"].setdefault(str(previous), {})["status"] = "retired"
-        state["serving"] = version
-    state.setdefault("history", []).append(
-        {
-            "ts": now_iso(),
-            "action": "operator",
-            "version": version,
-            "from": previous,
-            "result": status,
-            "reason": reason,
-        }
-    )
-    write_state(folder, state)
+    record_outcome(folder, state, version, manifest, status, reason, previous, serving, "operator")

@@ -13,10 +13,13 @@ from pathlib import Path
 
 from taskloom.artifacts import verify_digest
 from taskloom.errors import UserError
+from taskloom.jsonfiles import read_json
+from taskloom.models.encoder import hidden_size
 from taskloom.models.heads import load_head
+from taskloom.models.registry import CATALOG, resolve_base
 from taskloom.serve.lora import read_servable_config
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")  # \Z: `$` would let a trailing newline through
 BASE = "__base__"  # what PEFT calls "no adapter" in a mixed batch; not a valid adapter name
 SERVED_FILES = ("adapter_config.json", "adapter_model.safetensors", "head.safetensors", "head.json", "task.json")
 
@@ -40,6 +43,38 @@ def default_name(path: Path) -> str:
     return path.parent.name if path.name == "adapter" else path.name
 
 
+def _check_base(path: Path, dim: int) -> None:
+    """Refuse an adapter whose task.json `base` or adapter_config.json `base_model_name_or_path` names a
+    model this encoder (embedding width `dim`) cannot be: a causal LM of the catalog, or a model folder of
+    another width. A base that cannot be identified here is left to the tensor shapes."""
+    for file, key in (("task.json", "base"), ("adapter_config.json", "base_model_name_or_path")):
+        f = path / file
+        if not f.exists():
+            continue
+        base = read_json(f).get(key)
+        if not isinstance(base, str) or not base:
+            continue
+        if base in CATALOG:
+            if CATALOG[base].kind != "encoder":
+                raise UserError(
+                    f"{f}: {key} {base!r} is a {CATALOG[base].kind}: an adapter for another base, not this encoder"
+                )
+            width = hidden_size(resolve_base(base))
+        else:
+            try:
+                found = (Path(base) / "config.json").is_file()
+            except (OSError, ValueError):
+                found = False
+            if not found:
+                continue
+            try:
+                width = hidden_size(Path(base))
+            except (OSError, ValueError, UserError):  # an unreadable config names no width: the shapes decide
+                continue
+        if width != dim:
+            raise UserError(f"{f}: {key} {base!r} is {width} wide, the served model {dim}: an adapter for another base")
+
+
 def check_adapter(path, name: str | None = None, dim: int | None = None) -> dict:
     """Validate one adapter folder; returns {"name", "path", "labels", "task", "rank"}. Never writes."""
     path = Path(path)
@@ -54,6 +89,8 @@ def check_adapter(path, name: str | None = None, dim: int | None = None) -> dict
             raise UserError(f"{f}: no {f.name}.sha256 beside it: adapters are served only with their digest")
         if not verify_digest(f):
             raise UserError(f"{f}: sha256 does not match {f.name}.sha256 (corrupted or replaced file): refused")
+    if dim is not None:
+        _check_base(path, dim)
     labels = None
     if (path / "head.safetensors").exists() or (path / "head.json").exists():
         head, labels = load_head(path)

@@ -21,6 +21,7 @@ import numpy as np
 
 from taskloom import requestlog
 from taskloom.errors import UserError
+from taskloom.serve.adapters import check_name
 from taskloom.serve.admin import admin_headers, check_key, load_admin_key
 
 PROTOCOLS = ("http", "grpc")
@@ -56,6 +57,7 @@ class TritonClient:
         (default: $TASKLOOM_TRITON_ADMIN_KEY, none when unset)."""
         if protocol not in PROTOCOLS:
             raise UserError(f"protocol {protocol!r}: use one of {list(PROTOCOLS)}")
+        check_name(model, "model name")  # it becomes a URL path: /v2/models/<model>/...
         self.url, self.model, self.protocol, self.timeout = _host_port(url), model, protocol, float(timeout)
         self.retries, self.backoff = retries, backoff
         self.request_log, self.task = request_log, task

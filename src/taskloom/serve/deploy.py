@@ -24,6 +24,7 @@ one needs no server restart, and a server restarted later serves exactly what co
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import shutil
 import time
@@ -68,6 +69,7 @@ def deploy_lock(repo: Path, name: str):
     """One deploy per model at a time (flock on a file beside the model folder)."""
     import fcntl
 
+    check_name(name, "model name")  # every deploy, publish and rollback comes through here before a path
     repo.mkdir(parents=True, exist_ok=True)
     with open(repo / f".{name}.deploy.lock", "w") as f:
         try:
@@ -103,6 +105,29 @@ def read_state(model_folder: Path) -> dict:
 
 def write_state(model_folder: Path, state: dict) -> None:
     write_json(model_folder / VERSIONS_FILE, state)
+
+
+def record_outcome(
+    model_folder: Path,
+    state: dict,
+    version: int,
+    manifest: dict,
+    status: str,
+    reason: str | None,
+    previous: int | None,
+    serving: int | None,
+    action: str,
+) -> None:
+    """versions.json after a try at `version`: its status (serving, refused, rolled_back), the previous one
+    retired when another now serves, and a history line. `taskloom deploy` and the operator both write it."""
+    state.setdefault("versions", {})[str(version)] = version_record(manifest, status, reason)
+    if serving != previous and previous is not None:
+        state["versions"].setdefault(str(previous), {})["status"] = "retired"
+    state["serving"] = serving
+    state.setdefault("history", []).append(
+        {"ts": now_iso(), "action": action, "version": version, "from": previous, "result": status, "reason": reason}
+    )
+    write_state(model_folder, state)
 
 
 def write_config(model_folder: Path, version: int, name: str) -> None:
@@ -317,6 +342,86 @@ def _plan(model_folder: Path, state: dict, source, adapter_name, remove, head_ta
     }
 
 
+def write_next_version(
+    repo: Path,
+    name: str,
+    src: Path,
+    *,
+    head_dir: Path | None,
+    head_task: str | None,
+    adapters: dict[str, Path] | None,
+    options: dict,
+) -> tuple[int, dict]:
+    """Write version N+1 of model `name` (staged, then renamed: a reader never sees half of it); the
+    caller holds the model's deploy lock. Returns the version and its manifest."""
+    model_folder = repo / name
+    for stale in model_folder.glob(".*.staging.*"):  # left by a killed deploy: the lock says none is running
+        shutil.rmtree(stale, ignore_errors=True)
+    version = max([*version_numbers(model_folder), 0]) + 1
+    stage = staging_dir(model_folder / str(version))
+    try:
+        manifest = write_version(
+            stage,
+            src,
+            name=name,
+            version=version,
+            head_dir=head_dir,
+            head_task=head_task,
+            adapters=adapters,
+            options=options,
+            repo_root=repo,
+        )
+        stage.rename(model_folder / str(version))
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return version, manifest
+
+
+def publish_version(
+    repo_dir, source, *, name: str = "taskloom", head_task: str | None = None, adapter_name: str | None = None
+) -> dict:
+    """Write the next version of `name` without loading it anywhere (a candidate in versions.json): a
+    model folder (a new base, serving no adapters) or an adapter folder (added to the served set). What a
+    deploy through a ModelDeployment or a files-only deploy does first. Returns {"model", "version",
+    "revision", "adapter"}."""
+    repo = Path(repo_dir)
+    model_folder = repo / name
+    with deploy_lock(repo, name):
+        state = read_state(model_folder)
+        plan = _plan(model_folder, state, source, adapter_name, None, head_task)
+        options = serving_options(**((plan["prev"] or {}).get("serving") or {}))
+        version, manifest = write_next_version(
+            repo, name, plan["src"], head_dir=plan["head_dir"], head_task=plan["head_task"], adapters=plan["adapters"],
+            options=options,
+        )  # fmt: skip
+        state.setdefault("versions", {})[str(version)] = version_record(manifest, "candidate")
+        state.setdefault("history", []).append(
+            {
+                "ts": now_iso(),
+                "action": "publish",
+                "version": version,
+                "from": state.get("serving"),
+                "result": "candidate",
+            }
+        )
+        write_state(model_folder, state)
+    return {"model": name, "version": version, "revision": manifest["revision"], "adapter": plan["added"]}
+
+
+def serve_files(repo_dir, name: str, version: int) -> None:
+    """Make a published version the served one on disk only (config.pbtxt, versions.json): for a server
+    that polls its repository, or one started later; a running server with explicit control is `deploy`'s."""
+    repo = Path(repo_dir)
+    model_folder = repo / name
+    with deploy_lock(repo, name):
+        state = read_state(model_folder)
+        previous = state.get("serving")
+        manifest = read_manifest(model_folder / str(version))
+        write_config(model_folder, version, name)
+        record_outcome(model_folder, state, version, manifest, "serving", None, previous, version, "publish")
+
+
 def deploy(
     repo_dir,
     server_url: str,
@@ -359,6 +464,8 @@ def deploy(
         try:
             _require_model_control(client, name)
             previous = state.get("serving")
+            if previous is not None:
+                _heal_interrupted(client, model_folder, state, name, previous, smoke_texts)
             if previous is not None and _served_version(client, name) != previous:
                 raise UserError(
                     f"model {name}: the server does not serve version {previous} named in "
@@ -366,24 +473,18 @@ def deploy(
                 )
             if previous is not None:  # config.pbtxt names what versions.json says serves (heals an interrupted deploy)
                 write_config(model_folder, previous, name)
-            version = max([*version_numbers(model_folder), 0]) + 1
-            stage = staging_dir(model_folder / str(version))
             try:
-                manifest = write_version(
-                    stage,
-                    plan["src"],
-                    name=name,
-                    version=version,
-                    head_dir=plan["head_dir"],
-                    head_task=plan["head_task"],
-                    adapters=plan["adapters"],
-                    options=options,
-                    repo_root=repo,
-                )
-                stage.rename(model_folder / str(version))
-            except BaseException:
-                shutil.rmtree(stage, ignore_errors=True)
-                raise
+                version, manifest = write_next_version(
+                    repo, name, plan["src"], head_dir=plan["head_dir"], head_task=plan["head_task"],
+                    adapters=plan["adapters"], options=options,
+                )  # fmt: skip
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise UserError(
+                    f"{model_folder}: no space left on its device ({e.strerror}); "
+                    f"version {previous} keeps serving, nothing was written"
+                ) from None
             targets = [None] + ([plan["added"]] if plan["added"] else sorted(manifest.get("adapters") or {}))
             expect_adapter = plan["added"]
             report = {
@@ -397,21 +498,7 @@ def deploy(
             state.setdefault("versions", {})[str(version)] = version_record(manifest, "candidate")
 
             def finish(status: str, reason: str | None, serving_now):
-                state["versions"][str(version)] = version_record(manifest, status, reason)
-                if serving_now != previous and previous is not None:
-                    state["versions"].setdefault(str(previous), {})["status"] = "retired"
-                state["serving"] = serving_now
-                state.setdefault("history", []).append(
-                    {
-                        "ts": now_iso(),
-                        "action": "deploy",
-                        "version": version,
-                        "from": previous,
-                        "result": status,
-                        "reason": reason,
-                    }
-                )
-                write_state(model_folder, state)
+                record_outcome(model_folder, state, version, manifest, status, reason, previous, serving_now, "deploy")
                 report.update(
                     status=status, serving=serving_now, reason=reason, seconds=round(time.monotonic() - t0, 2)
                 )
@@ -456,6 +543,28 @@ def deploy(
             client.close()
             if publish is not None:  # versions.json and config.pbtxt as the deploy left them
                 publish()
+
+
+def _heal_interrupted(client, model_folder: Path, state: dict, name: str, previous: int, texts) -> None:
+    """A deploy killed after its switch leaves the server on a version versions.json never recorded:
+    serve the recorded one again (loaded and smoked) and record the other as rolled back."""
+    served = _served_version(client, name)
+    if served is None or served == previous or str(served) in state.get("versions", {}):
+        return
+    if not (model_folder / str(served)).is_dir():
+        return  # not this repository's version: the caller's check names the mismatch
+    restore(client, model_folder, name, previous, UserError("interrupted deploy"), texts)
+    record_outcome(
+        model_folder,
+        state,
+        served,
+        read_state_manifest(model_folder, served),
+        "rolled_back",
+        "a deploy was interrupted after its switch",
+        previous,
+        previous,
+        "heal",
+    )
 
 
 def read_state_manifest(model_folder: Path, version: int) -> dict:

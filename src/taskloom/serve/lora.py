@@ -18,6 +18,7 @@ from taskloom.models.adapter import (
     read_config,
     split_keys,
 )
+from taskloom.models.heads import read_tensors
 
 
 def read_servable_config(folder, label: str | None = None) -> dict:
@@ -41,7 +42,7 @@ def read_lora(folder) -> dict[str, tuple]:
     folder = Path(folder)
     cfg = read_servable_config(folder)
     weights = folder / ADAPTER_WEIGHTS
-    tensors = load_file(weights)
+    tensors = read_tensors(weights, load_file)
     parts, plain = split_keys(tensors)
     if plain:
         raise UserError(f"{weights}: tensor {next(iter(plain.values()))!r} is not a LoRA factor of a Linear layer")

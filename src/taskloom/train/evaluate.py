@@ -41,7 +41,7 @@ def check_trainable_type(task) -> None:
 def load_split(task, split: str) -> list[dict]:
     """Rows of the task's train or eval split, checked by the row loader; an empty split is a UserError."""
     path = task.train_path if split == "train" else task.eval_path
-    rows = load_rows(path, task.type, task.labels)
+    rows = load_rows(path, task.type, task.labels, task.validation.bad_rows)
     if not rows:
         raise UserError(f"{path}: no rows in the {split} split")
     return rows
@@ -160,6 +160,8 @@ def load_adapter_model(base: str, adapter: Path, device: str = "cpu", causal: bo
     from peft import PeftModel
 
     weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():  # PEFT would fall back to a pickled adapter_model.bin: never load one
+        raise UserError(f"--adapter {adapter}: no {weights.name} (adapters are loaded from safetensors only)")
     if weights.with_name(weights.name + ".sha256").exists() and not verify_digest(weights):
         raise UserError(f"{weights}: sha256 does not match (corrupted adapter?)")
     tok, model = (load_causal if causal else load_encoder)(base)

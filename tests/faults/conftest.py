@@ -1,0 +1,16 @@
+"""Fault tests: `evidence` records each passed case as one line of build/reliability/faults.json."""
+
+from __future__ import annotations
+
+import pytest
+from faultkit import record
+
+
+@pytest.fixture
+def evidence(request):
+    """evidence(surface, fault, cases, outcome): called at the end of a test, after its assertions."""
+
+    def write(surface: str, fault: str, cases: int, outcome: str) -> None:
+        record(request.node.nodeid, surface, fault, cases, outcome)
+
+    return write
