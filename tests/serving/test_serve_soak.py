@@ -1,8 +1,8 @@
-"""Soak: 16 clients against one server for 10 minutes: no error, memory flat. Twice: the base + two
+"""Soak: 64 clients against one server for 10 minutes: no error, memory flat. Twice: the base + two
 adapters (the body on PyTorch), and one fp32 model (the body on ONNX Runtime).
 
     .venv/bin/python -m pytest -q -s -m slow tests/serving/test_serve_soak.py             # 20 minutes
-    TASKLOOM_SOAK_SECONDS=60 .venv/bin/python -m pytest -q -s -m slow tests/serving/test_serve_soak.py
+    TASKLOOM_SOAK_SECONDS=60 TASKLOOM_SOAK_CONCURRENCY=16 .venv/bin/python -m pytest -q -s -m slow tests/serving/test_serve_soak.py
 
 Real review texts, one per request, adapters in rotation; every answer must be a finite unit-norm
 embedding. Memory is the RSS of the server and its stub process, sampled every 2 s; the median of a
@@ -26,7 +26,7 @@ from taskloom.serve.launcher import TritonServer
 from taskloom.serve.repository import build_repository
 from taskloom.tasks.catalog import build_task
 
-CONCURRENCY = 16
+CONCURRENCY = int(os.environ.get("TASKLOOM_SOAK_CONCURRENCY", 64))
 
 
 @pytest.mark.slow

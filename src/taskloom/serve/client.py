@@ -99,6 +99,8 @@ class TritonClient:
 
     def _call(self, what: str, fn, *args, **kwargs):
         """Run one tritonclient call: retry while the server is unreachable, else one clear error."""
+        from http.client import HTTPException
+
         from tritonclient.utils import InferenceServerException
 
         if self.protocol == "grpc":
@@ -119,7 +121,8 @@ class TritonClient:
                         else " (the admin key given was refused)"
                     )
                 raise UserError(f"{what} ({self.protocol}://{self.url}): {message}") from None
-            except (ConnectionError, TimeoutError, OSError) as e:
+            except (ConnectionError, TimeoutError, OSError, HTTPException) as e:
+                # HTTPException: the server went away mid-answer (geventhttpclient's HTTPConnectionClosed)
                 if attempt < self.retries and not isinstance(e, TimeoutError):
                     time.sleep(self.backoff * 2**attempt)
                     continue
