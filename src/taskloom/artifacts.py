@@ -47,8 +47,11 @@ def _replacing(path: Path):
 
 
 def write_bytes(path: str | os.PathLike, data: bytes, *, digest: bool = True) -> Path:
-    """Write `data` to `path` atomically; with `digest`, also write `path.sha256`."""
+    """Write `data` to `path` atomically; with `digest`, also write `path.sha256`. The old digest goes
+    first, so a kill between the two writes leaves a file without a digest, never one with a stale one."""
     path = Path(path)
+    if digest:
+        path.with_name(path.name + ".sha256").unlink(missing_ok=True)
     with _replacing(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
         f.flush()

@@ -10,8 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from taskloom.artifacts import write_text
-from taskloom.pages import page, png, pyplot, render
+from taskloom.pages import png, pyplot, write_page
 
 TEMPLATE = """<h1>taskloom drift report</h1>
 <p class="sub">{{ meta.detector }} · effect: {{ meta.effect }} · windows of {{ meta.window_s|round(0)|int }} s ·
@@ -70,11 +69,8 @@ def _plot(windows: list[dict], meta: dict) -> str:
     return png(fig)
 
 
-def write_drift_report(
-    path: str | Path, windows: list[dict], alarms: list[dict], meta: dict, digest: bool = True
-) -> Path:
-    """Render windows.jsonl and alarms.jsonl records of a monitor run into one HTML file (`digest`: with
-    its sha256 beside; the running monitor rewrites it every poll, without)."""
+def write_drift_report(path: str | Path, windows: list[dict], alarms: list[dict], meta: dict) -> Path:
+    """Render windows.jsonl and alarms.jsonl records of a monitor run into one HTML file."""
     tasks = []
     for name in sorted({w["task"] for w in windows}):
         ws = sorted((w for w in windows if w["task"] == name), key=lambda w: w["start"])
@@ -89,4 +85,4 @@ def write_drift_report(
                 "png": _plot(ws, meta),
             }
         )
-    return write_text(path, page("taskloom drift report", render(TEMPLATE, tasks=tasks, meta=meta)), digest=digest)
+    return write_page(path, "taskloom drift report", TEMPLATE, tasks=tasks, meta=meta)

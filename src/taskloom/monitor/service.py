@@ -218,8 +218,6 @@ def run_monitor(
 
     # -- state: what earlier runs on this --out decided ----------------------------------------
     windows_path, alarms_path, report_path = out / "windows.jsonl", out / "alarms.jsonl", out / "drift_report.html"
-    for live in (windows_path, alarms_path, report_path):  # digests an earlier version wrote would go stale
-        live.with_name(live.name + ".sha256").unlink(missing_ok=True)
     records = read_jsonl(windows_path) if windows_path.exists() else []
     alarms = read_jsonl(alarms_path) if alarms_path.exists() else []
     alarm_by_key = {a["key"]: a for a in alarms}
@@ -286,10 +284,8 @@ def run_monitor(
             )
 
     def save(report: bool = True) -> None:
-        # live state, rewritten every poll: each file is replaced whole (atomic rename), with no digest beside
-        # it that a kill between the two writes could leave stale
-        write_text(windows_path, _jsonl(records), digest=False)
-        write_text(alarms_path, _jsonl(alarms), digest=False)
+        write_text(windows_path, _jsonl(records))
+        write_text(alarms_path, _jsonl(alarms))
         if not report:
             return
         write_drift_report(
@@ -304,7 +300,6 @@ def run_monitor(
                 "window_s": float(window),
                 "log": str(log),
             },
-            digest=False,
         )
 
     warned: set[str] = set()  # tasks told once that their windows carry nothing the detector tests
