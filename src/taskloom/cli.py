@@ -6,6 +6,7 @@ Every mistake a user can make surfaces as `UserError`: one line on stderr, exit 
 from __future__ import annotations
 
 import errno
+import http.client
 import json
 import sys
 from pathlib import Path
@@ -870,6 +871,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         return 130
+    except http.client.HTTPException as e:  # a server that went away mid-answer (e.g. Triton killed)
+        typer.echo(f"error: the server closed the connection mid-answer ({type(e).__name__}: {e})", err=True)
+        return 2
     except OSError as e:
         # A path the user gave that the file system refuses (too long, not allowed, read-only, full), met
         # where no check named it first: still one line naming the file. Anything else is a bug: re-raised.

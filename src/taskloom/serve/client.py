@@ -99,8 +99,6 @@ class TritonClient:
 
     def _call(self, what: str, fn, *args, **kwargs):
         """Run one tritonclient call: retry while the server is unreachable, else one clear error."""
-        from http.client import HTTPException
-
         from tritonclient.utils import InferenceServerException
 
         if self.protocol == "grpc":
@@ -121,8 +119,7 @@ class TritonClient:
                         else " (the admin key given was refused)"
                     )
                 raise UserError(f"{what} ({self.protocol}://{self.url}): {message}") from None
-            except (ConnectionError, TimeoutError, OSError, HTTPException) as e:
-                # HTTPException: the server went away mid-answer (geventhttpclient's HTTPConnectionClosed)
+            except (ConnectionError, TimeoutError, OSError) as e:
                 if attempt < self.retries and not isinstance(e, TimeoutError):
                     time.sleep(self.backoff * 2**attempt)
                     continue
