@@ -533,8 +533,7 @@ def deploy_adapter_step(adapter_dir: str | Path, repo_dir: str | Path, options: 
         from taskloom.operator.declare import Declaration
         from taskloom.operator.declare import deploy as declare
 
-        if options.server_url:
-            raise UserError("model_deployment and server_url: give one (the operator talks to Triton itself)")
+        _one_target(options)
         report = declare(
             Declaration(model=name, repository=repo, add=(adapter,)),
             options.namespace or None,
@@ -556,6 +555,11 @@ def deploy_adapter_step(adapter_dir: str | Path, repo_dir: str | Path, options: 
     return {"model": name, "adapter": adapter_name, "version": version, "deploy": report}
 
 
+def _one_target(options: DeploySpec) -> None:
+    if options.model_deployment and options.server_url:
+        raise UserError("model_deployment and server_url: give one (the operator talks to Triton itself)")
+
+
 def _declare_step(model_dir: Path, repo_dir: Path, head: str | None, options: DeploySpec) -> dict:
     """Deploy by declaring: the model becomes the next version (a candidate nobody serves yet), the
     ModelDeployment names that version and no adapters (a new base serves none of the old ones), and the
@@ -564,8 +568,7 @@ def _declare_step(model_dir: Path, repo_dir: Path, head: str | None, options: De
     from taskloom.operator.declare import deploy as declare
 
     repo = options.model_repository
-    if options.server_url:
-        raise UserError("model_deployment and server_url: give one (the operator talks to Triton itself)")
+    _one_target(options)
     if not repo or is_s3(repo) or not Path(repo).is_absolute():
         raise UserError(f"model_repository {repo!r}: with model_deployment, the absolute path the pods mount")
     published = publish_version(repo, model_dir, name=options.model_name, head_task=head or None)

@@ -19,17 +19,15 @@ from taskloom.operator.spec import ModelSpec
 from taskloom.serve.adapters import check_adapter
 from taskloom.serve.deploy import (
     deploy_lock,
-    now_iso,
     read_state,
+    record_candidate,
     record_outcome,
     write_next_version,
-    write_state,
 )
 from taskloom.serve.repository import (
     read_manifest,
     serving_options,
     version_numbers,
-    version_record,
 )
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -161,12 +159,7 @@ def resolve(spec: ModelSpec) -> Target:
             )
         except UserError as e:
             raise SpecRefused("VersionInvalid", str(e)) from None
-        state = read_state(folder)
-        state.setdefault("versions", {})[str(version)] = version_record(manifest, "candidate")
-        state.setdefault("history", []).append(
-            {"ts": now_iso(), "action": "operator-write", "version": version, "from": base, "result": "candidate"}
-        )
-        write_state(folder, state)
+        record_candidate(folder, read_state(folder), version, manifest, "operator-write", base)
         return _target(version, manifest, written=True)
 
 

@@ -130,6 +130,16 @@ def record_outcome(
     write_state(model_folder, state)
 
 
+def record_candidate(model_folder: Path, state: dict, version: int, manifest: dict, action: str, source) -> None:
+    """versions.json after `version` was written and before anything serves it: a candidate, and a history
+    line naming the version it came from (`taskloom deploy` publishing, the operator writing a spec)."""
+    state.setdefault("versions", {})[str(version)] = version_record(manifest, "candidate")
+    state.setdefault("history", []).append(
+        {"ts": now_iso(), "action": action, "version": version, "from": source, "result": "candidate"}
+    )
+    write_state(model_folder, state)
+
+
 def write_config(model_folder: Path, version: int, name: str) -> None:
     write_text(
         model_folder / "config.pbtxt",
@@ -395,17 +405,7 @@ def publish_version(
             repo, name, plan["src"], head_dir=plan["head_dir"], head_task=plan["head_task"], adapters=plan["adapters"],
             options=options,
         )  # fmt: skip
-        state.setdefault("versions", {})[str(version)] = version_record(manifest, "candidate")
-        state.setdefault("history", []).append(
-            {
-                "ts": now_iso(),
-                "action": "publish",
-                "version": version,
-                "from": state.get("serving"),
-                "result": "candidate",
-            }
-        )
-        write_state(model_folder, state)
+        record_candidate(model_folder, state, version, manifest, "publish", state.get("serving"))
     return {"model": name, "version": version, "revision": manifest["revision"], "adapter": plan["added"]}
 
 
