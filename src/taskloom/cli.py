@@ -513,6 +513,9 @@ def events_gateway(
     ),
     max_age: float = typer.Option(300.0, "--max-age", help="seconds an event's time may be from now (replay window)"),
     timeout: float = typer.Option(10.0, "--timeout", help="seconds to wait for the webhook per forward"),
+    state: Path | None = typer.Option(
+        None, "--state", help="file that keeps forwarded event ids, so a replay is refused after a restart too"
+    ),
 ) -> None:
     """Verify signed CloudEvents and forward them to the webhook with a bearer token.
 
@@ -532,6 +535,7 @@ def events_gateway(
             token_file=token_file,
             max_age=max_age,
             timeout=timeout,
+            state=state,
         )
     )
 

@@ -11,6 +11,7 @@ def evidence(request):
     """evidence(surface, fault, cases, outcome): called at the end of a test, after its assertions."""
 
     def write(surface: str, fault: str, cases: int, outcome: str) -> None:
-        record(request.node.nodeid, surface, fault, cases, outcome)
+        slow = request.node.get_closest_marker("slow") is not None
+        record(request.node.nodeid, surface, fault, cases, outcome, slow=slow)
 
     return write

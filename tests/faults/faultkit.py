@@ -44,7 +44,12 @@ def kill9(proc: subprocess.Popen) -> None:
 
 
 def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=timeout)
+    """Wait for the process; one that hangs is killed (so it holds no lock the next test needs) and fails."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill9(proc)
+        raise AssertionError(f"{' '.join(map(str, proc.args[2:]))} did not finish in {timeout:g} s") from None
     return proc.returncode, out, err
 
 
@@ -105,7 +110,7 @@ def digests(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
     }
 
 
-def record(nodeid: str, surface: str, fault: str, cases: int, outcome: str) -> None:
+def record(nodeid: str, surface: str, fault: str, cases: int, outcome: str, slow: bool = False) -> None:
     """One machine-readable line per fault case in build/reliability/faults.json (RELIABILITY.md's table)."""
     EVIDENCE.parent.mkdir(parents=True, exist_ok=True)
     line = {
@@ -114,7 +119,7 @@ def record(nodeid: str, surface: str, fault: str, cases: int, outcome: str) -> N
         "cases": cases,
         "outcome": outcome,
         "test": nodeid,
-        "command": f".venv/bin/pytest -q '{nodeid}'",
+        "command": f".venv/bin/pytest -q {'-m slow ' if slow else ''}'{nodeid}'",
         "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     with open(EVIDENCE, "a") as f:  # one short write per line: lines from parallel runs do not interleave

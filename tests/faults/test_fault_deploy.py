@@ -7,9 +7,9 @@ the server must serve the version versions.json names, and every file in the rep
 
 from __future__ import annotations
 
-import copy
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,34 +19,12 @@ from taskloom.serve.client import TritonClient
 from taskloom.serve.deploy import deploy
 from taskloom.serve.launcher import TritonServer
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))
+from serve_helpers import make_adapter
+
 pytestmark = pytest.mark.e2e  # tier: a real Triton server and deploy processes
 
 TEXTS = ["A fine, funny and moving film.", "Dull and far too long."]
-
-
-def make_adapter(root: Path, name: str, seed: int) -> Path:
-    """A real PEFT LoRA folder on MiniLM with a head, its sha256 and task.json, as `taskloom train` writes it."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from taskloom.artifacts import write_digest
-    from taskloom.models.encoder import cached_encoder
-    from taskloom.models.heads import save_head
-    from taskloom.train.lora import TARGET_MODULES
-
-    folder = root / name
-    torch.manual_seed(seed)
-    model = get_peft_model(copy.deepcopy(cached_encoder("minilm")[1]),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=TARGET_MODULES, init_lora_weights=False))  # fmt: skip
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.mul_(0.3)
-    model.save_pretrained(str(folder))
-    write_digest(folder / "adapter_model.safetensors")
-    save_head(folder, torch.nn.Linear(384, 2), ["fresh", "rotten"])
-    (folder / "task.json").write_text(json.dumps({"task": name, "type": "classification", "base": "minilm"}))
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +32,7 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("deploy-faults")
     repo = root / "repo"
     tmpfs = can_mount_tmpfs(repo, "200m")  # None: mounted
-    adapters = {n: make_adapter(root, n, s) for s, n in enumerate(("senti", "other", "third", "fourth"), 1)}
+    adapters = {n: make_adapter(root, n, s, ["fresh", "rotten"]) for s, n in enumerate(("senti", "other", "third", "fourth"), 1)}
     try:
         with TritonServer(repo, model_control="explicit", models=["*"], log_dir=root / "logs") as s:
             deploy(repo, s.http_url, "minilm")
@@ -99,26 +77,36 @@ def run_deploy(served, *args: str):
     return taskloom("deploy", *args, "--repo", str(served["repo"]), "--url", served["server"].http_url)
 
 
-def stage_of(repo: Path, point: str, start_version: int) -> bool:
+def loading(server, model: str) -> bool:
+    with TritonClient(server.http_url) as c:
+        return any(m["name"] == model and m.get("state") == "LOADING" for m in c.repository_index())
+
+
+def stage_of(served, point: str, start_version: int) -> bool:
+    repo = served["repo"]
     model = repo / "taskloom"
     if point == "writing":
         return any(model.glob(".*.staging.*"))
     if point == "canary":
         return (repo / "taskloom.candidate").exists()
+    if point == "loading":  # the server goes on loading the candidate after the kill; the re-run must wait for it
+        return loading(served["server"], "taskloom.candidate")
     return config_version(repo) > start_version  # "switch": config.pbtxt names the new version
 
 
 def test_kill_9_at_each_stage_then_a_rerun_converges(served, evidence):
     senti = served["adapters"]["senti"]
     cases = 0
-    for point in ("writing", "canary", "switch"):
+    for point in ("writing", "canary", "loading", "switch"):
         start = assert_consistent(served)
         proc = run_deploy(served, str(senti))
         try:
-            wait_for(lambda p=proc, k=point, v=start: stage_of(served["repo"], k, v) or p.poll() is not None,
+            wait_for(lambda p=proc, k=point, v=start: stage_of(served, k, v) or p.poll() is not None,
                      f"deploy at {point}", 300)  # fmt: skip
+            reached = proc.poll() is None  # killed at that stage, not after the deploy ended
         finally:
             kill9(proc)
+        assert reached, f"the deploy ended before {point}"
         cases += 1
         assert_whole(served["repo"] / "taskloom")
         code, out, err = finish(run_deploy(served, str(senti)))  # the re-run heals and converges
@@ -128,7 +116,7 @@ def test_kill_9_at_each_stage_then_a_rerun_converges(served, evidence):
         assert "senti" in adapters_served(served)
     with TritonClient(served["server"].http_url) as c:
         assert c.infer(TEXTS, adapter="senti")["embedding"].shape == (2, 384)
-    evidence("deploy", "kill -9 while writing the version, during the canary, after the switch", cases,
+    evidence("deploy", "kill -9 while writing the version, during the canary, while the candidate loads, after the switch", cases,
              "server serves the version versions.json names; re-run serves the adapter; all files whole")  # fmt: skip
 
 

@@ -142,6 +142,20 @@ def test_replayed_event_is_acknowledged_but_not_run_again():
     assert len(runs.calls) == 1 and len(rx.received) == 1
 
 
+def test_with_state_a_restarted_receiver_still_knows_the_event_and_its_run(tmp_path):
+    runs, state = Runs(), tmp_path / "seen.jsonl"
+    headers, body = to_request(event_at(datetime.now(timezone.utc)), SECRET)
+    with WebhookReceiver(SECRET, on_event=runs, state=state) as rx:
+        assert post(rx.url, headers, body)[0] == 202
+    stale = json.dumps({"id": "long-gone", "time": time.time() - 3600, "run": "run-0"})
+    state.write_text(state.read_text() + stale + "\n")  # older than the replay window: dropped on start
+    with WebhookReceiver(SECRET, on_event=runs, state=state) as rx:
+        again = post(rx.url, headers, body)
+    assert again == (200, {"duplicate": True, "event_id": headers["ce-id"], "run_id": "run-1"})
+    assert len(runs.calls) == 1
+    assert [json.loads(line)["id"] for line in state.read_text().splitlines()] == [headers["ce-id"]]
+
+
 def test_concurrent_retries_of_one_event_run_it_once():
     runs = Runs(delay=0.3)  # the retries arrive while the first is still starting its run
     headers, body = to_request(event_at(datetime.now(timezone.utc)), SECRET)

@@ -9,6 +9,7 @@ and the sender's retry with the same id then goes through; without the token the
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ import urllib.request
 import uuid
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from gateway_helpers import gateway_process
@@ -132,6 +134,35 @@ def test_send_event_through_the_gateway(gateway, stand_in):
     assert again["status"] == 409 and len(stand_in.received) == before + 1
 
 
+def test_a_replay_is_refused_after_the_gateway_is_killed_and_restarted(stand_in, tmp_path):
+    """With --state the forwarded ids outlive the process: kill -9, restart on the same file, replay → 409."""
+    state = tmp_path / "state" / "seen.jsonl"
+    before = len(stand_in.received)
+    event_id, headers, body = signed({"task": "rt-sentiment"})
+    with gateway_process(stand_in.url, tmp_path, SECRET, TOKEN, "--state", str(state), kill=True) as url:
+        assert post(url, headers, body)[0] == 200
+    assert json.loads(state.read_text().splitlines()[-1])["id"] == event_id
+    with open(state, "a") as f:
+        f.write('{"id": "torn')  # a write cut short by a kill: that event was never answered
+    with gateway_process(stand_in.url, tmp_path, SECRET, TOKEN, "--state", str(state)) as url:
+        status, reply = post(url, headers, body)
+        assert status == 409 and reply["duplicate"] is True
+        fresh_id, fresh_headers, fresh_body = signed({"task": "rt-sentiment"})
+        assert post(url, fresh_headers, fresh_body) == (200, {"event_id": fresh_id, "forwarded": 200})
+    assert [json.loads(r["body"])["task"] for r in stand_in.received[before:]] == ["rt-sentiment"] * 2
+    assert {json.loads(line)["id"] for line in state.read_text().splitlines()} == {event_id, fresh_id}
+
+
+def test_a_damaged_state_file_is_one_line_and_exit_2(stand_in, tmp_path):
+    state = tmp_path / "seen.jsonl"
+    state.write_text('{"id": "a", "time": 1}\nnot json\n')
+    r = subprocess.run([sys.executable, "-m", "taskloom", "events", "gateway", "--port", "0", "--forward", stand_in.url,
+                        "--state", str(state)], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "TASKLOOM_WEBHOOK_SECRET": SECRET, "TASKLOOM_EVENTS_TOKEN": TOKEN})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and f"{state}:2: not a seen-event record" in r.stderr, r.stderr
+    assert state.read_text() == '{"id": "a", "time": 1}\nnot json\n'
+
+
 @pytest.mark.parametrize("case", ["forged", "stale", "future", "unsigned", "not_an_event"])
 def test_bad_events_are_refused_and_never_forwarded(gateway, stand_in, case):
     before = len(stand_in.received)
@@ -202,3 +233,21 @@ def test_the_monitor_counts_a_resend_the_gateway_refuses_as_delivered(gateway, s
     assert (first["status"], first["http_status"]) == ("delivered", 200)
     assert (again["status"], again["http_status"], again["attempts"]) == ("duplicate", 409, 1)
     assert len(stand_in.received) == before + 1
+
+
+def test_the_chart_keeps_the_gateway_state_on_an_empty_dir_and_refuses_a_second_replica():
+    import yaml
+
+    repo = Path(__file__).resolve().parents[2]
+    helm = [str(repo / ".tools" / "helm"), "template", "tl", str(repo / "charts" / "taskloom"),
+            "--set", "events.hmacSecret.name=hmac"]  # fmt: skip
+    docs = [d for d in yaml.safe_load_all(subprocess.run(helm, capture_output=True, text=True, check=True).stdout) if d]
+    (pod,) = [d["spec"]["template"]["spec"] for d in docs
+              if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("gateway")]  # fmt: skip
+    (container,) = pod["containers"]
+    (state,) = [a for a in container["args"] if a.startswith("--state=")]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "state")
+    assert state.removeprefix("--state=").startswith(mount["mountPath"] + "/")
+    assert next(v for v in pod["volumes"] if v["name"] == "state")["emptyDir"]
+    two = subprocess.run([*helm, "--set", "events.gateway.replicas=2"], capture_output=True, text=True)
+    assert two.returncode != 0 and "/events/gateway/replicas': maximum: got 2, want 1" in two.stderr, two.stderr

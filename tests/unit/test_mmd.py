@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taskloom.monitor.mmd import mmd_test, permutation_indices
+from taskloom.monitor.mmd import mmd_test, order_statistics, permutation_indices
 
 
 def slow_mmd2(z: np.ndarray, ref_idx, cur_idx, sigma: float) -> float:
@@ -31,7 +31,7 @@ def test_statistic_and_p_value_match_a_slow_reference_loop():
     x = rng.normal(size=(12, 5))
     y = rng.normal(loc=0.4, size=(15, 5))
     B = 60
-    out = mmd_test(x, y, permutations=B, seed=11)
+    out = mmd_test(x, y, permutations=B, seed=11, precision="float64")
 
     z = np.concatenate([x, y])
     d2 = [np.sum((z[i] - z[j]) ** 2) for i in range(len(z)) for j in range(i + 1, len(z))]
@@ -45,6 +45,25 @@ def test_statistic_and_p_value_match_a_slow_reference_loop():
     assert out["p_value"] == (1 + exceed) / (1 + B)
     assert out["permutations"] == B
     assert 0 < exceed < B  # the case is informative: neither extreme
+
+    fast = mmd_test(x, y, permutations=B, seed=11)  # the default float32 path: same count, rounding aside
+    assert fast["p_value"] == out["p_value"]
+    assert fast["bandwidth"] == pytest.approx(sigma, rel=1e-6)
+    assert fast["statistic"] == pytest.approx(observed, rel=1e-5, abs=1e-7)
+
+
+def test_float32_p_values_equal_the_float64_ones():
+    """The default float32 path counts the same permuted statistics as the float64 one."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(200, 24))
+    for seed in range(5):
+        y = rng.normal(loc=0.03 * seed, size=(150, 24))
+        a = mmd_test(x, y, permutations=300, seed=seed)
+        b = mmd_test(x, y, permutations=300, seed=seed, precision="float64")
+        assert a["p_value"] == b["p_value"], seed
+        assert a["statistic"] == pytest.approx(b["statistic"], rel=1e-5, abs=1e-8)
+    with pytest.raises(ValueError, match="precision"):
+        mmd_test(x, y, precision="float16")
 
 
 def test_p_value_is_never_zero():
@@ -61,6 +80,14 @@ def test_seeded_and_reproducible_across_chunks():
     b = mmd_test(x, y, permutations=700, seed=5)
     assert a == b
     assert a["p_value"] in {(1 + k) / 701 for k in range(701)}
+
+
+@pytest.mark.parametrize("size", [7, 5000, 200_000])
+def test_order_statistics_are_exact_with_ties(size):
+    rng = np.random.default_rng(size)
+    flat = np.round(rng.exponential(size=size), 2)  # many ties
+    ranks = (0, size // 2 - 1, size // 2, size - 1)
+    assert order_statistics(flat, ranks) == [float(v) for v in np.sort(flat)[list(ranks)]]
 
 
 def _corpus_dir() -> str:

@@ -10,7 +10,8 @@ id not forwarded before); it then forwards the request unchanged (CloudEvent hea
         --secret-file /etc/taskloom/hmac/secret --token-file /etc/taskloom/token/token
 
 Per POST: unsigned, forged or stale → 401 (400 not a CloudEvent, 413 too large); an id already
-forwarded (or being forwarded) → 409 {"duplicate": true}; the forward answered 2xx → that status and
+forwarded (or being forwarded) → 409 {"duplicate": true} (with --state FILE, also one forwarded before a
+restart); the forward answered 2xx → that status and
 {"event_id", "forwarded": status}; the forward failed (refused, unreachable, non-2xx) → 502, and the id
 is released so the sender's retry can go through. GET /healthz → 200 for the kubelet's probes;
 GET /metrics → the Prometheus counters of forwarded and refused events (`taskloom.metrics`).
@@ -30,6 +31,7 @@ from taskloom.environment import read_credential
 from taskloom.errors import UserError, redact
 from taskloom.events.cloudevent import _secret_bytes, load_secret
 from taskloom.events.receiver import Rejected, _event_time, verify
+from taskloom.events.seen import SeenIds
 from taskloom.events.server import JsonServer
 from taskloom.metrics import GatewayMetrics
 
@@ -93,6 +95,7 @@ class EventGateway(JsonServer):
         port: int = 0,
         max_age: float = 300.0,
         timeout: float = 10.0,
+        state: str | Path | None = None,
     ):
         if not forward_url.startswith(("http://", "https://")):
             raise UserError(f"--forward {forward_url!r}: expected an http:// or https:// URL")
@@ -107,7 +110,7 @@ class EventGateway(JsonServer):
         self.max_age, self.timeout = float(max_age), float(timeout)
         self.forwarded: list[dict] = []
         self.rejected: list[dict] = []
-        self._seen: dict[str, float] = {}  # id -> event time (epoch s); kept while a replay could still be fresh
+        self._seen = SeenIds(self.max_age, state)  # kept while a replay could still be fresh; on disk given `state`
         self.metrics = GatewayMetrics()
         self._lock = threading.Lock()
         # the webhook is in-cluster (or on loopback): never through a proxy from the environment
@@ -140,22 +143,21 @@ class EventGateway(JsonServer):
             return self._reject(r.status, r.reason, r.event_id, refusal_reason(r.reason))
         event_id = event.get_id()
         with self._lock:
-            cutoff = time.time() - self.max_age
-            for k in [k for k, t in self._seen.items() if t < cutoff]:  # older ones fail the time check anyway
-                del self._seen[k]
+            self._seen.forget_older_than(time.time() - self.max_age)  # older ones fail the time check anyway
             replay = event_id in self._seen
             if not replay:
-                self._seen[event_id] = _event_time(event).timestamp()  # claimed: a concurrent copy is a replay
+                self._seen.claim(event_id, _event_time(event).timestamp())  # a concurrent copy is a replay
         if replay:
             return self._reject(409, "replayed event (id already forwarded)", event_id, "replay", duplicate=True)
         status, error = self._forward(headers, body)
         if error is not None or status is None:  # (status is None only with an error)
             with self._lock:
-                self._seen.pop(event_id, None)  # not delivered: the sender's retry (same id) may go through
+                self._seen.release(event_id)  # not delivered: the sender's retry (same id) may go through
             log.error("gateway could not forward event %s: %s", event_id, error)
             self.metrics.refused("forward_failed")
             return 502, {"error": f"forward failed: {error}", "event_id": event_id}
         with self._lock:
+            self._seen.accept(event_id, _event_time(event).timestamp())
             self.forwarded.append({"event_id": event_id, "type": event.get_type(), "status": status})
         self.metrics.forwarded()
         log.info("gateway forwarded event %s (webhook answered %d)", event_id, status)
@@ -188,6 +190,7 @@ def run_gateway(
     token_file=None,
     max_age: float = 300.0,
     timeout: float = 10.0,
+    state=None,
 ) -> int:
     """`taskloom events gateway`: serve in the foreground until Ctrl-C or SIGTERM; prints its URL first."""
     import signal
@@ -197,7 +200,7 @@ def run_gateway(
     token = load_token(token_file)
     if not logging.getLogger().handlers:  # the pod's log: one line per accepted or refused event
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    gateway = EventGateway(secret, forward, token, host=host, port=port, max_age=max_age, timeout=timeout)
+    gateway = EventGateway(secret, forward, token, host=host, port=port, max_age=max_age, timeout=timeout, state=state)
     stop = threading.Event()
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM)

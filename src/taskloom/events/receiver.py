@@ -7,7 +7,8 @@ Per request, in this order: no signature → 401; not a CloudEvent → 400; sign
 over id, time and body, compared in constant time) wrong → 401; time older (or further ahead)
 than `max_age` seconds → 401; an id already accepted → 200 {"duplicate": true} and on_event is
 NOT called again; otherwise on_event(data) → 202 {"run_id", "event_id"}. An id is remembered until
-its event's time is more than `max_age` back, when the time check rejects a replay anyway.
+its event's time is more than `max_age` back, when the time check rejects a replay anyway; with
+`state` (a file) the ids outlive a restart (taskloom.events.seen).
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
+from pathlib import Path
 
 from taskloom.events.cloudevent import SIGNATURE_HEADER, _secret_bytes, format_time, sign, signing_input
+from taskloom.events.seen import SeenIds
 from taskloom.events.server import JsonServer, log
 
 
@@ -35,6 +38,7 @@ class WebhookReceiver(JsonServer):
         host: str = "127.0.0.1",
         port: int = 0,
         max_age: float = 300.0,
+        state: str | Path | None = None,
     ):
         super().__init__(host, port)
         self._secret = _secret_bytes(secret)
@@ -42,7 +46,7 @@ class WebhookReceiver(JsonServer):
         self.max_age = float(max_age)
         self.received: list[dict] = []
         self.rejected: list[dict] = []
-        self._seen: dict[str, tuple[float, str | None]] = {}  # id -> (event time, run id); None run id = in progress
+        self._seen = SeenIds(self.max_age, state)  # id -> (event time, run id); on disk given `state`
         self._lock = threading.Lock()
 
     # -- one request ------------------------------------------------------------------------
@@ -61,29 +65,25 @@ class WebhookReceiver(JsonServer):
         event_id = event.get_id()
         stamp = _event_time(event).timestamp()
         with self._lock:
-            self._forget_older_than(time.time() - self.max_age)
+            self._seen.forget_older_than(time.time() - self.max_age)
             if event_id in self._seen:
                 log.info("webhook ignored replayed event %s", event_id)
-                return 200, {"duplicate": True, "event_id": event_id, "run_id": self._seen[event_id][1]}
-            self._seen[event_id] = (stamp, None)  # claim the id before running, so a concurrent retry waits its turn
+                return 200, {"duplicate": True, "event_id": event_id, "run_id": self._seen.value(event_id)}
+            self._seen.claim(event_id, stamp)  # before running, so a concurrent retry is a replay
         try:
             run_id = self.on_event(event.get_data())
         except Exception as e:
             with self._lock:
-                self._seen.pop(event_id, None)  # not accepted: a retry may run it
+                self._seen.release(event_id)  # not accepted: a retry may run it
             log.error("webhook handler failed for event %s: %s", event_id, e)
             return 500, {"error": f"handler failed: {type(e).__name__}", "event_id": event_id}
         with self._lock:
-            self._seen[event_id] = (stamp, run_id)
+            self._seen.accept(event_id, stamp, run_id)
             self.received.append(
                 {"event_id": event_id, "run_id": run_id, "type": event.get_type(), "source": event.get_source()}
             )
         log.info("webhook accepted event %s → run %s", event_id, run_id)
         return 202, {"event_id": event_id, "run_id": run_id}
-
-    def _forget_older_than(self, cutoff: float) -> None:
-        for k in [k for k, (t, _) in self._seen.items() if t < cutoff]:
-            del self._seen[k]
 
 
 class Rejected(Exception):

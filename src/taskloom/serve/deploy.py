@@ -272,6 +272,7 @@ def run_canary(
 
     cand = name + CANDIDATE_SUFFIX
     folder = repo / cand
+    _settle(client, cand)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir()
     try:
@@ -284,6 +285,16 @@ def run_canary(
         with contextlib.suppress(UserError):  # asynchronous: the candidate's process exits while the real model loads
             client.unload_model(cand)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _settle(client, model: str) -> None:
+    """Wait until the server is not loading or unloading `model`: a deploy killed mid-canary leaves its load
+    running, and removing the files under a load in progress hangs Triton's Python backend for good."""
+    end = time.monotonic() + client.timeout
+    while any(m.get("name") == model and m.get("state") in ("LOADING", "UNLOADING") for m in client.repository_index()):
+        if time.monotonic() > end:
+            raise UserError(f"model {model}: the server is still loading or unloading it after {client.timeout:g} s")
+        time.sleep(0.2)
 
 
 def _client_like(client, model: str):
@@ -464,6 +475,7 @@ def deploy(
         try:
             _require_model_control(client, name)
             previous = state.get("serving")
+            _settle(client, name)  # a killed deploy's switch may still be loading
             if previous is not None:
                 _heal_interrupted(client, model_folder, state, name, previous, smoke_texts)
             if previous is not None and _served_version(client, name) != previous:

@@ -1,37 +1,42 @@
 """Soak: 64 clients against one server for 10 minutes: no error, memory flat. Twice: the base + two
 adapters (the body on PyTorch), and one fp32 model (the body on ONNX Runtime).
 
-    .venv/bin/python -m pytest -q -s -m slow tests/serving/test_serve_soak.py             # 20 minutes
-    TASKLOOM_SOAK_SECONDS=60 TASKLOOM_SOAK_CONCURRENCY=16 .venv/bin/python -m pytest -q -s -m slow tests/serving/test_serve_soak.py
+    .venv/bin/python -m pytest -q -s -m slow tests/faults/test_load_serving.py             # 20 minutes
+    TASKLOOM_SOAK_SECONDS=60 TASKLOOM_SOAK_CONCURRENCY=16 .venv/bin/python -m pytest -q -s -m slow tests/faults/test_load_serving.py
 
 Real review texts, one per request, adapters in rotation; every answer must be a finite unit-norm
 embedding. Memory is the RSS of the server and its stub process, sampled every 2 s; the median of a
 window right after the warm-up (a tenth of the run) is compared with the median of the last window:
-growth must stay under 5 %. A fast test checks the mechanism that keeps it flat (MemoryTrim).
+growth must stay under 5 %. A fast test checks the mechanism that keeps it flat (MemoryTrim). A run
+records its counts in RELIABILITY.md's evidence.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
-from serve_helpers import make_adapter
 
 from taskloom.serve.client import TritonClient
 from taskloom.serve.launcher import TritonServer
 from taskloom.serve.repository import build_repository
 from taskloom.tasks.catalog import build_task
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))
+from serve_helpers import make_adapter
+
 CONCURRENCY = int(os.environ.get("TASKLOOM_SOAK_CONCURRENCY", 64))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
-def test_soak_no_errors_and_flat_memory(tmp_path, engine):
+def test_soak_no_errors_and_flat_memory(tmp_path, engine, evidence):
     seconds = float(os.environ.get("TASKLOOM_SOAK_SECONDS", 600))
     texts = [r["text"] for r in build_task("rt-sentiment")[2][:500]]
     if engine == "torch":  # adapters in rotation: the engine that serves them
@@ -90,6 +95,10 @@ def test_soak_no_errors_and_flat_memory(tmp_path, engine):
     assert counts["bad"] == 0, errors[:3]
     assert counts["ok"] > CONCURRENCY
     assert growth < 0.05
+    served = "base + 2 adapters in rotation (PyTorch)" if engine == "torch" else "base (ONNX Runtime)"
+    evidence("serving", f"{CONCURRENCY} clients for {elapsed / 60:.0f} min, {served}", counts["ok"],
+             f"0 errors; {counts['ok'] / elapsed:.1f} req/s; RSS {warm / 2**20:.0f} -> {end / 2**20:.0f} MiB "
+             f"({100 * growth:+.1f} %, limit +5 %)")  # fmt: skip
 
 
 def rss_anon() -> int:
