@@ -388,7 +388,7 @@ def test_gateway_verifies_and_forwards_with_the_token_only_it_and_the_webhook_ho
     params = cmd.make_context("gateway", list(c["args"]), resilient_parsing=False).params  # parses as the real CLI
     assert params["forward"] == "http://taskloom-drift-eventsource-svc.default.svc:12000/taskloom/drift"
     assert (params["host"], params["port"], params["max_age"]) == ("0.0.0.0", 8080, 300.0)
-    volumes = {v["name"]: v["secret"] for v in pod["volumes"]}
+    volumes = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     assert volumes["hmac"]["secretName"] == "taskloom-webhook" and volumes["token"]["secretName"] == "taskloom-events-token"
     assert str(params["secret_file"]) == mounts["hmac"] + "/secret" and str(params["token_file"]) == mounts["token"] + "/token"
@@ -413,7 +413,7 @@ def test_a_token_secret_of_ones_own_replaces_the_generated_one():
     docs = render("events.webhook.authSecret.name=hook-token")
     assert "taskloom-events-token" not in {d["metadata"]["name"] for d in by_kind(docs, "Secret")}
     pod = _deployment(docs, "taskloom-gateway")["spec"]["template"]["spec"]
-    assert {v["name"]: v["secret"]["secretName"] for v in pod["volumes"]}["token"] == "hook-token"
+    assert {v["name"]: v.get("secret", {}).get("secretName") for v in pod["volumes"]}["token"] == "hook-token"
     assert by_kind(docs, "EventSource")[0]["spec"]["webhook"]["drift"]["authSecret"]["name"] == "hook-token"
 
 
