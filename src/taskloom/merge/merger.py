@@ -202,6 +202,14 @@ def _finite(t, what: str) -> None:
         raise UserError(f"{what} has NaN or infinite values")
 
 
+def _square_sum(t) -> float:
+    """Σ t² in float64 (x·x is exactly what pow(2) computes; in place on a float64 copy, never on t)."""
+    import torch
+
+    d = t.to(torch.float64, copy=True)
+    return float(d.mul_(d).sum())
+
+
 def _row_blocks(shape: tuple[int, ...]) -> list[tuple[int, int]] | None:
     """Row ranges of about BLOCK_BYTES (as float32) for a tensor too large to merge whole, else None."""
     if len(shape) < 1 or shape[0] < 2 or math.prod(shape) * 4 <= BLOCK_BYTES:
@@ -218,11 +226,16 @@ def _merged_rows(key, base, inputs, method, params, weights, ranges, record: dic
     touching = [inp if key in inp.keys() else None for inp in inputs]
 
     def blocks_of(inp):
+        checked = False  # the first full walk checks every block; later walks see the same values
+
         def blocks():
+            nonlocal checked
             for start, stop in ranges:
                 d = inp.delta_rows(key, base.get_rows(key, start, stop), start, stop)
-                _finite(d, f"{inp.label}: tensor {key}")
+                if not checked:
+                    _finite(d, f"{inp.label}: tensor {key}")
                 yield d
+            checked = True
 
         return blocks
 
@@ -240,8 +253,8 @@ def _merged_rows(key, base, inputs, method, params, weights, ranges, record: dic
         ]
         d = method.merge(deltas, weights, params, TensorContext(key, part, seed=seed, block=b, stats=stats))
         sq_inputs = [q + x.norm**2 for q, x in zip(sq_inputs, deltas)]
-        sq_delta += float(d.double().pow(2).sum())
-        sq_base += float(w0.double().pow(2).sum())
+        sq_delta += _square_sum(d)
+        sq_base += _square_sum(w0)
         w = d.add_(w0.float())
         del d
         _finite(w, f"merged tensor {key} (check lambda and the weights)")

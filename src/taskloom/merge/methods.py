@@ -240,16 +240,20 @@ class GeneralizedTaskArithmetic(Method):
             if keep:
                 cache[i] = x
             del x
-        positive = acc >= 0  # the elected sign (sparsify.elect_sign: 0 counts as +) as a 1-byte mask
+        # The elected sign as ±1 (sparsify.elect_sign: 0 counts as +). r = max(x·sign, 0) is |x| where
+        # x is non-zero and agrees with it (a zero entry agrees with neither sign), else 0: r·sign is
+        # then x or ±0 (adding ±0 to a sum that starts at +0 changes nothing), sign(r) the 0/1 mask.
+        # Float arithmetic only: a select on a random pattern is several times slower.
+        sign = (acc >= 0).float().mul_(2.0).sub_(1.0)
         acc.zero_()
         divisor = torch.zeros(ctx.shape) if p.normalize else None
         for i in live:
             x = cache.pop(i) if keep else self._sparse(deltas, i, p, ctx, weights[i])
-            agree = torch.where(positive, x > 0, x < 0)  # a zero entry agrees with neither sign
-            acc += x.masked_fill_(~agree, 0.0)
+            r = x.mul_(sign).clamp_min_(0.0)
+            acc.addcmul_(r, sign)
             if divisor is not None:
-                divisor.add_(agree, alpha=weights[i])
-            del x, agree
+                divisor.add_(r.sign_(), alpha=weights[i])
+            del x, r
         if divisor is not None:
             divisor.masked_fill_(divisor.abs() < 1e-12, 1.0)
             acc /= divisor

@@ -105,8 +105,10 @@ def magnitude_cut(blocks, numel: int, density: float) -> MagnitudeCut:
     hi, above = _kth_bin(high, k)
     low = torch.zeros(1 << 16, dtype=torch.int64)
     for x in blocks():
-        bits = _magnitude_bits(x)
-        low += torch.bincount(bits[(bits >> 16) == hi] & 0xFFFF, minlength=1 << 16)
+        # the low 16 bits of the entries in bin `hi`, counted at 1..65536; entries below the bin
+        # land at 0, above it at 65537 (clamped), so no entry is selected by a branch
+        inside = _magnitude_bits(x).sub_((hi << 16) - 1).clamp_(0, (1 << 16) + 1)
+        low += torch.bincount(inside, minlength=(1 << 16) + 2)[1 : (1 << 16) + 1]
     need = k - above
     lo, above_in_bin = _kth_bin(low, need)
     value = float(torch.tensor([(hi << 16) | lo], dtype=torch.int32).view(torch.float32))
@@ -126,16 +128,35 @@ def trim_block(x, cut: MagnitudeCut, block: int, density: float, rescale: bool =
 
     if cut.value is None:
         out = x.clone()
+        return out.div_(density) if rescale else out
+    # how many of this block's entries equal to the cut are kept: all, none, or the first `some`
+    some = None
+    if cut.equal_before is None:
+        equal_kept = "all"
+    elif cut.equal_kept <= cut.equal_before[block]:
+        equal_kept = "none"
+    elif block + 1 < len(cut.equal_before) and cut.equal_before[block + 1] <= cut.equal_kept:
+        equal_kept = "all"
+    else:
+        equal_kept, some = "some", cut.equal_kept - cut.equal_before[block]
+    if cut.value > 0 and x.dtype == torch.float32:
+        # The kept entries as a 0/1 float mask, with no branch per entry (a select on a random
+        # pattern is several times slower): |x| − t > 0 exactly when |x| > t (a difference of two
+        # floats is 0 only when they are equal); t = the float32 just under the cut keeps the
+        # entries equal to it too. x is finite (the caller checks); x·0 is −0.0 for a negative x,
+        # and adding +0.0 makes each dropped entry +0.0, as a select does.
+        f32 = torch.float32
+        value = torch.tensor(cut.value, dtype=f32)
+        t = float(torch.nextafter(value, torch.tensor(0.0, dtype=f32))) if equal_kept == "all" else cut.value
+        mask = x.detach().abs().sub_(t).clamp_min_(0.0).sign_()
+        if some is not None:
+            mask.view(-1)[torch.nonzero((x.detach().abs() == cut.value).view(-1)).view(-1)[:some]] = 1.0
+        out = mask.mul_(x).add_(0.0)
     else:
         mag = x.abs()
-        keep = mag > cut.value
-        equal = (mag == cut.value).view(-1)
-        if cut.equal_before is None:
-            keep.view(-1).logical_or_(equal)
-        else:
-            where = torch.nonzero(equal).view(-1)
-            allowed = min(max(cut.equal_kept - cut.equal_before[block], 0), len(where))
-            keep.view(-1)[where[:allowed]] = True
-        del mag, equal
-        out = x.masked_fill(~keep, 0.0)
+        keep = mag >= cut.value if equal_kept == "all" else mag > cut.value
+        if some is not None:
+            keep.view(-1)[torch.nonzero((mag == cut.value).view(-1)).view(-1)[:some]] = True
+        del mag
+        out = torch.where(keep, x, 0.0)
     return out.div_(density) if rescale else out
