@@ -47,6 +47,9 @@ for _k, _v in {
 }.items():
     os.environ.setdefault(_k, _v)
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peak import matmul_gflops  # noqa: E402
+
 BAR = 0.995
 BATCH = 32
 MAX_LENGTH = 128
@@ -100,22 +103,6 @@ def pooled(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
     h = torch.from_numpy(np.ascontiguousarray(hidden, dtype=np.float32))
     return F.normalize(mean_pool(h, torch.from_numpy(mask)), dim=-1).numpy()
-
-
-def matmul_gflops(dtype, seconds: float = 1.5) -> float:
-    """Best GFLOP/s of (32*128 x 384) @ (384 x 1536) in torch, in `dtype`, on the current threads."""
-    import torch
-
-    a, b = torch.randn(32 * 128, 384).to(dtype), torch.randn(384, 1536).to(dtype)
-    for _ in range(3):
-        a @ b
-    best, end = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t0 = time.perf_counter()
-        for _ in range(5):
-            a @ b
-        best = max(best, 5 * 2 * a.shape[0] * 384 * 1536 / (time.perf_counter() - t0) / 1e9)
-    return best
 
 
 def ort_fp32(onnx_path: Path, threads: int) -> Callable[[list[Batch]], np.ndarray]:
@@ -304,8 +291,8 @@ def main(argv=None) -> int:
         loads, gflops32, gflops16 = [], [], []
         for r in range(args.rounds):
             loads.append(os.getloadavg()[0])
-            gflops32.append(matmul_gflops(torch.float32))
-            gflops16.append(matmul_gflops(torch.bfloat16))
+            gflops32.append(matmul_gflops(torch.float32, BATCH * MAX_LENGTH, 384, 1536))
+            gflops16.append(matmul_gflops(torch.bfloat16, BATCH * MAX_LENGTH, 384, 1536))
             for name, run in engines.items():
                 t0 = time.perf_counter()
                 run(data)
