@@ -37,6 +37,9 @@ for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISAB
                "OMP_WAIT_POLICY": "PASSIVE"}.items():
     os.environ.setdefault(_k, _v)
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peak import matmul_gflops  # noqa: E402
+
 LEVELS = (1, 4, 16)
 
 
@@ -47,20 +50,6 @@ def review_texts(n: int) -> list[str]:
     _, _, rows = build_task("rt-sentiment")
     texts = [r["text"] for r in rows]
     return [texts[i % len(texts)] for i in range(n)]
-
-
-def matmul_peak(n: int = 2048, seconds: float = 2.0) -> float:
-    """GFLOP/s of a float32 (n x n) @ (n x n) in torch on this machine, now (best of repeated runs)."""
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best, end = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t0 = time.perf_counter()
-        a @ b
-        best = max(best, 2 * n**3 / (time.perf_counter() - t0) / 1e9)
-    return best
 
 
 def run_load(call, texts: list[str], concurrency: int) -> dict:
@@ -169,7 +158,7 @@ def main(argv=None) -> int:
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; "
           f"load average at start {os.getloadavg()[0]:.2f}", flush=True)
     texts = review_texts(args.requests)
-    peak = matmul_peak()
+    peak = matmul_gflops(torch.float32, 2048, 2048, 2048, seconds=2.0)
     print(f"float32 matmul peak (2048^3, best of 2 s): {peak:.1f} GFLOP/s", flush=True)
     base, params, tokens = baseline(texts, LEVELS)
     print(f"inputs: {len(texts)} Rotten Tomatoes reviews, {tokens} real tokens ({tokens / len(texts):.1f} per text); "

@@ -355,7 +355,7 @@ def _write_adapter(base, base_dir, inputs, method, params, weights_of, staging, 
                 else:
                     tensors[f"{prefix}.lora_A.weight"], tensors[f"{prefix}.lora_B.weight"] = a, b
                 target_modules.add(f.module)
-                sq_total += float(d.double().pow(2).sum())
+                sq_total += _square_sum(d)
                 sq_err += abs_err**2
                 entry["relative_error"] = rel
         layers[key] = entry

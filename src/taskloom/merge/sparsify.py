@@ -129,16 +129,14 @@ def trim_block(x, cut: MagnitudeCut, block: int, density: float, rescale: bool =
     if cut.value is None:
         out = x.clone()
         return out.div_(density) if rescale else out
-    # how many of this block's entries equal to the cut are kept: all, none, or the first `some`
-    some = None
-    if cut.equal_before is None:
-        equal_kept = "all"
-    elif cut.equal_kept <= cut.equal_before[block]:
-        equal_kept = "none"
-    elif block + 1 < len(cut.equal_before) and cut.equal_before[block + 1] <= cut.equal_kept:
-        equal_kept = "all"
-    else:
-        equal_kept, some = "some", cut.equal_kept - cut.equal_before[block]
+    # the entries equal to the cut that this block keeps: all of them, or the first `some` (maybe 0)
+    all_equal, some = True, None
+    if cut.equal_before is not None:
+        last = block + 1 == len(cut.equal_before)
+        if last or cut.equal_before[block + 1] > cut.equal_kept:
+            all_equal, some = False, max(cut.equal_kept - cut.equal_before[block], 0)
+    mag = x.detach().abs()
+    first_equal = torch.nonzero((mag == cut.value).view(-1)).view(-1)[:some] if some else None
     if cut.value > 0 and x.dtype == torch.float32:
         # The kept entries as a 0/1 float mask, with no branch per entry (a select on a random
         # pattern is several times slower): |x| − t > 0 exactly when |x| > t (a difference of two
@@ -147,16 +145,15 @@ def trim_block(x, cut: MagnitudeCut, block: int, density: float, rescale: bool =
         # and adding +0.0 makes each dropped entry +0.0, as a select does.
         f32 = torch.float32
         value = torch.tensor(cut.value, dtype=f32)
-        t = float(torch.nextafter(value, torch.tensor(0.0, dtype=f32))) if equal_kept == "all" else cut.value
-        mask = x.detach().abs().sub_(t).clamp_min_(0.0).sign_()
-        if some is not None:
-            mask.view(-1)[torch.nonzero((x.detach().abs() == cut.value).view(-1)).view(-1)[:some]] = 1.0
+        t = float(torch.nextafter(value, torch.tensor(0.0, dtype=f32))) if all_equal else cut.value
+        mask = mag.sub_(t).clamp_min_(0.0).sign_()
+        if first_equal is not None:
+            mask.view(-1)[first_equal] = 1.0
         out = mask.mul_(x).add_(0.0)
     else:
-        mag = x.abs()
-        keep = mag >= cut.value if equal_kept == "all" else mag > cut.value
-        if some is not None:
-            keep.view(-1)[torch.nonzero((mag == cut.value).view(-1)).view(-1)[:some]] = True
+        keep = mag >= cut.value if all_equal else mag > cut.value
+        if first_equal is not None:
+            keep.view(-1)[first_equal] = True
         del mag
         out = torch.where(keep, x, 0.0)
     return out.div_(density) if rescale else out
