@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from metalora_bank import RANK, chat_task, tiny_bank
+from metalora_bank import chat_task, tiny_bank
 
 from taskloom import steps
 from taskloom.cli import main
@@ -26,7 +26,7 @@ def bank(tmp_path_factory) -> Path:
 
 def test_generate_writes_an_adapter_that_serves_and_scores(bank, tmp_path, capsys):
     gen = tmp_path / "generator"
-    config = train_generator(bank, gen, seed=0, candidates=((8, 32, "gelu", 1e-2),), steps=60, progress=False)
+    config = train_generator(bank, gen, seed=0, candidates=((8, 32, "gelu", 1e-2),), steps=60, progress=False, sft=((0, 0.0), (3, 1e-3)))
     assert config["seen_tasks"] == ["topic-ai-emotion", "topic-coding-trivia"]
     task_yaml = chat_task(tmp_path / "task", *TARGET)
 
@@ -47,7 +47,7 @@ def test_generate_writes_an_adapter_that_serves_and_scores(bank, tmp_path, capsy
         trained = {p.name for p in (bank / "adapters" / "topic-ai-emotion" / "adapter").iterdir()}
         assert {p.name for p in (out / "adapter").iterdir()} == trained
         info = check_adapter(out / "adapter")
-        assert info["labels"] == ["money", "sports"] and info["rank"] == RANK and info["task"] == "topic-money-sports"
+        assert info["labels"] == ["money", "sports"] and info["rank"] == config["rank"] == 8 and info["task"] == "topic-money-sports"
 
         # `taskloom eval` scores it as generate did
         scored = steps.evaluate(load_task(task_yaml), adapter=out / "adapter")

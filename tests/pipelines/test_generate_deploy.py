@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def generator(tmp_path_factory) -> Path:
     root = tiny_bank(tmp_path_factory.mktemp("bank"))
-    train_generator(root, root / "generator", seed=0, candidates=((8, 32, "gelu", 1e-2),), steps=40, progress=False)
+    train_generator(root, root / "generator", seed=0, candidates=((8, 32, "gelu", 1e-2),), steps=40, progress=False, sft=((0, 0.0), (3, 1e-3)))
     return root / "generator"
 
 

@@ -40,6 +40,7 @@ PAIRS = [
 ]
 RANK = 4
 CANDIDATES = ((8, 32, "gelu", 1e-2), (4, 16, "none", 1e-1))
+SFT = ((0, 0.0), (3, 1e-3))  # no fine-tuning, or 3 steps: the val task chooses
 
 
 def _texts() -> dict[str, list[str]]:
@@ -100,7 +101,7 @@ def bank(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def generator(bank, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("gen") / "generator"
-    config = train_generator(bank, out, seed=0, candidates=CANDIDATES, steps=40, progress=False)
+    config = train_generator(bank, out, seed=0, candidates=CANDIDATES, steps=40, progress=False, sft=SFT)
     return out, config
 
 
@@ -121,8 +122,9 @@ def test_factors_have_the_lora_shapes_of_minilm(generator):
             out_f, in_f = 384, 1536
         else:
             out_f, in_f = 384, 384
-        assert a.shape == (RANK, in_f), module
-        assert b.shape == (out_f, RANK), module
+        rank = gen.config["rank"]  # the generator's basis size: the whole U·C·Vᵀ
+        assert a.shape == (rank, in_f), module
+        assert b.shape == (out_f, rank), module
         assert float((b @ a).abs().sum()) > 0
 
 
@@ -134,10 +136,15 @@ def test_parameter_budget_and_config(generator):
     assert config["parameters"] == count_params(gen.net, basis, comps) < MAX_PARAMS
     saved = json.loads((out / CONFIG).read_text())
     assert saved["base"]["name"] == "minilm" and len(saved["base"]["weights_sha256"]) == 64
-    assert saved["task_types"] == ["classification"] and saved["rank"] == RANK
+    assert saved["task_types"] == ["classification"] and saved["bank_rank"] == RANK
+    assert saved["rank"] == saved["basis_size"] in (8, 4)
     assert saved["targets"] == TARGET_MODULES and saved["version"] == 1
     assert saved["seen_tasks"] == ["topic-ai-emotion", "topic-coding-trivia", "topic-humor-science"]
     assert [c["basis_size"] for c in saved["selection"]] == [8, 4]  # both candidates scored on the val task
+    tuning = saved["sft"]  # both fine-tuning lengths scored on the val task, the better one kept
+    assert [c["steps"] for c in tuning["candidates"]] == [0, 3]
+    best = max(tuning["candidates"], key=lambda c: c["val_metric"])
+    assert tuning["chosen_steps"] == best["steps"] and 0.0 <= tuning["val_metric_base"] <= 1.0
     assert sorted(p.name for p in out.iterdir()) == [CONFIG, CONFIG + ".sha256", WEIGHTS, WEIGHTS + ".sha256"]
 
 
@@ -157,8 +164,35 @@ def test_condition_changes_the_adapter(generator):
     assert not np.allclose((one[m][1] @ one[m][0]).numpy(), (two[m][1] @ two[m][0]).numpy())
 
 
+def test_fine_tuning_sees_the_adapter_that_is_emitted(generator):
+    """The hooks fine-tuning trains through give the encoder the outputs of the LoRA `factors` emits;
+    closing the tuner leaves the bare base."""
+    import torch
+
+    from taskloom.metalora.sft import Tuner
+    from taskloom.models.encoder import encode, load_encoder
+
+    gen = load_generator(generator[0])
+    tok, model = load_encoder("minilm")
+    texts = ["what is the stock market", "tell me a joke about robots"]
+    with torch.no_grad():
+        base = encode(model, tok, texts)
+        basis = {m: (u.numpy(), v.numpy()) for m, (u, v) in gen.basis.items()}
+        tuner = Tuner(tok, model, basis, gen.mean.numpy(), gen.components.numpy(), 0.0, (4,))
+        tuner.use(gen.net, _cond(5))
+        hooked = encode(model, tok, texts)
+        tuner.close()
+        assert torch.equal(encode(model, tok, texts), base)
+        for module, (a, b) in gen.factors(_cond(5)).items():
+            model.get_submodule(module).weight += b @ a
+        folded = encode(model, tok, texts)
+    assert not torch.allclose(hooked, base, atol=1e-4)
+    assert torch.allclose(hooked, folded, atol=1e-5)
+    assert all(p.requires_grad for p in model.parameters())
+
+
 def test_training_is_deterministic(bank, generator, tmp_path):
-    train_generator(bank, tmp_path / "again", seed=0, candidates=CANDIDATES, steps=40, progress=False)
+    train_generator(bank, tmp_path / "again", seed=0, candidates=CANDIDATES, steps=40, progress=False, sft=SFT)
     assert sha256_file(tmp_path / "again" / WEIGHTS) == sha256_file(generator[0] / WEIGHTS)
 
 

@@ -8,11 +8,13 @@ vector per adapter) are centred on their mean and reduced to their principal com
 network maps the condition (the base model's embedding of the description, the mean embedding of k
 examples when given, and a flag) to the coefficients over those components, each scaled to unit
 variance on the seen bank. The loss weights each coefficient by its component's variance, so it is
-the squared Frobenius error of ΔW inside the basis. A core becomes a rank-r LoRA by an R × R SVD, so
-emitting weights costs a few milliseconds.
+the squared Frobenius error of ΔW inside the basis. That network is then fine-tuned through the
+encoder on the seen tasks' own objectives (metalora/sft.py). A core becomes a LoRA of rank R by an
+R × R SVD, so emitting weights costs a few milliseconds.
 
-Training sees tier "seen" only; the "val" tasks pick the basis size and the network's shape and
-weight decay (`train_generator`). Saved as `generator.safetensors` (+ sha256) and `generator.json`.
+Training sees tier "seen" only; the "val" tasks pick the basis size, the network's shape and weight
+decay, and how long to fine-tune (`train_generator`). Saved as `generator.safetensors` (+ sha256)
+and `generator.json`.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ EMBED_ROWS = 256  # at most this many train rows per task are embedded for examp
 # (basis size R, hidden width, activation, weight decay): tried in this order on the val tasks
 CANDIDATES = ((32, 128, "gelu", 1e-2), (32, 128, "gelu", 1.0), (32, 64, "none", 1e-1), (16, 128, "gelu", 1e-2))
 STEPS = 600
+SFT_CANDIDATES = ((0, 0.0), (100, 1e-3), (300, 3e-4))  # fine-tuning (steps, lr) tried on the val tasks
 LR = 1e-3
 INPUT_NOISE = 0.02  # Gaussian noise on the condition while training: nearby descriptions, nearby adapters
 
@@ -325,8 +328,11 @@ class _Task:
     entry: dict
     delta: dict
     description: np.ndarray
-    shot_embeddings: np.ndarray  # base-model embeddings of up to EMBED_ROWS train texts
+    shot_embeddings: np.ndarray  # base-model embeddings of `rows`' main texts
     shot_labels: list[str] | None
+    spec: object  # the TaskSpec
+    rows: list[dict]  # up to EMBED_ROWS train rows (examples, and fine-tuning batches on seen tasks)
+    all_rows: list[dict]  # train + eval rows (a val task is scored on all of them)
 
 
 def _load_tasks(bank_dir: Path, entries: list[dict], tok, model) -> list[_Task]:
@@ -334,13 +340,14 @@ def _load_tasks(bank_dir: Path, entries: list[dict], tok, model) -> list[_Task]:
     for e in entries:
         task = load_task(bank_dir / "tasks" / e["name"] / "task.yaml")
         kind = TASK_TYPES[task.type]
-        rows = load_rows(task.train_path, task.type, task.labels)
-        rows = random.Random(e["name"]).sample(rows, min(len(rows), EMBED_ROWS))
+        train = load_rows(task.train_path, task.type, task.labels)
+        rows = random.Random(e["name"]).sample(train, min(len(train), EMBED_ROWS))
         texts = [r[kind.main_text] for r in rows]
         shot_x = embed_texts(texts, model=model, tok=tok) if texts else np.zeros((0, 384), np.float32)
         desc = embed_texts([task.description], model=model, tok=tok)[0]
         labels = [r["label"] for r in rows] if kind.labelled else None
-        out.append(_Task(e, read_delta(adapter_folder(bank_dir, e)), desc, shot_x, labels))
+        every = train + load_rows(task.eval_path, task.type, task.labels)
+        out.append(_Task(e, read_delta(adapter_folder(bank_dir, e)), desc, shot_x, labels, task, rows, every))
     return out
 
 
@@ -410,10 +417,15 @@ def train_generator(
     candidates: tuple[tuple[int, int, str, float], ...] = CANDIDATES,
     steps: int = STEPS,
     progress: bool = True,
+    sft: tuple[tuple[int, float], ...] = SFT_CANDIDATES,
 ) -> dict:
-    """Fit a generator on the bank's "seen" adapters, choose its shape on the "val" ones, save it to
-    `out_dir`; returns the summary written into the config (`selection`: each candidate's val error)."""
+    """Fit a generator on the bank's "seen" adapters, choose its shape on the "val" ones, then fine-tune
+    it through the encoder (metalora/sft.py) for the number of steps the val tasks score best; save it
+    to `out_dir`; returns the summary written into the config (`selection`: each candidate's val
+    error; `sft`: each fine-tuning length's val metric)."""
     import torch
+
+    from taskloom.metalora.sft import Tuner
 
     bank_dir = Path(bank_dir)
     bank = read_bank(bank_dir)
@@ -457,11 +469,30 @@ def train_generator(
                 best, chosen = err, cand
     size, hidden, activation, weight_decay = chosen
     net, basis, mean, comps = _fit(seen, size, hidden, activation, weight_decay, seed=seed, steps=steps)
+    tuning: dict = {"chosen_steps": 0, "candidates": []}
+    if val and sft:
+        tuner = Tuner(tok, model, basis, mean, comps, INPUT_NOISE, SHOTS)
+        try:
+            tuning["val_metric_base"] = round(tuner.val_metric(None, val), 6)
+            best, tuned = -math.inf, net
+            for n_steps, lr in sft:
+                candidate = tuner.fit(net, seen, n_steps, lr, weight_decay, seed)
+                score = tuner.val_metric(candidate, val)
+                tuning["candidates"].append({"steps": n_steps, "lr": lr, "val_metric": round(score, 6)})
+                say(
+                    f"fine-tuned {n_steps} steps at lr {lr:g}: val metric {score:.4f} (base {tuning['val_metric_base']:.4f})"
+                )
+                if score > best:
+                    best, tuned, tuning["chosen_steps"], tuning["chosen_lr"] = score, candidate, n_steps, lr
+        finally:
+            tuner.close()
+        net = tuned
     seen_err, seen_mean_err = _relative_error(net, basis, mean, comps, seen)
     config = {
         "version": VERSION,
         "base": base_identity(bank["base"]),
-        "rank": int(bank["rank"]),
+        "rank": size,  # the generated LoRA holds the whole U·C·Vᵀ (rank <= R), as fine-tuning saw it
+        "bank_rank": int(bank["rank"]),
         "targets": bank["targets"],
         "task_types": types,
         "modules": modules,
@@ -479,6 +510,7 @@ def train_generator(
         "seen_error": round(seen_err, 6),
         "seen_error_mean_adapter": round(seen_mean_err, 6),
         "selection": selection,
+        "sft": tuning,
         "normalisation": "seen adapters' cores: mean (norm.mean) and principal components scaled by "
         "their std (norm.components); the network predicts unit-variance coefficients",
     }
