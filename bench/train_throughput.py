@@ -115,11 +115,11 @@ def token_counts(tok, texts: list[str], max_length: int) -> list[int]:
     return [sum(m) for m in tok(texts, truncation=True, max_length=max_length)["attention_mask"]]
 
 
-def taskloom_batches(n: int, batch: int, seed: int, steps: int) -> list[list[int]]:
+def taskloom_batches(lengths: list[int], batch: int, seed: int, steps: int, sampling: str = "random") -> list[list[int]]:
     """taskloom's batches, in order: its own sampler replayed (a fresh shuffle each epoch)."""
     from taskloom.train.sampling import plan
 
-    stream = plan([n], batch, seed)
+    stream = plan([len(lengths)], batch, seed, lengths=[lengths] if sampling == "grouped" else None)
     return [next(stream)[0][1] for _ in range(steps)]
 
 
@@ -155,7 +155,7 @@ def train_spec(args):
 
     return TrainSpec(epochs=1, rank=8, alpha=16.0, lr=args.lr, batch_size=args.batch, max_length=args.max_length,
                      seed=args.seed, device=args.device, precision=args.precision, checkpoint_every=0,
-                     dropout=not args.no_dropout)
+                     dropout=not args.no_dropout, sampling=args.sampling)
 
 
 def run_taskloom(task, work: Path, args, run: int) -> dict:
@@ -176,7 +176,7 @@ def run_taskloom(task, work: Path, args, run: int) -> dict:
     assert labels == task.labels
     lengths = token_counts(tok, [r["text"] for r in load_split(task, "train")], args.max_length)
     return {"seconds": float(metrics["train_seconds"]), "steps": len(steps), "metrics_steps": metrics["steps"],
-            "slots": taskloom_padded_tokens(lengths, taskloom_batches(len(lengths), args.batch, args.seed, len(steps))),
+            "slots": taskloom_padded_tokens(lengths, taskloom_batches(lengths, args.batch, args.seed, len(steps), args.sampling)),
             "tokens_reported": metrics.get("tokens"), "eval_loss": loss, "accuracy": acc,
             "reported_eval_loss": metrics.get("eval_loss"), "precision": metrics.get("precision", "?")}
 
@@ -267,7 +267,8 @@ def run_baseline(task, work: Path, args, run: int) -> dict:
         slots[0] += batch["input_ids"].numel()
         return batch
 
-    order = [i for idx in taskloom_batches(len(data), args.batch, args.seed, steps) for i in idx]
+    lengths = [len(d["input_ids"]) for d in data]
+    order = [i for idx in taskloom_batches(lengths, args.batch, args.seed, steps, args.sampling) for i in idx]
 
     class SameOrderTrainer(Trainer):  # the very batches taskloom trains on, in its order
         def _get_train_sampler(self, train_dataset=None):
@@ -295,6 +296,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0, help="one seed for both sides")
+    ap.add_argument("--sampling", default="random", choices=["random", "grouped"], help="taskloom's --sampling")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="taskloom's --precision")
     ap.add_argument("--baseline", default="best", choices=["best", "same-order"],
                     help="best: the Trainer with bf16=True and group_by_length; same-order: fp32, handed taskloom's batches")

@@ -161,6 +161,12 @@ def train(
     mixing: str | None = typer.Option(
         None, "--mixing", help="several tasks: task (one task per step, default) | mixed"
     ),
+    sampling: str | None = typer.Option(
+        None,
+        "--sampling",
+        help="random (default: each batch a random mix of lengths) | grouped (batches of similar length, "
+        "as the HF Trainer's group_by_length: less padding, fewer passes per step)",
+    ),
     key_weight: float | None = typer.Option(
         None, "--key-weight", help="generation: loss weight of the answer's key tokens (default 1: off)"
     ),
@@ -203,6 +209,7 @@ def train(
         precision=precision,
         temperature=temperature,
         mixing=mixing,
+        sampling=sampling,
         key_weight=key_weight,
         checkpoint_every=checkpoint_every,
     )

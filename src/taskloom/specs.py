@@ -219,6 +219,10 @@ class TrainSpec(BaseModel):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         default="auto", description="auto: bf16 autocast on CUDA and on CPUs with AMX or AVX512-BF16, float32 elsewhere"
     )
+    sampling: Literal["random", "grouped"] = Field(
+        default="random",
+        description="random: each batch a random mix of lengths; grouped: batches of similar length (less padding)",
+    )
     temperature: float = Field(default=2.0, gt=0, description="multi-task: sample task i with p ∝ n_i^(1/T)")
     mixing: Literal["task", "mixed"] = Field(
         default="task", description="multi-task: one task per step, or every task in every step"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -82,6 +83,24 @@ def test_each_epoch_is_a_fresh_shuffle_of_every_row():
     epochs = [[i for _ in range(8) for i in next(stream)[0][1]] for _ in range(2)]  # 8 batches = 60 rows
     assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(60))
     assert epochs[0] != epochs[1] and epochs[0] != list(range(60))
+
+
+def test_grouped_batches_cover_each_epoch_with_similar_lengths():
+    lengths = [random.Random(i).randint(5, 64) for i in range(640)]
+    spread = {}
+    for mode, rows in (("random", None), ("grouped", [lengths])):
+        stream = plan([640], 32, seed=1, lengths=rows)
+        batches = [next(stream)[0][1] for _ in range(40)]  # two epochs of 20 batches
+        for epoch in (batches[:20], batches[20:]):
+            assert sorted(i for idx in epoch for i in idx) == list(range(640))
+        spread[mode] = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    assert spread["grouped"] < spread["random"] / 4, spread
+    again = plan([640], 32, seed=1, lengths=[lengths])
+    first = plan([640], 32, seed=1, lengths=[lengths])
+    assert [next(again) for _ in range(25)] == [next(first) for _ in range(25)]  # still a pure function
+    # the batches of a grouped epoch come in shuffled order, not longest to shortest
+    maxima = [max(lengths[i] for i in next(first)[0][1]) for _ in range(15)]
+    assert maxima != sorted(maxima, reverse=True)
 
 
 # ---- one adapter, several tasks -------------------------------------------------------------------

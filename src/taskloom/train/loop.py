@@ -20,7 +20,7 @@ from pathlib import Path
 from taskloom.errors import UserError
 from taskloom.jsonfiles import read_jsonl
 from taskloom.train import checkpoint, distributed
-from taskloom.train.device import autocast
+from taskloom.train.device import autocast, frozen_in_bf16
 from taskloom.train.sampling import plan
 
 WEIGHT_DECAY = 0.01
@@ -94,7 +94,8 @@ def run(
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: s / warmup if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup))
     )
-    stream = plan([len(w.lengths) for w in works], spec.batch_size, spec.seed, spec.temperature, spec.mixing)
+    lengths = [w.lengths for w in works] if spec.sampling == "grouped" else None
+    stream = plan([len(w.lengths) for w in works], spec.batch_size, spec.seed, spec.temperature, spec.mixing, lengths)
     log_path = Path(out) / LOG_NAME
 
     # ---- where to start: step 0, or the newest whole checkpoint ---------------------------------
@@ -116,7 +117,10 @@ def run(
     model.train()
     seconds, tokens = 0.0, 0
     try:
-        with open(log_path, "a", encoding="utf-8") if world.main else open("/dev/null", "w") as log:
+        with (
+            open(log_path, "a", encoding="utf-8") if world.main else open("/dev/null", "w") as log,
+            frozen_in_bf16(model, device, spec.precision),
+        ):
             for step in range(start + 1, total_steps + 1):
                 entries = next(stream)
                 t0 = time.perf_counter()

@@ -40,6 +40,7 @@ from taskloom.tasks.types import TASK_TYPES
 from taskloom.train import checkpoint, distributed, loop
 from taskloom.train.card import model_card
 from taskloom.train.device import resolve_device, resolve_precision
+from taskloom.train.dropout import use_lane_dropout
 from taskloom.train.encoder_task import EncoderTask
 from taskloom.train.evaluate import load_split
 from taskloom.train.generation_task import GenerationTask
@@ -182,6 +183,8 @@ def train_tasks(tasks: list, out, spec, progress: bool = True, resume: bool = Fa
         warnings.simplefilter("ignore", FutureWarning)
         model = get_peft_model(model, config)
     model.peft_config["default"].base_model_name_or_path = base  # the name taskloom resolves, not this machine's path
+    if device == "cpu":
+        use_lane_dropout(model)  # torch's CPU masks cost a random draw per element (train/dropout.py)
     for w in works:
         for m in w.modules().values():
             m.to(device)
@@ -258,6 +261,7 @@ def train_tasks(tasks: list, out, spec, progress: bool = True, resume: bool = Fa
             "alpha": spec.alpha,
             "lr": spec.lr,
             "batch_size": spec.batch_size,
+            "sampling": spec.sampling,
             "max_length": max_length,
             "precision": resolve_precision(device, spec.precision),
             "trainable_params": trainable,
