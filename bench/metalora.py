@@ -13,12 +13,14 @@ eval text.
 
 Description only (k = 0): base; the task's own trained LoRA (the reference); the generator (one
 trained per seed, each choosing its shape on the val tasks); the mean seen ΔW; the seen adapter whose
-description is nearest; one multi-task adapter trained on every seen task; and the controls, the
-generator given another held-out task's description, a random string, an empty string.
+description is nearest; one multi-task adapter trained on every seen task; and the controls, each
+seed's generator given another held-out task's description, a random string, an empty string
+(averaged over the seeds like the generator itself).
 With k examples: base, the trained LoRA, the generator given the examples, a LoRA trained on the k
 examples alone, and a LoraHub-style search (weights over the 20 seen adapters nearest by
 description, 40 evaluations of a (1+1) evolution strategy on the k examples' prototype loss plus an
-L1 term, as LoraHub does with Nevergrad), with the CPU seconds each spends to make its adapter.
+L1 term, as LoraHub does with Nevergrad), with the CPU seconds each spends to make its adapter
+(the generator's: embedding the description and the k examples, then one generation).
 
 Gap closure of a method on a task = (method − base) / (trained − base), counted only where the trained
 LoRA beats base by ≥ 2 points and the eval split has ≥ 200 rows; the generator's value is its mean
@@ -104,11 +106,9 @@ class Task:
 
     def score(self, tok, model, shots: bool) -> float:
         """The task metric on its eval split, with prototypes (no shots) or a probe on the k shots."""
-        from taskloom.metalora.generate import make_head
-        from taskloom.train.evaluate import score_encoder
+        from taskloom.metalora.generate import score_with_head
 
-        head = make_head(self.spec, tok, model, self.shots if shots else [], 0) if self.kind.labelled else None
-        return float(score_encoder(self.spec, tok, model, rows=self.eval_rows, head=head)["value"])
+        return float(score_with_head(self.spec, tok, model, self.eval_rows, self.shots if shots else [])["value"])
 
     def shot_loss(self, tok, model) -> float:
         """LoraHub's objective on the k examples: prototype cross-entropy (labelled) or −Spearman."""
@@ -233,7 +233,6 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="score only these tasks (a quick look; the report needs all)")
     args = ap.parse_args()
 
-    import torch
     from rich.progress import track
 
     from taskloom.metalora.build import build_bank
@@ -241,7 +240,6 @@ def main() -> None:
     from taskloom.models.encoder import load_encoder
     from taskloom.train.evaluate import embed
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     CACHE.mkdir(parents=True, exist_ok=True)
     bank_dir = args.bank.resolve()
     if not (bank_dir / "bank.json").exists():
@@ -274,7 +272,7 @@ def main() -> None:
     for e in track([e for e in seen + held if not args.only or e["name"] in args.only], description="scoring", transient=True):
         t = tasks[e["name"]]
         r: dict = {"tier": t.tier, "type": t.spec.type, "eval_rows": len(t.eval_rows)}
-        own = dense(read_delta(adapter_folder(bank_dir, e)))
+        own = seen_delta[t.name] if t.name in seen_delta else dense(read_delta(adapter_folder(bank_dir, e)))
         patched.apply(None)
         r["base"] = t.score(tok, model, False)
         patched.apply(own)
@@ -291,27 +289,32 @@ def main() -> None:
         for label, delta in (("mean", mean_delta), ("nearest", seen_delta[seen_names[order[0]]]), ("multitask", multi_delta)):
             patched.apply(delta)
             r[label] = t.score(tok, model, False)
-        g0 = gens[args.seeds[0]]
         for label, cond in (
             ("shuffled", desc[shuffled[t.name]]),
             ("random", ctrl["random"][t.name]),
             ("empty", ctrl["empty"]),
         ):
-            patched.apply(generated(g0, condition(cond, None)))
-            r[label] = t.score(tok, model, False)
+            for s, g in gens.items():
+                patched.apply(generated(g, condition(cond, None)))
+                r[f"{label}_s{s}"] = t.score(tok, model, False)
         # ---- k examples ----
         patched.apply(None)
         r["k_base"] = t.score(tok, model, True)
         patched.apply(own)
         r["k_trained"] = t.score(tok, model, True)
         patched.apply(None)
+        # the cost of one k-shot adapter: embed the description and the examples, then one generation
         start = time.process_time()
         x = embed(tok, model, [row[t.kind.main_text] for row in t.shots])
         shot_cond = shot_mean(x, [row["label"] for row in t.shots] if t.kind.labelled else None)
-        shot_desc = embed(tok, model, [t.spec.description])[0]
-        conds = {s: condition(shot_desc, shot_cond) for s in gens}
-        gen_deltas = {s: generated(g, conds[s]) for s, g in gens.items()}
-        r["k_gen_cpu_s"] = (time.process_time() - start) / len(gens)
+        cond = condition(embed(tok, model, [t.spec.description])[0], shot_cond)
+        embed_cpu = time.process_time() - start
+        gen_deltas, gen_cpu = {}, []
+        for s, g in gens.items():
+            start = time.process_time()
+            gen_deltas[s] = generated(g, cond)
+            gen_cpu.append(time.process_time() - start)
+        r["k_gen_cpu_s"] = embed_cpu + float(np.mean(gen_cpu))
         for s, delta in gen_deltas.items():
             patched.apply(delta)
             r[f"k_gen_s{s}"] = t.score(tok, model, True)
@@ -330,11 +333,10 @@ def main() -> None:
 
 def report(results: dict, seeds: list[int]) -> None:
     gen_keys = [f"gen_s{s}" for s in seeds]
-    k_gen_keys = [f"k_gen_s{s}" for s in seeds]
-    for r in results.values():
-        r["gen"] = float(np.mean([r[k] for k in gen_keys]))
-        if "k_base" in r:
-            r["k_gen"] = float(np.mean([r[k] for k in k_gen_keys]))
+    for r in results.values():  # every generator row is the mean over the seeds
+        for key in ("gen", "shuffled", "random", "empty", "k_gen"):
+            if f"{key}_s{seeds[0]}" in r:
+                r[key] = float(np.mean([r[f"{key}_s{s}"] for s in seeds]))
 
     seen = [r for r in results.values() if r["tier"] == "seen"]
     kept = [r["gen"] / r["trained"] for r in seen if r["trained"] > 0]

@@ -90,6 +90,13 @@ def make_head(task: TaskSpec, tok, model, shots: list[dict], seed: int):
     return head
 
 
+def score_with_head(task: TaskSpec, tok, model, rows: list[dict], shots: list[dict], seed: int = 0) -> dict:
+    """score_encoder on `rows` with the head a generated adapter gets (`make_head`; none for a type
+    without labels), so base, generated and every baseline are scored alike."""
+    head = make_head(task, tok, model, shots, seed) if TASK_TYPES[task.type].labelled else None
+    return score_encoder(task, tok, model, rows=rows, head=head)
+
+
 def _card(task: TaskSpec, metrics: dict) -> str:
     examples = f" and {metrics['shots']} examples" if metrics["shots"] else ""
     return (
@@ -123,8 +130,7 @@ def generate(task: TaskSpec, generator_dir: str | Path, out_dir: str | Path, sho
         x = embed(tok, model, [r[kind.main_text] for r in examples])
         ex_cond = shot_mean(x, [r["label"] for r in examples] if kind.labelled else None)
     cond = condition(desc, ex_cond)
-    base_head = make_head(task, tok, model, examples, seed) if kind.labelled else None
-    base_score = score_encoder(task, tok, model, rows=eval_rows, head=base_head)
+    base_score = score_with_head(task, tok, model, eval_rows, examples, seed)
 
     # ---- generation: condition -> LoRA factors, on one thread --------------------------------
     threads = torch.get_num_threads()

@@ -20,10 +20,8 @@ import numpy as np
 
 from taskloom.tasks.types import TASK_TYPES
 
-PROTOTYPE_SCALE = 20.0  # as the generated adapter's head (generate.PROTOTYPE_SCALE)
 BATCH = 16
 SHOT_SHARE = 0.5  # steps conditioned on k examples as well as the description
-MAX_LENGTH = 64  # the training length of the bank's adapters
 
 
 class Tuner:
@@ -80,13 +78,15 @@ class Tuner:
         """The task's objective with the scoring head: prototype cross-entropy, or the pair loss."""
         import torch
 
-        from taskloom.metalora.generate import label_text
+        from taskloom.metalora.generate import PROTOTYPE_SCALE, label_text
         from taskloom.models.encoder import encode
+        from taskloom.train.lora import DEFAULTS
 
         kind = TASK_TYPES[spec.type]
+        max_length = DEFAULTS["encoder"]["max_length"]  # the length the bank's adapters trained at
 
         def enc(texts):
-            return encode(self.model, self.tok, texts, MAX_LENGTH)
+            return encode(self.model, self.tok, texts, max_length)
 
         if not kind.labelled:
             return kind.loss(enc, rows, spec)
@@ -137,15 +137,13 @@ class Tuner:
         (none of them was trained on), with the head each method gets in the bench."""
         import torch
 
-        from taskloom.metalora.generate import make_head
+        from taskloom.metalora.generate import score_with_head
         from taskloom.metalora.generator import condition
-        from taskloom.train.evaluate import score_encoder
 
         values = []
         with torch.no_grad():
             for t in tasks:
                 self.use(net, condition(t.description, None) if net is not None else None)
-                head = make_head(t.spec, self.tok, self.model, [], 0) if TASK_TYPES[t.spec.type].labelled else None
-                values.append(score_encoder(t.spec, self.tok, self.model, rows=t.all_rows, head=head)["value"])
+                values.append(score_with_head(t.spec, self.tok, self.model, t.all_rows, [])["value"])
         self.cores = {}
         return float(np.mean(values))

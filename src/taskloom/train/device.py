@@ -85,7 +85,8 @@ def frozen_in_bf16(model, device: str, precision: str = "auto"):
     """Under bf16 autocast, hold the frozen Linear weights in bf16 for the duration.
 
     Autocast casts a weight to bf16 on every call, and it caches only tensors that need gradients, so a
-    frozen base was cast again in every chunk's forward (8 % of MiniLM LoRA training time on CPU).
+    frozen base was cast again in every chunk's forward (MiniLM LoRA on CPU: `copy_` fell from 2.6 to
+    1.7 s of a 31 s profile).
     The held copies are the very values autocast would make, so training is bit-identical; the
     float32 weights come back on exit. A weight shared with another module (a tied embedding) stays.
     """
