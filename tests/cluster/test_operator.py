@@ -357,9 +357,12 @@ def test_model_unloaded_by_hand_is_loaded_again(cluster, world, created):
     pod, server = next(iter(world["pods"].servers.items()))
     with TritonClient(server.http_url, model=MODEL) as c:
         c.unload_model(MODEL)
-    cluster.wait(
-        "the model loaded again", lambda: pod_versions(world).get(pod) == int(obj["status"]["liveVersion"]), timeout=60
-    )
+    try:
+        cluster.wait(
+            "the model loaded again", lambda: pod_versions(world).get(pod) == int(obj["status"]["liveVersion"]), timeout=60
+        )
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{world['operator'].tail()}") from None
     wait_ready(cluster, world, "Ready again", adaptersLoaded=["senti"])
 
 

@@ -75,9 +75,12 @@ def on_change(body: kopf.Body, **_) -> None:
     _pass(body, retry_busy=True)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.interval, sharp=False)
+@kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.interval, backoff=CONFIG.interval, sharp=False)
 def on_timer(body: kopf.Body, **_) -> None:
-    """Drift repair: a pod that lost the model, a deleted child, a pod that became ready."""
+    """Drift repair: a pod that lost the model, a deleted child, a pod that became ready.
+
+    A pass that fails is retried at the next tick (kopf's default backoff for timers is 60 s, which
+    would leave a pod without its model for a minute after one transient error)."""
     _pass(body, retry_busy=False)
 
 
