@@ -7,6 +7,12 @@ Data: MiniLM embeddings of 6,000 Rotten Tomatoes reviews (fresh/rotten) and 1,50
 request log carries for the chi2 detector) comes from a logistic regression fitted on reviews
 5000-5999, which no window uses.
 
+The monitor embeds traffic with the base encoder (one yardstick for every reference; see
+steps.profile_step). What the served model answers is a second view: rows marked "@served" come from
+a LoRA adapter taskloom trains on reviews 5000-5999 (drift_data.load_served): MMD on its embeddings,
+chi2 on its head's labels, and "bbsd", the black-box shift test of Lipton et al. (2018) written here:
+Welch's t-test on the head's P(fresh), reference against window (effect |difference of the means|).
+
 Two disjoint pools: selection (reviews 0-1999, headlines 0-699) and scoring (reviews 2000-4999,
 headlines 700-1499). A window is a reference of 500 reviews, 50 % fresh, and a current sample of 300
 other rows from the same pool: under no drift 50 % fresh reviews; with out-of-domain replacement a
@@ -35,15 +41,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from drift_data import load_embeddings  # noqa: E402
+from drift_data import load_embeddings, load_served  # noqa: E402
 
 ALPHA, REF, CUR, B = 0.05, 500, 300, 200
-SINGLE = ("mmd", "classifier", "ks_pca", "chi2")
-PAIRS = (("mmd", "chi2"), ("classifier", "chi2"))
+SINGLE = ("mmd", "classifier", "ks_pca", "chi2", "mmd@served", "chi2@served", "bbsd@served")
+PAIRS = (("mmd", "chi2"), ("classifier", "chi2"), ("mmd", "bbsd@served"), ("mmd@served", "bbsd@served"))
 REPLACE = (0.02, 0.05, 0.10, 0.15, 0.20)
 LABEL = (0.6, 0.7, 0.8)
 GRID = {"mmd": np.arange(0.0, 0.0401, 0.0025), "classifier": np.arange(0.0, 0.0801, 0.005),
         "ks_pca": np.arange(0.0, 0.1601, 0.01), "chi2": np.arange(0.0, 0.1601, 0.01)}
+GRID.update({"mmd@served": GRID["mmd"], "chi2@served": GRID["chi2"], "bbsd@served": np.arange(0.0, 0.0801, 0.005)})
 
 
 def draw(rng, fresh, rotten, heads, share_fresh, replace):
@@ -57,13 +64,26 @@ def draw(rng, fresh, rotten, heads, share_fresh, replace):
     return np.r_[rf, rr], np.r_[rng.choice(heads, k_head, replace=False), cf, cr]
 
 
-def score(emb, pred, ref, cur, seed):
-    """{detector: (p, effect)} for every single detector on one window."""
+def bbsd(p_ref, p_cur):
+    """(p, effect): Welch's t-test on the served head's P(fresh), effect = |difference of the means|."""
+    from scipy.stats import ttest_ind
+
+    return float(ttest_ind(p_ref, p_cur, equal_var=False).pvalue), float(abs(p_ref.mean() - p_cur.mean()))
+
+
+def score(views, ref, cur, seed):
+    """{detector: (p, effect)} for every single detector on one window; views[""] is the base encoder's
+    (embeddings, predicted labels), views["served"] the served model's, plus its P(fresh)."""
     from taskloom.monitor.detectors import DETECTORS
 
     out = {}
     for name in SINGLE:
-        det = DETECTORS[name]
+        base, _, where = name.partition("@")
+        emb, pred, prob = views[where]
+        if base == "bbsd":
+            out[name] = bbsd(prob[ref], prob[cur])
+            continue
+        det = DETECTORS[base]
         a, b = (pred[ref], pred[cur]) if det.inputs == "labels" else (emb[ref], emb[cur])
         r = det(a, b, permutations=B, seed=seed)
         out[name] = (r["p_value"], r["effect"])
@@ -99,6 +119,11 @@ def main() -> int:
     probe = LogisticRegression(C=10.0, max_iter=2000).fit(reviews[5000:], labels[5000:])
     pred = probe.predict(emb)
     acc = float(np.mean(pred[:5000] == labels[:5000]))
+    served = load_served()
+    prob = np.concatenate([served["review_p_fresh"], served["headline_p_fresh"]])
+    views = {"": (emb, pred, None),
+             "served": (np.concatenate([served["reviews"], served["headlines"]]).astype(np.float64),
+                        np.where(prob >= 0.5, "fresh", "rotten"), prob)}
     nr = len(reviews)
     pools = {
         "selection": (np.arange(0, 2000), nr + np.arange(0, 700)),
@@ -110,7 +135,7 @@ def main() -> int:
     def run(pool, n, share_fresh, replace):
         rev, heads = pools[pool]
         fresh, rotten = rev[labels[rev] == "fresh"], rev[labels[rev] == "rotten"]
-        return [score(emb, pred, *draw(rng, fresh, rotten, heads, share_fresh, replace), seed=next(counter))
+        return [score(views, *draw(rng, fresh, rotten, heads, share_fresh, replace), seed=next(counter))
                 for _ in range(n)]
 
     # -- selection pool: pick each detector's min_effect ---------------------------------------
@@ -136,13 +161,15 @@ def main() -> int:
     names = [*SINGLE, *("|".join(p) for p in PAIRS)]
     load = os.getloadavg()
     print(f"windows: reference {REF} reviews (50 % fresh) vs current {CUR}; alpha {ALPHA}, B = {B}; label probe "
-          f"accuracy {acc:.3f}; selection pool reviews 0-1999 + headlines 0-699 ({3 * args.select_windows} windows), "
+          f"accuracy {acc:.3f}; served adapter accuracy {float(served['eval_accuracy']):.3f} (500 other reviews); selection pool reviews 0-1999 + headlines 0-699 ({3 * args.select_windows} windows), "
           f"scoring pool reviews 2000-4999 + headlines 700-1499; {elapsed:.0f} s (selection {t_sel:.0f} s); "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n")
     print("min_effect picked on the selection pool (current default in parentheses): "
-          + ", ".join(f"{n} {chosen[n]:g} ({DETECTORS[n].min_effect:g})" for n in SINGLE) + "\n")
+          + ", ".join(f"{n} {chosen[n]:g}" + (f" ({DETECTORS[n].min_effect:g})" if n in DETECTORS else "")
+                    for n in SINGLE) + "\n")
+    defaults = {n: DETECTORS[n.partition("@")[0]].min_effect if "bbsd" not in n else 0.0 for n in SINGLE}
     for label, me in (("picked min_effect", chosen), ("min_effect 0", {n: 0.0 for n in SINGLE}),
-                      ("current default min_effect", {n: DETECTORS[n].min_effect for n in SINGLE})):
+                      ("current default min_effect (bbsd: 0)", defaults)):
         print(f"scoring pool, {label}:\n")
         print(f"| detector | false-alarm rate ({args.null_windows} null windows) | 95 % CI | "
               + " | ".join(f"{round(s * 100)} % headlines" for s in REPLACE) + " | "
