@@ -325,6 +325,7 @@ class TrainRunSpec(StepSpec):
     base: str = Field(default="", description="override the task's base model (\"\": the task's)")
     device: str = Field(default="auto", description="auto | cpu | cuda")
     seed: int = Field(default=0, description="seed of sampling, initialisation and dropout")
+    sampling: str = Field(default="", description='random | grouped (batches of similar length) ("": random)')
     feature_repo: str = Field(default="", description='Feast repository for the adapter\'s metrics ("": none)')
     adapter_id: str = Field(default="", description='id of the adapter\'s metrics ("": the task name)')
     nodes: int = Field(default=1, description="nodes; more than one worker runs a Kubeflow Trainer TrainJob")
@@ -348,7 +349,7 @@ class JointTrainRunSpec(TrainRunSpec):
 
 
 # The TrainSpec options a pipeline can set.
-TRAIN_OPTIONS = ("max_steps", "epochs", "rank", "base", "device", "seed", "temperature", "mixing")
+TRAIN_OPTIONS = ("max_steps", "epochs", "rank", "base", "device", "seed", "sampling", "temperature", "mixing")
 
 
 class MergeStepSpec(StepSpec):

@@ -233,7 +233,7 @@ def train_step(
         return _run_views(metrics, out_dir)
     given = {
         k: getattr(run, k)
-        for k in ("max_steps", "epochs", "rank", "base", "temperature", "mixing")
+        for k in ("max_steps", "epochs", "rank", "base", "sampling", "temperature", "mixing")
         if getattr(run, k, None)
     }
     args = [a for k, v in given.items() for a in (f"--{k.replace('_', '-')}", str(v))]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from taskloom.errors import UserError
 from taskloom.kfp import load_pipeline, pipeline_names
 from taskloom.specs import (
     TRAIN_OPTIONS,
@@ -28,6 +29,7 @@ FEEDS = {
     "base": (JointTrainRunSpec, "base"),
     "device": (JointTrainRunSpec, "device"),
     "seed": (JointTrainRunSpec, "seed"),
+    "sampling": (JointTrainRunSpec, "sampling"),
     "temperature": (JointTrainRunSpec, "temperature"),
     "mixing": (JointTrainRunSpec, "mixing"),
     "adapter_id": (TrainRunSpec, "adapter_id"),
@@ -72,3 +74,10 @@ def test_a_changed_default_is_caught():
     """The check has teeth: a pipeline default that selects another training setting is not the spec's."""
     assert JointTrainRunSpec(temperature=3.0).train_spec() != JointTrainRunSpec().train_spec()
     assert JointTrainRunSpec(temperature=2.0).train_spec() == JointTrainRunSpec().train_spec()
+
+
+def test_sampling_reaches_the_train_spec_and_a_bad_value_is_one_clear_error():
+    assert TrainRunSpec(sampling="grouped").train_spec().sampling == "grouped"
+    assert TrainRunSpec().train_spec().sampling == "random"
+    with pytest.raises(UserError, match="sampling"):
+        TrainRunSpec(sampling="sorted").train_spec()
