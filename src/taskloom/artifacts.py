@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -120,10 +121,44 @@ def publish_dir(staging: str | os.PathLike, final: str | os.PathLike) -> Path:
     return final
 
 
+def _writer() -> tuple[str, str, int]:
+    """(host, PID namespace, pid) of this process: enough to tell later that it is gone."""
+    try:
+        namespace = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        namespace = "0"
+    return socket.gethostname(), namespace, os.getpid()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _sweep_staging(final: Path) -> None:
+    """Remove staging folders beside `final` left by a killed writer: made on this host, in this PID
+    namespace, by a process that no longer exists. Anything else (another pod on a shared volume, a
+    live writer, a name it cannot read) is left alone."""
+    host, namespace, _ = _writer()
+    prefix = f".{final.name}.staging."
+    for d in final.parent.glob(f"{prefix}*"):
+        parts = d.name[len(prefix) :].rsplit(".", 3)  # host.namespace.pid.random; the host may hold dots
+        if len(parts) == 4 and parts[:2] == [host, namespace] and parts[2].isdigit() and not _alive(int(parts[2])):
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def staging_dir(final: str | os.PathLike) -> Path:
-    """A fresh temp folder beside `final` (same filesystem, so `publish_dir` is a rename)."""
+    """A fresh temp folder beside `final` (same filesystem, so `publish_dir` is a rename), named after
+    its writer so that a later call can remove what a killed writer left (a whole model, often)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.staging."))
+    _sweep_staging(final)
+    host, namespace, pid = _writer()
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.staging.{host}.{namespace}.{pid}."))
     os.chmod(tmp, _umask_mode(0o777))
     return tmp

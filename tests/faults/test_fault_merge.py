@@ -81,8 +81,10 @@ def test_kill_9_while_merging_leaves_the_previous_output_whole(configs, evidence
     assert code == 0, err
     assert digests(out, NOT_COMPARED) == configs["clean"]  # the re-run converges
     assert assert_whole(out) > 3
+    assert staged(tmp_path, "merged", "any") is None  # the killed merges' staging folders went with the re-run
     evidence("merge", "kill -9 while writing (staging created, weights half written, before publish)", cases,
-             "--out stays the previous merge, whole; the re-run equals an uninterrupted merge")  # fmt: skip
+             "--out stays the previous merge, whole; the re-run equals an uninterrupted merge and removes the"
+             " killed merges' staging folders")  # fmt: skip
 
 
 def test_disk_full_is_one_line_exit_2_and_nothing_changed(configs, evidence, tmp_path):

@@ -2,6 +2,7 @@
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,3 +43,23 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_a_killed_writers_staging_folder_is_removed_by_the_next_one(tmp_path):
+    import subprocess
+    import sys
+
+    final = tmp_path / "merged"
+    # a writer killed with SIGKILL: its staging folder stays; the process is gone
+    code = f"from taskloom.artifacts import staging_dir; import os; print(staging_dir({str(final)!r})); os._exit(0)"
+    dead = Path(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip())
+    (dead / "model.safetensors").write_bytes(b"half")
+    live = staging_dir(final)  # this process: alive, so never swept
+    namespace, pid = dead.name.split(".")[-3:-1]
+    other = tmp_path / f".merged.staging.another-pod.{namespace}.{pid}.abc"  # same pid on another host: not ours
+    other.mkdir()
+    legacy = tmp_path / ".merged.staging.k3j4l5m6"  # a name without a writer: left alone
+    legacy.mkdir()
+    fresh = staging_dir(final)
+    assert not dead.exists()
+    assert live.is_dir() and fresh.is_dir() and other.is_dir() and legacy.is_dir()
