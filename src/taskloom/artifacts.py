@@ -140,11 +140,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _sweep_staging(final: Path) -> None:
+def _sweep_staging(final: Path, host: str, namespace: str) -> None:
     """Remove staging folders beside `final` left by a killed writer: made on this host, in this PID
     namespace, by a process that no longer exists. Anything else (another pod on a shared volume, a
     live writer, a name it cannot read) is left alone."""
-    host, namespace, _ = _writer()
     prefix = f".{final.name}.staging."
     for d in final.parent.glob(f"{prefix}*"):
         parts = d.name[len(prefix) :].rsplit(".", 3)  # host.namespace.pid.random; the host may hold dots
@@ -157,8 +156,8 @@ def staging_dir(final: str | os.PathLike) -> Path:
     its writer so that a later call can remove what a killed writer left (a whole model, often)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    _sweep_staging(final)
     host, namespace, pid = _writer()
+    _sweep_staging(final, host, namespace)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.staging.{host}.{namespace}.{pid}."))
     os.chmod(tmp, _umask_mode(0o777))
     return tmp

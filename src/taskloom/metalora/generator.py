@@ -209,6 +209,17 @@ def count_params(net, basis: dict, components: np.ndarray) -> int:
     return int(n_net + n_basis + components.size + components.shape[1])
 
 
+def predict_cores(net, mean, components, modules: list[str], size: int, cond) -> dict:
+    """module → the R × R core the network makes for the condition `cond` (torch; with gradients when
+    the caller has them): the coefficients, back through the components, cut into one core per module."""
+    import torch
+
+    z = net(torch.as_tensor(cond, dtype=torch.float32)[None])[0]
+    flat = mean + z @ components
+    n = size * size
+    return {m: flat[i * n : (i + 1) * n].reshape(size, size) for i, m in enumerate(modules)}
+
+
 @dataclass
 class Generator:
     """A loaded generator: the config, the network, the basis, the components and the statistics."""
@@ -230,11 +241,8 @@ class Generator:
         rank = rank or int(self.config["rank"])
         size = int(self.config["basis_size"])
         with torch.no_grad():
-            z = self.net(torch.as_tensor(cond, dtype=torch.float32)[None])[0]  # type: ignore[operator]
-            flat = self.mean + z @ self.components
             out = {}
-            for i, module in enumerate(self.modules):
-                core = flat[i * size * size : (i + 1) * size * size].reshape(size, size)
+            for module, core in predict_cores(self.net, self.mean, self.components, self.modules, size, cond).items():
                 p, s, qt = torch.linalg.svd(core)
                 root = s[:rank].sqrt()
                 u, v = self.basis[module]

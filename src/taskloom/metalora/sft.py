@@ -64,15 +64,11 @@ class Tuner:
 
     def use(self, net, cond: np.ndarray | None) -> None:
         """Hook the ΔW the network makes for `cond` (None: the bare base), with gradients if the caller has them."""
-        import torch
+        from taskloom.metalora.generator import predict_cores
 
-        if cond is None:
-            self.cores = {}
-            return
-        z = net(torch.as_tensor(cond, dtype=torch.float32)[None])[0]
-        flat = self.mean + z @ self.components
-        n = self.size * self.size
-        self.cores = {m: flat[i * n : (i + 1) * n].reshape(self.size, self.size) for i, m in enumerate(self.modules)}
+        self.cores = (
+            {} if cond is None else predict_cores(net, self.mean, self.components, self.modules, self.size, cond)
+        )
 
     def loss(self, spec, rows: list[dict]):
         """The task's objective with the scoring head: prototype cross-entropy, or the pair loss."""
