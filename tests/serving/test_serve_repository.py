@@ -200,6 +200,25 @@ def test_engine_choice_follows_precision_and_adapters(tmp_path):
     assert not (tmp_path / "t" / "taskloom" / "1" / "onnx").exists()
 
 
+def test_onnx_cache_keeps_the_exports_used_last(tmp_path):
+    import os
+
+    from taskloom.serve.onnx_runtime import prune_cache
+
+    now = 1_000_000.0
+    for i in range(10):  # export i used at now - 100 + i: 0 and 1 are the oldest
+        (tmp_path / f"{i}.onnx").write_bytes(b"x")
+        os.utime(tmp_path / f"{i}.onnx", (now - 100 + i, now - 100 + i))
+    killed, running = tmp_path / ".a.onnx.17.tmp", tmp_path / ".b.onnx.18.tmp"
+    for p, age in ((killed, 7200), (running, 60)):
+        p.write_bytes(b"partial")
+        os.utime(p, (now - age, now - age))
+    removed = prune_cache(tmp_path, keep=8, now=now)
+    assert sorted(p.name for p in removed) == [".a.onnx.17.tmp", "0.onnx", "1.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".b.onnx.18.tmp"] + [f"{i}.onnx" for i in range(2, 10)])
+    assert prune_cache(tmp_path, keep=8, now=now) == []
+
+
 def test_a_replaced_onnx_file_fails_the_load(tmp_path):
     from taskloom.serve.backend import verify_manifest
 

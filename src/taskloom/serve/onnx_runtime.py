@@ -7,7 +7,9 @@ the gain falls to 1.1-1.5x. The graph holds the body only (tokens → last hidde
 length-sorted chunks, mean pooling, normalisation and heads stay in backend.py, shared with torch.
 
 An export is a pure function of the weights: it is kept once per weights digest under
-`$TASKLOOM_CACHE/onnx/`, so building many repositories of one model exports once.
+`$TASKLOOM_CACHE/onnx/`, so building many repositories of one model exports once. The cache keeps
+the CACHE_KEEP exports used last (each is the size of the model: 90 MB for MiniLM); every merge or
+retrain makes new weights, and an unbounded cache would fill the disk.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from taskloom.errors import UserError
 from taskloom.models.cache import cache_root
 
 OPSET = 17
+CACHE_KEEP = 8
 OUTPUT = "last_hidden_state"
 
 
@@ -36,17 +39,51 @@ def export_encoder(weights_dir: Path, out_file: Path) -> Path:
     weights_dir, out_file = Path(weights_dir), Path(out_file)
     digest = "-".join(sha256_file(f)[:16] for f in sorted(weights_dir.glob("*.safetensors")))
     cached = cache_root() / "onnx" / f"{digest}.onnx"
-    if not cached.exists():
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
-        try:
-            _export(weights_dir, tmp)
-            os.replace(tmp, cached)
-        finally:
-            tmp.unlink(missing_ok=True)
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(cached, out_file)
+    while True:
+        if not cached.exists():
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+            try:
+                _export(weights_dir, tmp)
+                os.replace(tmp, cached)
+            finally:
+                tmp.unlink(missing_ok=True)
+        try:
+            os.utime(cached)  # used now: the prune keeps it
+            shutil.copyfile(cached, out_file)
+            break
+        except FileNotFoundError:
+            if cached.exists():
+                raise
+            continue  # another process pruned it just now: export again
+    prune_cache(cached.parent)
     return out_file
+
+
+def prune_cache(folder: Path, keep: int = CACHE_KEEP, now: float | None = None) -> list[Path]:
+    """Remove all but the `keep` exports used last, and partial exports over an hour old (a killed
+    export); returns what was removed. Another process may prune at the same time: a file already
+    gone is not an error."""
+    import time
+
+    now = time.time() if now is None else now
+    entries, partial = [], []
+    for p in folder.glob("*.onnx"):
+        try:
+            entries.append((p.stat().st_mtime, p))
+        except FileNotFoundError:
+            continue
+    for p in folder.glob(".*.onnx.*.tmp"):
+        try:
+            if now - p.stat().st_mtime > 3600:
+                partial.append(p)
+        except FileNotFoundError:
+            continue
+    removed = [p for _, p in sorted(entries, reverse=True)[keep:]] + partial
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
 
 
 def _export(weights_dir: Path, path: Path) -> None:
