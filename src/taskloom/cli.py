@@ -347,7 +347,8 @@ def drift(
     method: str = typer.Option(
         "mmd",
         "--method",
-        help="drift test: mmd | ks_pca | ks_pca_bh | classifier | chi2 (labels: --field label or .npy)",
+        help="drift test: mmd | ks_pca | ks_pca_bh | classifier | chi2 (labels: --field label or .npy) | bbsd "
+        "(the served head's class probabilities, .npy)",
     ),
     alpha: float = typer.Option(0.05, "--alpha", help="significance level"),
     permutations: int = typer.Option(200, "--permutations", help="permutations for the p-value"),
@@ -452,8 +453,21 @@ def monitor(
         ..., "--feature-repo", help="Feast repository holding each task's drift reference"
     ),
     out: Path = typer.Option(..., "--out", help="folder for windows.jsonl, alarms.jsonl and drift_report.html"),
-    model: str = typer.Option("minilm", "--model", help="embed with this base name or (served/merged) model folder"),
-    method: str = typer.Option("mmd", "--method", help="drift test: mmd | ks_pca | ks_pca_bh | classifier | chi2"),
+    model: str = typer.Option(
+        "minilm", "--model", help="the served model folder: its heads/<task>/ score windows (chi2, bbsd, mmd+bbsd)"
+    ),
+    method: str = typer.Option(
+        "auto",
+        "--method",
+        help="drift test: auto (mmd+bbsd with --held-out, else mmd) | mmd | ks_pca | ks_pca_bh | classifier | chi2 | "
+        "bbsd | a pair such as mmd+bbsd (what comes in and what the served head answers, Bonferroni)",
+    ),
+    held_out: list[str] = typer.Option(
+        [],
+        "--held-out",
+        help="TASK=FILE: rows of the task the served model never trained on (e.g. its eval.jsonl); the served "
+        "head's answers on them are the reference for bbsd (repeatable; then only these tasks are watched)",
+    ),
     task: list[str] = typer.Option(
         [], "--task", help="watch only this task (repeatable; default: every task in the log)"
     ),
@@ -481,9 +495,18 @@ def monitor(
     from taskloom.monitor.service import run_monitor
     from taskloom.specs import MonitorSpec
 
+    pairs = {}
+    for item in held_out:
+        name, sep, path = item.partition("=")
+        if not (sep and name.strip() and path.strip()):
+            raise UserError(f"--held-out {item!r}: expected TASK=FILE")
+        if name.strip() in pairs:
+            raise UserError(f"--held-out {item!r}: task '{name.strip()}' given twice")
+        pairs[name.strip()] = path.strip()
     spec = MonitorSpec(
         model=model,
         method=method,
+        held_out=pairs,
         tasks=task,
         window=window,
         min_rows=min_rows,

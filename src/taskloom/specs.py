@@ -397,8 +397,17 @@ class GenerateSpec(StepSpec):
 class MonitorSpec(StepSpec):
     """The drift monitor's options: which windows it tests, with what, and when it raises an alarm."""
 
-    model: str = Field(default="minilm", description="embed with this base name or (served/merged) model folder")
-    method: str = Field(default="mmd", description="drift test: mmd | ks_pca | ks_pca_bh | classifier | chi2")
+    model: str = Field(
+        default="minilm", description="the served model folder, whose heads/<task>/ score windows (chi2, bbsd, pairs)"
+    )
+    method: str = Field(
+        default="auto",
+        description="drift test: auto (mmd+bbsd with held_out, else mmd) | mmd | ks_pca | ks_pca_bh | classifier | "
+        "chi2 | bbsd | a pair such as mmd+bbsd",
+    )
+    held_out: dict[str, str] = Field(
+        default_factory=dict, description="task -> rows it never trained on: the served head's reference answers"
+    )
     tasks: list[str] = Field(default_factory=list, description="watch only these tasks (empty: every task in the log)")
     window: float = Field(default=300.0, description="tumbling window length in seconds")
     min_rows: int = Field(default=50, description="windows with fewer requests are not tested")
@@ -423,7 +432,7 @@ class DriftSpec(StepSpec):
     """A two-sample drift test between a reference and a current window."""
 
     field: str = Field(default="text", description="the text field of the rows")
-    method: str = Field(default="mmd", description="drift test: mmd | ks_pca | ks_pca_bh | classifier | chi2")
+    method: str = Field(default="mmd", description="drift test: mmd | ks_pca | ks_pca_bh | classifier | chi2 | bbsd")
     alpha: float = Field(default=0.05, description="significance level")
     permutations: int = Field(default=200, description="permutations for the p-value")
     seed: int = Field(default=0, description="seed of the permutations")

@@ -431,3 +431,16 @@ def test_triton_model_control_needs_the_admin_key(docs):
     assert "taskloom-triton-admin" not in {d["metadata"]["name"] for d in by_kind(own, "Secret")}
     (c,) = _deployment(own, "taskloom-triton")["spec"]["template"]["spec"]["containers"]
     assert "--http-restricted-api=model-repository:x-admin=$(TRITON_ADMIN_KEY)" in c["args"]
+
+
+@pytest.mark.parametrize("method, text", [("mmd", "true"), ("mmd+bbsd", "true"), ("auto", "true"),
+                                          ("chi2", "false"), ("bbsd", "false")])
+def test_request_text_is_logged_exactly_when_the_monitor_embeds_it(method, text):
+    (triton,) = [d for d in render(f"monitor.config.method={method}", "triton.requestLog.enabled=true")
+                 if d["kind"] == "Deployment" and d["metadata"]["name"] == "taskloom-triton"]
+    env = {e["name"]: e.get("value") for c in triton["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])}
+    assert env["TASKLOOM_REQUEST_LOG_TEXT"] == text
+    if text == "true":  # an embedding detector with the text switched off: the install stops, naming the fix
+        r = helm("template", "taskloom", str(CHART), "--set", HMAC, "--set", f"monitor.config.method={method}",
+                 "--set", "triton.requestLog.enabled=true", "--set", "triton.requestLog.includeText=false", check=False)
+        assert r.returncode != 0 and "use monitor.config.method=chi2 or bbsd" in r.stderr

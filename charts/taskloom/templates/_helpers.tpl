@@ -79,16 +79,16 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/*
 Whether the Triton model logs request text: "auto" is on exactly when the drift monitor runs an embedding
-detector (everything but chi2 embeds the texts), so enabling the monitor is the opt-in; false with such a
-monitor would leave every window untestable and stops the install.
+detector (everything but chi2 and bbsd, which test the head's logged answers, embeds the texts), so enabling
+the monitor is the opt-in; false with such a monitor would leave every window untestable and stops the install.
 */}}
 {{- define "taskloom.requestLogText" -}}
 {{- $l := .Values.triton.requestLog -}}
-{{- $embeds := and .Values.monitor.enabled (ne .Values.monitor.config.method "chi2") -}}
+{{- $embeds := and .Values.monitor.enabled (not (has .Values.monitor.config.method (list "chi2" "bbsd"))) -}}
 {{- if eq (toString $l.includeText) "auto" -}}
 {{- ternary "true" "false" $embeds -}}
 {{- else if and $embeds (not $l.includeText) -}}
-{{- fail (printf "triton.requestLog.includeText=false leaves the monitor's %s detector no text to embed: use monitor.config.method=chi2 (tests the served labels) or includeText=auto" .Values.monitor.config.method) -}}
+{{- fail (printf "triton.requestLog.includeText=false leaves the monitor's %s detector no text to embed: use monitor.config.method=chi2 or bbsd (test the served head's logged answers) or includeText=auto" .Values.monitor.config.method) -}}
 {{- else -}}
 {{- toString $l.includeText -}}
 {{- end -}}

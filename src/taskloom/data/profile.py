@@ -16,6 +16,7 @@ from taskloom.models.encoder import embed_texts
 from taskloom.tasks.types import TASK_TYPES
 
 REFERENCE_SIZE = 500
+REFERENCE_ENCODER = "minilm"  # every drift reference, and every window tested against one, in this space
 SEED = 0
 
 
@@ -31,7 +32,7 @@ def label_entropy(labels: list[str]) -> float:
 
 
 def profile_task(
-    spec, train_rows: list[dict], sample: int = REFERENCE_SIZE, seed: int = SEED, model: str = "minilm"
+    spec, train_rows: list[dict], sample: int = REFERENCE_SIZE, seed: int = SEED, model: str = REFERENCE_ENCODER
 ) -> dict:
     """Profile of a task (a TaskSpec or a spec dict) from its training rows.
 

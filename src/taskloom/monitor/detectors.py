@@ -1,7 +1,8 @@
 """Drift detectors: a detector is a small object; the registry is a plain dict, one line each.
 
-Every detector takes a reference and a current sample (embeddings n × d and m × d, or for a
-"labels" detector two lists of predicted labels / arrays of class probabilities) and returns a
+Every detector takes a reference and a current sample (embeddings n × d and m × d, for a "labels"
+detector two lists of predicted labels / arrays of class probabilities, for a "probs" detector two
+arrays of class probabilities) and returns a
 calibrated p-value under "same distribution", so one alpha means the same thing for all of them,
 and an effect size ("effect", 0 = no difference), so an alarm can also ask for a difference that
 matters: with large windows a tiny, harmless shift is already significant.
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from taskloom.monitor.bbsd import bbsd_test
 from taskloom.monitor.chi2_labels import chi2_labels_test
 from taskloom.monitor.classifier import classifier_test
 from taskloom.monitor.ks_pca import ks_pca_test
@@ -31,7 +33,7 @@ class Detector:
     run: Callable[..., dict]  # (reference, current, permutations, seed) -> {"statistic", "p_value", "effect", ...}
     effect: str = ""  # what "effect" measures
     min_effect: float = 0.0  # default smallest effect worth an alarm (see bench/drift_calibration.py)
-    inputs: str = "embeddings"  # "embeddings" (n × d floats) | "labels" (labels or class probabilities)
+    inputs: str = "embeddings"  # "embeddings" (n × d) | "labels" (labels or class probabilities) | "probs"
 
     def __call__(self, reference: np.ndarray, current: np.ndarray, permutations: int = 200, seed: int = 0) -> dict:
         return self.run(reference, current, permutations=permutations, seed=seed)
@@ -58,6 +60,10 @@ def _chi2(reference, current, permutations, seed):
     return chi2_labels_test(reference, current, permutations=permutations, seed=seed)
 
 
+def _bbsd(reference, current, permutations, seed):
+    return bbsd_test(reference, current)
+
+
 MMD = Detector(
     "mmd", "MMD² with an RBF kernel (median bandwidth), permutation p-value", _mmd, "MMD (sqrt of MMD²)", 0.03
 )
@@ -80,6 +86,14 @@ CLASSIFIER = Detector(
 )
 CHI2 = Detector(
     "chi2", "chi-squared on predicted labels (lists or argmax of probabilities)", _chi2, "Cramér's V", 0.05, "labels"
+)
+BBSD = Detector(
+    "bbsd",
+    "Welch's t-test per class on the served head's probabilities, Bonferroni (black-box shift detection)",
+    _bbsd,
+    "largest change of a mean class probability",
+    0.05,
+    "probs",
 )
 
 # name → detector: the ones above and every installed plugin's, through the `taskloom.detectors`

@@ -32,6 +32,68 @@ def check_options(method: str, alpha: float, permutations: int) -> None:
         raise UserError(f"permutations must be an integer >= 1, got {permutations}")
 
 
+# A pair's own min_effect per part where measured (bench/drift_power.py, selection pool): each part's p
+# is doubled (Bonferroni), so MMD can ask for a smaller effect than alone and keep false alarms <= 5 %.
+PAIR_MIN_EFFECTS = {("mmd", "bbsd"): (0.0225, 0.05)}
+
+
+def pair_min_effects(first: str, second: str) -> tuple[float, float]:
+    return PAIR_MIN_EFFECTS.get((first, second), (DETECTORS[first].min_effect, DETECTORS[second].min_effect))
+
+
+def pair_parts(method: str) -> tuple[str, str] | None:
+    """("mmd", "bbsd") for "mmd+bbsd": an input detector paired with one on the served head's answers."""
+    if "+" not in method:
+        return None
+    first, _, second = method.partition("+")
+    if first not in DETECTORS or DETECTORS[first].inputs != "embeddings":
+        raise UserError(f"drift method '{method}': '{first}' is not a detector on embeddings")
+    if second not in DETECTORS or DETECTORS[second].inputs == "embeddings":
+        raise UserError(f"drift method '{method}': '{second}' is not a detector on the head's answers (bbsd, chi2)")
+    if min(pair_min_effects(first, second)) <= 0:
+        raise UserError(f"drift method '{method}': a pair needs a min_effect > 0 on both detectors")
+    return first, second
+
+
+def drift_pair(
+    reference,
+    current,
+    method: str,
+    alpha: float = 0.05,
+    permutations: int = 200,
+    seed: int = 0,
+    names: tuple[str, str] = ("reference", "current"),
+) -> dict:
+    """Both detectors of a pair, each on its own view: (embeddings, class probabilities) per side.
+
+    p = Bonferroni over the two (2 · the smaller p), so the pair keeps the false-alarm rate of one
+    test; effect = the larger of each part's effect over that part's min_effect in the pair
+    (`pair_min_effects`; 1 = the smallest change worth an alarm in either view), so one --min-effect
+    means the same for both."""
+    parts = pair_parts(method)
+    if parts is None:
+        raise UserError(f"drift method '{method}' is not a pair (first+second)")
+    results = [
+        drift_embeddings(reference[i], current[i], part, alpha, permutations, seed, names)
+        for i, part in enumerate(parts)
+    ]
+    p = min(1.0, 2 * min(r["p_value"] for r in results))
+    effect = max(r["effect"] / m for r, m in zip(results, pair_min_effects(*parts)))
+    out = {
+        "method": method,
+        "statistic": effect,
+        "p_value": p,
+        "effect": effect,
+        "drift": bool(p < alpha),
+        "n_reference": results[0]["n_reference"],
+        "n_current": results[0]["n_current"],
+        "alpha": float(alpha),
+    }
+    for r, part in zip(results, parts):
+        out.update({f"p_{part}": r["p_value"], f"effect_{part}": r["effect"], f"n_reference_{part}": r["n_reference"]})
+    return out
+
+
 def check_embeddings(arr, name: str) -> np.ndarray:
     """A finite 2-D float array with at least MIN_ROWS rows, or a UserError naming `name`."""
     arr = np.asarray(arr)
@@ -82,8 +144,10 @@ def drift_embeddings(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise UserError(f"seed must be an integer >= 0, got {seed!r}")
     detector = DETECTORS[method]
-    if detector.inputs == "labels":
+    if detector.inputs in ("labels", "probs"):
         ref, cur = check_labels(reference, names[0]), check_labels(current, names[1])
+        if detector.inputs == "probs" and ref.ndim == 1:
+            raise UserError(f"{names[0]}: method '{method}' tests class probabilities (rows × classes), not labels")
         if ref.ndim != cur.ndim:
             kinds = {1: "labels", 2: "class probabilities"}
             raise UserError(
@@ -144,7 +208,8 @@ def read_texts(path: Path, field: str) -> list[str]:
 def read_sample(path, field: str, inputs: str = "embeddings"):
     """('texts', list[str]) for row files, ('embeddings', ndarray) for .npy; checked, never modified.
 
-    For a "labels" detector a .npy holds labels or class probabilities (kind 'labels')."""
+    For a "labels" detector a .npy holds labels or class probabilities (kind 'labels'); a "probs"
+    detector (bbsd) takes class probabilities only, from a .npy."""
     path = Path(path)
     try:
         found = path.is_file()
@@ -158,11 +223,15 @@ def read_sample(path, field: str, inputs: str = "embeddings"):
             arr = np.load(path, allow_pickle=False)
         except Exception as e:
             raise UserError(f"{path}: not a readable .npy array ({type(e).__name__})") from None
-        if inputs == "labels":
+        if inputs in ("labels", "probs"):
             return "labels", check_labels(arr, str(path))
         return "embeddings", check_embeddings(arr, str(path))
     if suffix not in ROW_SUFFIXES:
         raise UserError(f"{path}: unknown file type '{suffix}' (use .jsonl, .json, .parquet or .npy)")
+    if inputs == "probs":
+        raise UserError(
+            f"{path}: this method tests the served head's class probabilities: give a .npy (rows × classes)"
+        )
     texts = read_texts(path, field)
     if len(texts) < MIN_ROWS:
         raise UserError(f"{path}: {len(texts)} rows, need at least {MIN_ROWS}")
@@ -183,7 +252,7 @@ def drift_files(
     inputs = DETECTORS[method].inputs
     samples = [read_sample(reference, field, inputs), read_sample(current, field, inputs)]
     texts = [s for kind, s in samples if kind == "texts"]
-    if texts and inputs != "labels":  # one encoder pass for both sides (labels: the strings are tested as they are)
+    if texts and inputs == "embeddings":  # one encoder pass for both sides (labels: the strings are tested as they are)
         emb = embed_texts([t for group in texts for t in group])
         start = 0
         for i, (kind, s) in enumerate(samples):

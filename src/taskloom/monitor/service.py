@@ -7,9 +7,16 @@ start a retrain when the alarm policy says so.
 
 Per poll: read the new lines of the request log (`taskloom.requestlog`), put them in
 tumbling windows per task (`windows`), and for each window that is over: embed its texts with the
-served model folder or the base encoder (`--model`), test them against the task's latest reference
-sample in Feast (`TaskStore.read_reference_record`) with the chosen detector, and pass the p-values
-and effect sizes of all tasks of that window to the alarm policy (`policy`). An alarm leaves as a
+encoder the references were made with (`data.profile.REFERENCE_ENCODER`), test them against the
+task's latest reference sample in Feast (`TaskStore.read_reference_record`) with the chosen
+detector, and pass the p-values and effect sizes of all tasks of that window to the alarm policy
+(`policy`).
+
+The default method, `auto`, is the pair `mmd+bbsd` when the served view is given (`--model`, the
+served model folder with heads/<task>/, and `--held-out TASK=FILE`, rows of the task it never
+trained on), else `mmd`. The pair tests what comes in (MMD on embeddings) and what goes out (the
+served head's class probabilities against its answers on the held-out rows, `served`), Bonferroni
+over the two: MMD alone misses a change in the mix of labels (BENCHMARKS.md, drift power). An alarm leaves as a
 signed CloudEvent whose id is its idempotency key, retried on network errors with the same id; it
 is on disk before it is sent, and one the receiver could not take stays in the outbox (`outbox`),
 tried again with backoff while the monitor runs and when it starts again.
@@ -39,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from taskloom.artifacts import write_text
+from taskloom.data.profile import REFERENCE_ENCODER
 from taskloom.errors import UserError, redact
 from taskloom.events.cloudevent import load_secret, send_event
 from taskloom.jsonfiles import read_jsonl
@@ -46,10 +54,11 @@ from taskloom.metrics import MonitorMetrics
 from taskloom.models.encoder import cached_encoder, embed_texts
 from taskloom.models.heads import load_head
 from taskloom.monitor import outbox
-from taskloom.monitor.detectors import DETECTORS
-from taskloom.monitor.drift import MIN_ROWS, check_options, drift_embeddings
+from taskloom.monitor.detectors import DETECTORS, Detector
+from taskloom.monitor.drift import MIN_ROWS, check_options, drift_embeddings, drift_pair, pair_parts
 from taskloom.monitor.policy import AlarmPolicy, AlarmTracker
 from taskloom.monitor.report import write_drift_report
+from taskloom.monitor.served import ServedView
 from taskloom.monitor.windows import TumblingWindows, Window, iso
 from taskloom.requestlog import LogReader
 from taskloom.specs import MonitorSpec
@@ -73,14 +82,15 @@ def _jsonl(rows: list[dict]) -> str:
 class References:
     """Each task's latest reference from Feast, checked once per read (finite, enough rows, the model's dims)."""
 
-    def __init__(self, feature_repo: Path, dims: int, model: str, labeler=None):
+    def __init__(self, feature_repo: Path, dims: int, model: str, labeler=None, served: ServedView | None = None):
         self.repo = feature_repo
         self.store = TaskStore(feature_repo)
-        self.dims, self.model, self.labeler = dims, model, labeler
+        self.dims, self.model, self.labeler, self.served = dims, model, labeler, served
         self.current: dict[str, dict] = {}
 
     def load(self, task: str) -> dict:
-        """{"adapter_id", "sample"} (sample = embeddings, or predicted labels for a labels detector)."""
+        """{"adapter_id", "sample"} (sample = embeddings, or predicted labels for a labels detector; with
+        the served view, "probs": the served head's answers on the task's held-out rows)."""
         try:
             rec = self.store.read_reference_record(task)
         except UserError as e:
@@ -98,9 +108,11 @@ class References:
         if len(emb) < MIN_ROWS:
             raise UserError(f"{where}: {len(emb)} rows, need at least {MIN_ROWS}")
         if emb.shape[1] != self.dims:
-            raise UserError(f"{where}: {emb.shape[1]} dims, but model {self.model} embeds {self.dims}")
+            raise UserError(f"{where}: {emb.shape[1]} dims, but encoder {self.model} embeds {self.dims}")
         sample = self.labeler(task, emb) if self.labeler else emb
         self.current[task] = {"adapter_id": rec["adapter_id"], "sample": sample}
+        if self.served is not None:
+            self.current[task]["probs"] = self.served.reference(task)
         return self.current[task]
 
 
@@ -122,6 +134,20 @@ def _head_labeler(model: str):
         return np.asarray(names, dtype=object)[idx].astype(str)
 
     return labels
+
+
+def _served_answers(w: Window, served: ServedView, min_rows: int, classes: int, name: str) -> np.ndarray:
+    """The served head's probabilities on a window: as the server logged them (v2 rows), else computed
+    from its texts with the served model."""
+    if len(w.probs) < min_rows:
+        return served.probs(w.task, w.texts)
+    bad = next((i for i, p in enumerate(w.probs) if len(p) != classes), None)
+    if bad is not None:
+        raise UserError(
+            f"{name}: row {bad + 1} with probabilities logs {len(w.probs[bad])} classes, the head of --model has "
+            f"{classes} (is --model the served model?)"
+        )
+    return np.asarray(w.probs, dtype=np.float64)
 
 
 def deliver(
@@ -183,8 +209,30 @@ def run_monitor(
     permutations, seed, webhook, secret_file = spec.permutations, spec.seed, spec.webhook, spec.secret_file
     once, poll, lateness, max_polls, timeout = spec.once, spec.poll, spec.lateness, spec.max_polls, spec.timeout
     # -- options and inputs: every mistake before anything is written --------------------------
-    check_options(method, alpha, permutations)
-    detector = DETECTORS[method]
+    if method == "auto":
+        method = "mmd+bbsd" if spec.held_out else "mmd"
+    parts = pair_parts(method)
+    detector: Detector | None = None  # a pair runs both of its parts (drift_pair)
+    if parts is None:
+        check_options(method, alpha, permutations)
+        detector = DETECTORS[method]
+        description, effect_unit = detector.description, detector.effect
+    else:
+        for name in parts:
+            check_options(name, alpha, permutations)
+        description = f"{parts[0]} on embeddings and {parts[1]} on the served head's answers, Bonferroni over the two"
+        effect_unit = "the larger of each part's effect over its min_effect in the pair"
+    uses_served = detector is None or detector.inputs == "probs"
+    if uses_served and not spec.held_out:
+        raise UserError(
+            f"--method {method} compares the served head's answers: give --model (the served model folder, with "
+            "heads/<task>/) and --held-out TASK=FILE (rows of the task it never trained on, e.g. its eval.jsonl)"
+        )
+    if spec.held_out and not uses_served:
+        raise UserError(f"--held-out is for the served view (--method auto, bbsd or mmd+bbsd), not --method {method}")
+    unknown = sorted(set(tasks) - set(spec.held_out)) if uses_served else []
+    if unknown:
+        raise UserError(f"--task {unknown[0]}: no --held-out {unknown[0]}=FILE for the served view")
     if isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < MIN_ROWS:
         raise UserError(f"--min-rows must be an integer >= {MIN_ROWS}, got {min_rows}")
     for name, value in (("--window", window), ("--poll", poll), ("--timeout", timeout)):
@@ -196,7 +244,7 @@ def run_monitor(
         alpha=alpha,
         consecutive=consecutive,
         cooldown=cooldown,
-        min_effect=detector.min_effect if min_effect is None else min_effect,
+        min_effect=(1.0 if detector is None else detector.min_effect) if min_effect is None else min_effect,
     )
     log, out, feature_repo = Path(log), Path(out), Path(feature_repo)
     if not log.is_file():
@@ -208,11 +256,14 @@ def run_monitor(
     secret = None
     if webhook:
         secret = load_secret(secret_file)
-    watch = set(tasks) if tasks else None
+    watch = set(tasks or (spec.held_out if uses_served else ())) or None  # the served view: its tasks
 
-    _, encoder = cached_encoder(str(model))
-    labeler = _head_labeler(str(model)) if detector.inputs == "labels" else None
-    refs = References(feature_repo, int(encoder.config.hidden_size), str(model), labeler)
+    _, encoder = cached_encoder(REFERENCE_ENCODER)
+    labeler = _head_labeler(str(model)) if detector is not None and detector.inputs == "labels" else None
+    served = ServedView(model, spec.held_out) if uses_served else None
+    if served is not None:
+        served.check()
+    refs = References(feature_repo, int(encoder.config.hidden_size), REFERENCE_ENCODER, labeler, served)
     for task in sorted(watch or ()):
         refs.load(task)  # a named task without a reference is a mistake even before its first request
 
@@ -294,8 +345,8 @@ def run_monitor(
             alarms,
             {
                 "method": method,
-                "detector": detector.description,
-                "effect": detector.effect,
+                "detector": description,
+                "effect": effect_unit,
                 "policy": policy.__dict__,
                 "window_s": float(window),
                 "log": str(log),
@@ -313,10 +364,13 @@ def run_monitor(
         start = group[0].start
         results: dict[str, dict | None] = {}
         new: list[dict] = []
-        # a labels detector takes the labels the server logged as they are; else the texts are embedded
-        logged = {w.task for w in group if labeler and len(w.labels) >= min_rows}
+        # a labels detector takes the labels the server logged as they are, bbsd the probabilities it
+        # logged; else the texts are embedded (and scored by the served model, `served`)
+        answers = detector is not None and detector.inputs == "probs"
+        logged = {w.task for w in group if len(w.labels if labeler else w.probs if answers else ()) >= min_rows}
         big = [w for w in group if w.task not in logged and len(w.texts) >= min_rows]  # one encoder pass for all
-        flat = embed_texts([t for w in big for t in w.texts], model_name=str(model)) if big else None
+        embeds = big and not answers
+        flat = embed_texts([t for w in big for t in w.texts], model_name=REFERENCE_ENCODER) if embeds else None
         offsets = dict(zip((w.task for w in big), np.cumsum([0] + [len(w.texts) for w in big])))
         for w in group:
             ref = refs.load(w.task)  # re-read: a retrain may have refreshed it
@@ -337,7 +391,7 @@ def run_monitor(
                     f"window {iso(w.start)} of task '{w.task}': {w.n} requests, below --min-rows {min_rows}: not tested"
                 )
             elif w.task not in logged and len(w.texts) < min_rows:  # server rows logged without text
-                rec["status"] = "no_labels" if labeler else "no_text"
+                rec["status"] = "no_labels" if labeler else "no_probs" if answers else "no_text"
                 results[w.task] = None
                 summary["untestable"] += 1
                 if w.task not in warned:  # one message per task, not one per window
@@ -348,32 +402,40 @@ def run_monitor(
                             f" and {len(w.labels)} with a label: method '{method}' needs the served head's labels"
                             " or the texts; its windows are not tested"
                             if labeler
+                            else f" and {len(w.probs)} with probabilities: method '{method}' needs the served head's"
+                            " probabilities or the texts; its windows are not tested"
+                            if answers
                             else f": method '{method}' embeds texts, so its windows are not tested (the server logs"
-                            " text only with includeText; --method chi2 tests the labels it logs)"
+                            " text only with includeText; --method chi2 or bbsd test the answers it logs)"
                         )
                     )
             else:
-                if w.task in logged:
+                names = (f"reference of task '{w.task}'", f"window {iso(w.start)} of '{w.task}'")
+                if w.task in logged and labeler:
                     sample = np.asarray(w.labels, dtype=str)
-                else:
-                    assert flat is not None  # embedded above: this window is big enough
+                elif flat is not None:  # embedded above: this window is big enough
                     emb = flat[offsets[w.task] : offsets[w.task] + len(w.texts)]
                     sample = labeler(w.task, emb) if labeler else emb
-                r = drift_embeddings(
-                    ref["sample"],
-                    sample,
-                    method=method,
-                    alpha=alpha,
-                    permutations=permutations,
-                    seed=seed,
-                    names=(f"reference of task '{w.task}'", f"window {iso(w.start)} of '{w.task}'"),
-                )
+                if served is None:
+                    r = drift_embeddings(ref["sample"], sample, method, alpha, permutations, seed, names)
+                else:
+                    probs = _served_answers(w, served, min_rows, ref["probs"].shape[1], names[1])
+                    r = (
+                        drift_pair(
+                            (ref["sample"], ref["probs"]), (sample, probs), method, alpha, permutations, seed, names
+                        )
+                        if detector is None
+                        else drift_embeddings(ref["probs"], probs, method, alpha, permutations, seed, names)
+                    )
                 rec.update(
                     status="tested",
                     statistic=r["statistic"],
                     p_value=r["p_value"],
                     effect=r["effect"],
                     n_reference=r["n_reference"],
+                    **{
+                        k: v for k, v in r.items() if k.startswith(("p_", "effect_", "n_reference_")) and k != "p_value"
+                    },
                 )
                 results[w.task] = {"p_value": r["p_value"], "effect": r["effect"], "adapter_id": ref["adapter_id"]}
                 summary["tested"] += 1

@@ -34,6 +34,7 @@ class Window:
     end: float
     texts: list[str] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
+    probs: list[list[float]] = field(default_factory=list)  # the served head's answers (v2 rows)
     n: int = 0  # requests, with or without text or label
 
 
@@ -53,7 +54,8 @@ class TumblingWindows:
         return math.floor(ts / self.size) * self.size
 
     def add(self, row: dict) -> bool:
-        """Put one request {"ts", "task", "text", "label"?} in its window; False (and counted) when that window is closed."""
+        """Put one request {"ts", "task", "text", "label"?, "probs"?} in its window; False (and counted) when
+        that window is closed."""
         start = self.start_of(row["ts"])
         if start + self.size <= self.closed_until:
             self.late += 1
@@ -68,6 +70,8 @@ class TumblingWindows:
             w.texts.append(row["text"])
         if row.get("label") is not None:
             w.labels.append(row["label"])
+        if row.get("probs") is not None:
+            w.probs.append(row["probs"])
         return True
 
     def close(self, until: float | None = None) -> list[Window]:
