@@ -466,7 +466,8 @@ def monitor(
         [],
         "--held-out",
         help="TASK=FILE: rows of the task the served model never trained on (e.g. its eval.jsonl); the served "
-        "head's answers on them are the reference for bbsd (repeatable; then only these tasks are watched)",
+        "head's answers on them are the reference for bbsd, chi2 and mmd+bbsd (repeatable; then only these "
+        "tasks are watched)",
     ),
     task: list[str] = typer.Option(
         [], "--task", help="watch only this task (repeatable; default: every task in the log)"

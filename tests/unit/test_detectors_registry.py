@@ -19,13 +19,18 @@ from taskloom.monitor.multitest import bh_adjust
 
 
 def test_registry_has_one_entry_per_detector_with_an_effect_size():
-    assert list(DETECTORS) == ["mmd", "ks_pca", "ks_pca_bh", "classifier", "chi2"]
-    assert {n: d.inputs for n, d in DETECTORS.items()}["chi2"] == "labels"
+    assert list(DETECTORS) == ["mmd", "ks_pca", "ks_pca_bh", "classifier", "chi2", "bbsd"]
+    inputs = {n: d.inputs for n, d in DETECTORS.items()}
+    assert (inputs["chi2"], inputs["bbsd"]) == ("labels", "probs")
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(60, 8)), rng.normal(loc=0.8, size=(60, 8))
+
+    def softmax(z):
+        return np.exp(z) / np.exp(z).sum(1, keepdims=True)
+
     for name, det in DETECTORS.items():
         assert det.effect and det.min_effect > 0, name
-        a, b = (x.argmax(1), y.argmax(1)) if det.inputs == "labels" else (x, y)
+        a, b = {"labels": (x.argmax(1), y.argmax(1)), "probs": (softmax(x), softmax(y))}.get(det.inputs, (x, y))
         out = det(a, b, permutations=99, seed=0)
         assert 0 < out["p_value"] <= 1 and np.isfinite(out["effect"]), name
 

@@ -100,7 +100,7 @@ def test_parquet_rows_and_ks_pca(files, capsys):
         ("good", "dim", [], "dim.npy: embedding dimension 16 differs from"),
         ("good", "flat", [], "flat.npy: embeddings must be a 2-D array"),
         ("ref", "csv", [], "rows.csv: unknown file type '.csv'"),
-        ("ref", "same", ["--method", "wasserstein"], "unknown drift method 'wasserstein' (known: mmd, ks_pca, ks_pca_bh, classifier, chi2)"),
+        ("ref", "same", ["--method", "wasserstein"], "unknown drift method 'wasserstein' (known: mmd, ks_pca, ks_pca_bh, classifier, chi2, bbsd)"),
         ("ref", "same", ["--alpha", "1.5"], "alpha must lie strictly between 0 and 1"),
         ("ref", "same", ["--alpha", "0"], "alpha must lie strictly between 0 and 1"),
         ("ref", "same", ["--permutations", "0"], "permutations must be an integer >= 1"),

@@ -181,6 +181,13 @@ def test_bbsd_tests_the_probabilities_the_server_logged_without_any_text(served_
     assert [r["status"] for r in (same, labels, inputs)] == ["tested"] * 3
     assert not same["hit"] and labels["hit"] and labels["p_value"] < 0.01 and labels["effect"] > 0.08
 
+    # chi2 with --held-out: the labels the server logged against the served head's labels on the held-out rows
+    assert main([*args[:-6], "--method", "chi2", *args[-4:], "--out", str(w["tmp"] / "chi2")]) == 0
+    capsys.readouterr()
+    same, labels, inputs = _records(w["tmp"] / "chi2")
+    assert [r["method"] for r in (same, labels, inputs)] == ["chi2"] * 3 and same["n_reference"] == 300
+    assert not same["hit"] and labels["hit"] and labels["p_value"] < 0.01
+
     append_rows(bad, [{**r, "probs": r["probs"] + [0.0]} for r in rows])
     code = main([*args[:2], str(bad), *args[3:], "--out", str(w["tmp"] / "bad")])
     err = capsys.readouterr().err.strip().splitlines()

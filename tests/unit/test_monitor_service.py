@@ -180,7 +180,7 @@ def test_small_windows_are_logged_and_not_tested(world, capsys):
     ("unknown", "unknown task 'ghost': feature store"),
     ("unknown-option", "unknown task 'ghost': feature store"),
     ("nan", "reference of task 'nan-task' (adapter 'n1'): row 5 contains NaN or infinite values"),
-    ("dim", "reference of task 'dim-task' (adapter 'd1'): 16 dims, but model minilm embeds 384"),
+    ("dim", "reference of task 'dim-task' (adapter 'd1'): 16 dims, but encoder minilm embeds 384"),
     ("small", "no window has at least 15 requests (largest: 5, task 'rt' at 2023-11-14T22:15:00Z)"),
     ("empty", "no requests to monitor"),
     ("badline", "requests.jsonl: line 31: missing field 'text'"),

@@ -48,6 +48,10 @@ class ServedView:
             self.heads[task] = load_head(folder)
         return self.heads[task]
 
+    def label_names(self, task: str) -> np.ndarray:
+        """The head's labels, in the order of its probabilities."""
+        return np.asarray(self.head(task)[1], dtype=str)
+
     def probs(self, task: str, texts: list[str]) -> np.ndarray:
         """softmax(head(embedding)) for each text, as the served model computes it."""
         import torch

@@ -16,15 +16,18 @@ The default method, `auto`, is the pair `mmd+bbsd` when the served view is given
 served model folder with heads/<task>/, and `--held-out TASK=FILE`, rows of the task it never
 trained on), else `mmd`. The pair tests what comes in (MMD on embeddings) and what goes out (the
 served head's class probabilities against its answers on the held-out rows, `served`), Bonferroni
-over the two: MMD alone misses a change in the mix of labels (BENCHMARKS.md, drift power). An alarm leaves as a
-signed CloudEvent whose id is its idempotency key, retried on network errors with the same id; it
-is on disk before it is sent, and one the receiver could not take stays in the outbox (`outbox`),
-tried again with backoff while the monitor runs and when it starts again.
+over the two: MMD alone misses a change in the mix of labels (BENCHMARKS.md, drift power).
+
+An alarm leaves as a signed CloudEvent whose id is its idempotency key, retried on network errors
+with the same id; it is on disk before it is sent, and one the receiver could not take stays in the
+outbox (`outbox`), tried again with backoff while the monitor runs and when it starts again.
 
 In a cluster the Triton model writes the log (`taskloom.serve.requests_log`, v2 rows), by default
-without the texts: a labels detector (`--method chi2`) then tests the labels the served head logged
-against the reference labelled by `--model`'s head (heads/<task>/), and an embedding detector
-records such windows as "no_text", untested, with one message per task. The Python client's
+without the texts: `--method bbsd` then tests the probabilities the served head logged against its
+answers on the held-out rows, and `--method chi2` the labels it logged against its labels on those
+rows (without --held-out, chi2 labels the base-encoder reference with `--model`'s head, a different
+function from the served model's: give --held-out); an embedding detector records such windows as
+"no_text", untested, with one message per task. The Python client's
 `request_log` (v1 rows, always with text) is for local runs; do not let both write one log.
 
 Everything it decides is in --out: windows.jsonl (one line per window and task), alarms.jsonl
@@ -222,14 +225,19 @@ def run_monitor(
             check_options(name, alpha, permutations)
         description = f"{parts[0]} on embeddings and {parts[1]} on the served head's answers, Bonferroni over the two"
         effect_unit = "the larger of each part's effect over its min_effect in the pair"
-    uses_served = detector is None or detector.inputs == "probs"
+    # the served view: the served head's answers on both sides (a labels detector too, given --held-out)
+    uses_served = (
+        detector is None or detector.inputs == "probs" or (detector.inputs == "labels" and bool(spec.held_out))
+    )
     if uses_served and not spec.held_out:
         raise UserError(
             f"--method {method} compares the served head's answers: give --model (the served model folder, with "
             "heads/<task>/) and --held-out TASK=FILE (rows of the task it never trained on, e.g. its eval.jsonl)"
         )
     if spec.held_out and not uses_served:
-        raise UserError(f"--held-out is for the served view (--method auto, bbsd or mmd+bbsd), not --method {method}")
+        raise UserError(
+            f"--held-out is for the served view (--method auto, bbsd, chi2 or mmd+bbsd), not --method {method}"
+        )
     unknown = sorted(set(tasks) - set(spec.held_out)) if uses_served else []
     if unknown:
         raise UserError(f"--task {unknown[0]}: no --held-out {unknown[0]}=FILE for the served view")
@@ -259,7 +267,9 @@ def run_monitor(
     watch = set(tasks or (spec.held_out if uses_served else ())) or None  # the served view: its tasks
 
     _, encoder = cached_encoder(REFERENCE_ENCODER)
-    labeler = _head_labeler(str(model)) if detector is not None and detector.inputs == "labels" else None
+    labeler = (
+        _head_labeler(str(model)) if detector is not None and detector.inputs == "labels" and not uses_served else None
+    )
     served = ServedView(model, spec.held_out) if uses_served else None
     if served is not None:
         served.check()
@@ -366,10 +376,10 @@ def run_monitor(
         new: list[dict] = []
         # a labels detector takes the labels the server logged as they are, bbsd the probabilities it
         # logged; else the texts are embedded (and scored by the served model, `served`)
-        answers = detector is not None and detector.inputs == "probs"
-        logged = {w.task for w in group if len(w.labels if labeler else w.probs if answers else ()) >= min_rows}
+        field = None if detector is None else {"labels": "labels", "probs": "probs"}.get(detector.inputs)
+        logged = {w.task for w in group if field and len(getattr(w, field)) >= min_rows}
         big = [w for w in group if w.task not in logged and len(w.texts) >= min_rows]  # one encoder pass for all
-        embeds = big and not answers
+        embeds = big and (served is None or detector is None)  # the reference encoder's view is tested
         flat = embed_texts([t for w in big for t in w.texts], model_name=REFERENCE_ENCODER) if embeds else None
         offsets = dict(zip((w.task for w in big), np.cumsum([0] + [len(w.texts) for w in big])))
         for w in group:
@@ -391,7 +401,7 @@ def run_monitor(
                     f"window {iso(w.start)} of task '{w.task}': {w.n} requests, below --min-rows {min_rows}: not tested"
                 )
             elif w.task not in logged and len(w.texts) < min_rows:  # server rows logged without text
-                rec["status"] = "no_labels" if labeler else "no_probs" if answers else "no_text"
+                rec["status"] = {"labels": "no_labels", "probs": "no_probs"}.get(field or "", "no_text")
                 results[w.task] = None
                 summary["untestable"] += 1
                 if w.task not in warned:  # one message per task, not one per window
@@ -401,23 +411,30 @@ def run_monitor(
                         + (
                             f" and {len(w.labels)} with a label: method '{method}' needs the served head's labels"
                             " or the texts; its windows are not tested"
-                            if labeler
+                            if field == "labels"
                             else f" and {len(w.probs)} with probabilities: method '{method}' needs the served head's"
                             " probabilities or the texts; its windows are not tested"
-                            if answers
+                            if field == "probs"
                             else f": method '{method}' embeds texts, so its windows are not tested (the server logs"
                             " text only with includeText; --method chi2 or bbsd test the answers it logs)"
                         )
                     )
             else:
                 names = (f"reference of task '{w.task}'", f"window {iso(w.start)} of '{w.task}'")
-                if w.task in logged and labeler:
+                if w.task in logged and field == "labels":
                     sample = np.asarray(w.labels, dtype=str)
                 elif flat is not None:  # embedded above: this window is big enough
                     emb = flat[offsets[w.task] : offsets[w.task] + len(w.texts)]
                     sample = labeler(w.task, emb) if labeler else emb
                 if served is None:
                     r = drift_embeddings(ref["sample"], sample, method, alpha, permutations, seed, names)
+                elif detector is not None and detector.inputs == "labels":  # the served head's labels, both sides
+                    labels = served.label_names(w.task)
+                    if w.task not in logged:
+                        sample = labels[served.probs(w.task, w.texts).argmax(1)]
+                    r = drift_embeddings(
+                        labels[ref["probs"].argmax(1)], sample, method, alpha, permutations, seed, names
+                    )
                 else:
                     probs = _served_answers(w, served, min_rows, ref["probs"].shape[1], names[1])
                     r = (
