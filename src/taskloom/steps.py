@@ -522,7 +522,6 @@ def deploy_adapter_step(adapter_dir: str | Path, repo_dir: str | Path, options: 
     ships a full model: declared in a ModelDeployment, hot-loaded into a running Triton, or (neither)
     written as the next version of `model_repository` with config.pbtxt naming it."""
     from taskloom.serve.adapters import check_adapter
-    from taskloom.serve.deploy import serve_files
 
     options = options or DeploySpec()
     adapter_dir, repo_dir = Path(adapter_dir), Path(repo_dir)
@@ -548,8 +547,7 @@ def deploy_adapter_step(adapter_dir: str | Path, repo_dir: str | Path, options: 
     else:
         if not repo:
             raise UserError("model_repository: needed to add an adapter (the repository of the served model)")
-        report = publish_version(repo, adapter, name=name)
-        serve_files(repo, name, report["version"])
+        report = publish_version(repo, adapter, name=name, serve=True)
         version = report["version"]
     write_json(repo_dir / "deploy.json", report)
     return {"model": name, "adapter": adapter_name, "version": version, "deploy": report}

@@ -61,3 +61,20 @@ def test_missing_model_and_version(repo, tmp_path):
     with pytest.raises(SpecRefused) as e:
         resolve(parse_spec({"model": {"name": "taskloom", "repository": str(root), "version": "9"}}))
     assert e.value.reason == "VersionMissing"
+
+
+def test_files_only_publish_serves_the_version_it_wrote(tmp_path):
+    """publish_version(serve=True): written, then served on disk (config.pbtxt, versions.json) under one
+    lock, so another deploy's version cannot come between the two."""
+    from taskloom.serve.deploy import publish_version
+
+    root = tmp_path / "repo"
+    build_repository("minilm", root)
+    adapter = make_adapter(tmp_path, "senti", 1, ["fresh", "rotten"])
+    report = publish_version(root, adapter, serve=True)
+    state = read_state(root / "taskloom")
+    assert report["version"] == 2 and report["adapter"] == "senti" and state["serving"] == 2
+    assert state["versions"]["2"]["status"] == "serving" and state["versions"]["1"]["status"] == "retired"
+    assert [h["result"] for h in state["history"][-2:]] == ["candidate", "serving"]
+    assert "version_policy: { specific: { versions: [ 2 ] } }" in (root / "taskloom" / "config.pbtxt").read_text()
+    assert publish_version(root, "minilm")["version"] == 3 and read_state(root / "taskloom")["serving"] == 2

@@ -400,37 +400,36 @@ def write_next_version(
 
 
 def publish_version(
-    repo_dir, source, *, name: str = "taskloom", head_task: str | None = None, adapter_name: str | None = None
+    repo_dir,
+    source,
+    *,
+    name: str = "taskloom",
+    head_task: str | None = None,
+    adapter_name: str | None = None,
+    serve: bool = False,
 ) -> dict:
     """Write the next version of `name` without loading it anywhere (a candidate in versions.json): a
     model folder (a new base, serving no adapters) or an adapter folder (added to the served set). What a
-    deploy through a ModelDeployment or a files-only deploy does first. Returns {"model", "version",
-    "revision", "adapter"}."""
+    deploy through a ModelDeployment or a files-only deploy does first. `serve`: also make it the served
+    version on disk (config.pbtxt, versions.json) under the same lock, so no other deploy's version comes
+    between: the files-only deploy, for a server that polls its repository or one started later (a
+    running server with explicit control is `deploy`'s). Returns {"model", "version", "revision", "adapter"}."""
     repo = Path(repo_dir)
     model_folder = repo / name
     with deploy_lock(repo, name):
         state = read_state(model_folder)
         plan = _plan(model_folder, state, source, adapter_name, None, head_task)
+        previous = state.get("serving")
         options = serving_options(**((plan["prev"] or {}).get("serving") or {}))
         version, manifest = write_next_version(
             repo, name, plan["src"], head_dir=plan["head_dir"], head_task=plan["head_task"], adapters=plan["adapters"],
             options=options,
         )  # fmt: skip
-        record_candidate(model_folder, state, version, manifest, "publish", state.get("serving"))
+        record_candidate(model_folder, state, version, manifest, "publish", previous)
+        if serve:
+            write_config(model_folder, version, name)
+            record_outcome(model_folder, state, version, manifest, "serving", None, previous, version, "publish")
     return {"model": name, "version": version, "revision": manifest["revision"], "adapter": plan["added"]}
-
-
-def serve_files(repo_dir, name: str, version: int) -> None:
-    """Make a published version the served one on disk only (config.pbtxt, versions.json): for a server
-    that polls its repository, or one started later; a running server with explicit control is `deploy`'s."""
-    repo = Path(repo_dir)
-    model_folder = repo / name
-    with deploy_lock(repo, name):
-        state = read_state(model_folder)
-        previous = state.get("serving")
-        manifest = read_manifest(model_folder / str(version))
-        write_config(model_folder, version, name)
-        record_outcome(model_folder, state, version, manifest, "serving", None, previous, version, "publish")
 
 
 def deploy(
