@@ -477,7 +477,10 @@ def monitor(
     alpha: float = typer.Option(0.05, "--alpha", help="Benjamini-Hochberg level across the tasks of a window"),
     consecutive: int = typer.Option(2, "--consecutive", help="significant windows in a row before an alarm"),
     min_effect: float | None = typer.Option(
-        None, "--min-effect", help="smallest effect size for an alarm (default: the detector's)"
+        None,
+        "--min-effect",
+        help="smallest effect size for an alarm (default: the detector's; a pair's effect is in units of its parts' "
+        "own minimum, default 1)",
     ),
     cooldown: int = typer.Option(3, "--cooldown", help="windows without alarms for a task after its alarm"),
     permutations: int = typer.Option(200, "--permutations", help="permutations for the p-value"),

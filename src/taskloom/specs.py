@@ -414,7 +414,7 @@ class MonitorSpec(StepSpec):
     alpha: float = Field(default=0.05, description="Benjamini-Hochberg level across the tasks of a window")
     consecutive: int = Field(default=2, description="significant windows in a row before an alarm")
     min_effect: float | None = Field(
-        default=None, description="smallest effect size for an alarm (None: the detector's)"
+        default=None, description="smallest effect size for an alarm (None: the detector's; 1 for a pair)"
     )
     cooldown: int = Field(default=3, description="windows without alarms for a task after its alarm")
     permutations: int = Field(default=200, description="permutations for the p-value")
