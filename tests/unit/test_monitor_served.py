@@ -151,6 +151,8 @@ def test_the_default_pair_sees_a_label_shift_that_mmd_alone_misses(served_world,
     assert labels["p_bbsd"] < 0.01 and labels["effect_bbsd"] > 0.08 and labels["p_mmd"] > 0.05 and labels["hit"]
     assert inputs["p_mmd"] < 0.01 and inputs["hit"]
     assert labels["n_reference_bbsd"] == 300 and labels["n_reference_mmd"] == 300
+    html = (out / "drift_report.html").read_text()  # which view moved, per window
+    assert "<th>mmd / bbsd p</th>" in html and f"{labels['p_mmd']:.4f} / {labels['p_bbsd']:.4f}" in html
 
     alone = w["tmp"] / "mmd"
     assert main([*base, "--out", str(alone), "--task", "rt", "--method", "mmd"]) == 0

@@ -26,10 +26,12 @@ reference adapter{{ '' if t.adapters|length == 1 else 's' }} {{ t.adapters|join(
 {% for a in t.alarms %}<tr><td><code>{{ a.key[:16] }}</code></td><td>{{ a.windows|join(', ') }}</td><td>{{ '%.4f'|format(a.effect) }}</td>
 <td>{{ '%.4f'|format(a.q_value) }}</td><td class="{{ 'ok' if a.delivery.status in ('delivered', 'duplicate') else 'bad' }}">{{ a.delivery.status }}</td>
 <td>{{ a.delivery.run_id or '' }}</td></tr>{% endfor %}</table>{% endif %}
-<table><tr><th>window</th><th>requests</th><th>p-value</th><th>q-value</th><th>effect</th><th>hit</th><th>alarm</th></tr>
+<table><tr><th>window</th><th>requests</th><th>p-value</th><th>q-value</th><th>effect</th><th>hit</th>{% if meta.parts %}<th>{{ meta.parts|join(' / ') }} p</th>{% endif %}<th>alarm</th></tr>
 {% for w in t.windows %}<tr><td>{{ w.start_iso }}</td><td>{{ w.n }}</td>
 {% if w.status == 'tested' %}<td>{{ '%.4f'|format(w.p_value) }}</td><td>{{ '%.4f'|format(w.q_value) }}</td><td>{{ '%.4f'|format(w.effect) }}</td>
-<td class="{{ 'bad' if w.hit else 'ok' }}">{{ 'yes' if w.hit else 'no' }}</td>{% else %}<td colspan="4">too small to test</td>{% endif %}
+<td class="{{ 'bad' if w.hit else 'ok' }}">{{ 'yes' if w.hit else 'no' }}</td>
+{% if meta.parts %}<td>{% for part in meta.parts %}{{ '%.4f'|format(w['p_' ~ part]) if ('p_' ~ part) in w else '-' }}{{ ' / ' if not loop.last }}{% endfor %}</td>{% endif %}
+{% else %}<td colspan="{{ 5 if meta.parts else 4 }}">{{ 'too small to test' if w.status == 'too_small' else 'not tested: ' ~ w.status|replace('_', ' ') }}</td>{% endif %}
 <td>{% if w.alarm %}<code class="bad">{{ w.alarm[:12] }}</code>{% elif w.cooldown %}cooldown{% endif %}</td></tr>{% endfor %}</table>
 {% endfor %}
 """

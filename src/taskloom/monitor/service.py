@@ -224,7 +224,7 @@ def run_monitor(
         for name in parts:
             check_options(name, alpha, permutations)
         description = f"{parts[0]} on embeddings and {parts[1]} on the served head's answers, Bonferroni over the two"
-        effect_unit = "the larger of each part's effect over its min_effect in the pair"
+        effect_unit = "effect ÷ its part's minimum (the larger)"
     # the served view: the served head's answers on both sides (a labels detector too, given --held-out)
     uses_served = (
         detector is None or detector.inputs == "probs" or (detector.inputs == "labels" and bool(spec.held_out))
@@ -357,6 +357,7 @@ def run_monitor(
                 "method": method,
                 "detector": description,
                 "effect": effect_unit,
+                "parts": list(parts or ()),
                 "policy": policy.__dict__,
                 "window_s": float(window),
                 "log": str(log),
