@@ -37,6 +37,7 @@ from taskloom.objectstore import is_s3, push_dir, working_copy
 from taskloom.serve.deploy import DeployError, deploy, publish_version
 from taskloom.serve.repository import build_repository
 from taskloom.specs import (
+    TRAIN_OPTIONS,
     AdapterRef,
     DeploySpec,
     DriftSpec,
@@ -233,8 +234,8 @@ def train_step(
         return _run_views(metrics, out_dir)
     given = {
         k: getattr(run, k)
-        for k in ("max_steps", "epochs", "rank", "base", "sampling", "temperature", "mixing")
-        if getattr(run, k, None)
+        for k in TRAIN_OPTIONS
+        if k not in ("device", "seed") and getattr(run, k, None)  # both always given, below
     }
     args = [a for k, v in given.items() for a in (f"--{k.replace('_', '-')}", str(v))]
     device = run.device if run.device != "auto" else ("cuda" if run.gpus_per_node else "cpu")

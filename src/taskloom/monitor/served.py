@@ -26,50 +26,54 @@ class ServedView:
         self.references: dict[str, np.ndarray] = {}
 
     def check(self) -> None:
-        """Every named task has a head and a readable held-out file, before anything is written."""
-        from taskloom.monitor.drift import MIN_ROWS, read_texts
-
+        """Every named task has a head and a readable held-out file (its reference is computed now), before
+        anything is written."""
         if not self.model.is_dir():
             raise UserError(f"--model {self.model}: the served model folder is needed (its heads score the windows)")
-        for task, path in self.held_out.items():
-            self.head(task)
-            if not path.is_file():
-                raise UserError(f"--held-out {task}={path}: no such file")
-            if len(read_texts(path, "text")) < MIN_ROWS:
-                raise UserError(f"--held-out {task}={path}: fewer than {MIN_ROWS} rows")
+        for task in self.held_out:
+            self.reference(task)
 
     def head(self, task: str):
         if task not in self.heads:
             folder = self.model / "heads" / task
             if not folder.is_dir():
-                raise UserError(
-                    f"--model {self.model}: no classification head heads/{task}/ (the served view needs one)"
-                )
+                raise UserError(f"--model {self.model}: no classification head heads/{task}/ (it scores the windows)")
             self.heads[task] = load_head(folder)
         return self.heads[task]
 
-    def label_names(self, task: str) -> np.ndarray:
-        """The head's labels, in the order of its probabilities."""
-        return np.asarray(self.head(task)[1], dtype=str)
+    def labels(self, task: str, probs: np.ndarray) -> np.ndarray:
+        """The head's label of each row of class probabilities."""
+        return np.asarray(self.head(task)[1], dtype=str)[np.asarray(probs).argmax(1)]
 
-    def probs(self, task: str, texts: list[str]) -> np.ndarray:
-        """softmax(head(embedding)) for each text, as the served model computes it."""
+    def answers(self, task: str, emb: np.ndarray) -> np.ndarray:
+        """softmax(head(embedding)) for each row of embeddings."""
         import torch
 
         head, _ = self.head(task)
-        emb = embed_texts(texts, model_name=str(self.model))
         with torch.inference_mode():
-            return torch.softmax(head(torch.from_numpy(emb)), dim=-1).numpy().astype(np.float64)
+            x = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32))
+            return torch.softmax(head(x), dim=-1).numpy().astype(np.float64)
+
+    def probs(self, task: str, texts: list[str]) -> np.ndarray:
+        """The head's probabilities for each text, embedded by the served model as it computes them."""
+        return self.answers(task, embed_texts(texts, model_name=str(self.model)))
 
     def reference(self, task: str) -> np.ndarray:
-        """The head's probabilities on the task's held-out rows (computed once per run)."""
-        from taskloom.monitor.drift import read_texts
+        """The head's probabilities on the task's held-out rows (read and computed once per run)."""
+        from taskloom.monitor.drift import MIN_ROWS, read_texts
 
         if task not in self.references:
-            if task not in self.held_out:
+            path = self.held_out.get(task)
+            if path is None:
                 raise UserError(
                     f"task '{task}': no --held-out {task}=FILE (the served view compares the head's answers on "
                     "the window with its answers on rows it never trained on)"
                 )
-            self.references[task] = self.probs(task, read_texts(self.held_out[task], "text"))
+            self.head(task)
+            if not path.is_file():
+                raise UserError(f"--held-out {task}={path}: no such file")
+            texts = read_texts(path, "text")
+            if len(texts) < MIN_ROWS:
+                raise UserError(f"--held-out {task}={path}: fewer than {MIN_ROWS} rows")
+            self.references[task] = self.probs(task, texts)
         return self.references[task]

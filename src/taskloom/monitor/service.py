@@ -55,7 +55,6 @@ from taskloom.events.cloudevent import load_secret, send_event
 from taskloom.jsonfiles import read_jsonl
 from taskloom.metrics import MonitorMetrics
 from taskloom.models.encoder import cached_encoder, embed_texts
-from taskloom.models.heads import load_head
 from taskloom.monitor import outbox
 from taskloom.monitor.detectors import DETECTORS, Detector
 from taskloom.monitor.drift import MIN_ROWS, check_options, drift_embeddings, drift_pair, pair_parts
@@ -117,26 +116,6 @@ class References:
         if self.served is not None:
             self.current[task]["probs"] = self.served.reference(task)
         return self.current[task]
-
-
-def _head_labeler(model: str):
-    """For a labels detector: predicted labels = the task's classification head on the embeddings."""
-    import torch
-
-    heads: dict = {}
-
-    def labels(task: str, emb: np.ndarray) -> np.ndarray:
-        if task not in heads:
-            folder = Path(model) / "heads" / task
-            if not folder.is_dir():
-                raise UserError(f"--model {model}: no classification head heads/{task}/ (the chi2 detector needs one)")
-            heads[task] = load_head(folder)
-        head, names = heads[task]
-        with torch.inference_mode():
-            idx = head(torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32))).argmax(dim=1).numpy()
-        return np.asarray(names, dtype=object)[idx].astype(str)
-
-    return labels
 
 
 def _served_answers(w: Window, served: ServedView, min_rows: int, classes: int, name: str) -> np.ndarray:
@@ -267,12 +246,13 @@ def run_monitor(
     watch = set(tasks or (spec.held_out if uses_served else ())) or None  # the served view: its tasks
 
     _, encoder = cached_encoder(REFERENCE_ENCODER)
-    labeler = (
-        _head_labeler(str(model)) if detector is not None and detector.inputs == "labels" and not uses_served else None
-    )
     served = ServedView(model, spec.held_out) if uses_served else None
     if served is not None:
         served.check()
+    labeler = None  # chi2 without the served view: --model's head labels base-encoder embeddings
+    if detector is not None and detector.inputs == "labels" and served is None:
+        heads = ServedView(model, {})
+        labeler = lambda task, emb: heads.labels(task, heads.answers(task, emb))  # noqa: E731
     refs = References(feature_repo, int(encoder.config.hidden_size), REFERENCE_ENCODER, labeler, served)
     for task in sorted(watch or ()):
         refs.load(task)  # a named task without a reference is a mistake even before its first request
@@ -377,7 +357,7 @@ def run_monitor(
         new: list[dict] = []
         # a labels detector takes the labels the server logged as they are, bbsd the probabilities it
         # logged; else the texts are embedded (and scored by the served model, `served`)
-        field = None if detector is None else {"labels": "labels", "probs": "probs"}.get(detector.inputs)
+        field = None if detector is None or detector.inputs == "embeddings" else detector.inputs
         logged = {w.task for w in group if field and len(getattr(w, field)) >= min_rows}
         big = [w for w in group if w.task not in logged and len(w.texts) >= min_rows]  # one encoder pass for all
         embeds = big and (served is None or detector is None)  # the reference encoder's view is tested
@@ -430,11 +410,10 @@ def run_monitor(
                 if served is None:
                     r = drift_embeddings(ref["sample"], sample, method, alpha, permutations, seed, names)
                 elif detector is not None and detector.inputs == "labels":  # the served head's labels, both sides
-                    labels = served.label_names(w.task)
                     if w.task not in logged:
-                        sample = labels[served.probs(w.task, w.texts).argmax(1)]
+                        sample = served.labels(w.task, served.probs(w.task, w.texts))
                     r = drift_embeddings(
-                        labels[ref["probs"].argmax(1)], sample, method, alpha, permutations, seed, names
+                        served.labels(w.task, ref["probs"]), sample, method, alpha, permutations, seed, names
                     )
                 else:
                     probs = _served_answers(w, served, min_rows, ref["probs"].shape[1], names[1])

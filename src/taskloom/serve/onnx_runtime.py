@@ -67,20 +67,16 @@ def prune_cache(folder: Path, keep: int = CACHE_KEEP, now: float | None = None) 
     gone is not an error."""
     import time
 
+    def used(p: Path) -> float | None:
+        try:
+            return p.stat().st_mtime
+        except FileNotFoundError:
+            return None
+
     now = time.time() if now is None else now
-    entries, partial = [], []
-    for p in folder.glob("*.onnx"):
-        try:
-            entries.append((p.stat().st_mtime, p))
-        except FileNotFoundError:
-            continue
-    for p in folder.glob(".*.onnx.*.tmp"):
-        try:
-            if now - p.stat().st_mtime > 3600:
-                partial.append(p)
-        except FileNotFoundError:
-            continue
-    removed = [p for _, p in sorted(entries, reverse=True)[keep:]] + partial
+    entries = sorted(((t, p) for p in folder.glob("*.onnx") if (t := used(p)) is not None), reverse=True)
+    partial = [p for p in folder.glob(".*.onnx.*.tmp") if (t := used(p)) is not None and now - t > 3600]
+    removed = [p for _, p in entries[keep:]] + partial
     for p in removed:
         p.unlink(missing_ok=True)
     return removed
