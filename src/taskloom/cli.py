@@ -79,7 +79,7 @@ def tasks_dedup(
     out: Path = typer.Option(..., "--out", help="folder for the clean task.yaml, its splits and dedup.json"),
 ) -> None:
     """Write a clean copy of a task: without repeated rows (the first kept), rows with conflicting labels,
-    eval rows whose text is in train, and bad rows. Prints what it removed; the inputs are never modified.
+    held-out rows (validation, eval) whose text is in an earlier split, and bad rows. Prints what it removed; the inputs are never modified.
 
     A verb of its own rather than a `validate --dedup` flag: validate only reads and judges (its output
     folder holds reports), while this writes a new task that is then validated and trained on."""
@@ -230,6 +230,12 @@ def eval_(
     task: Path = typer.Argument(..., help="the task.yaml whose eval split to score"),
     adapter: Path | None = typer.Option(None, "--adapter", help="a trained adapter folder"),
     model: Path | None = typer.Option(None, "--model", help="a full (e.g. merged) model folder"),
+    split: str = typer.Option(
+        "eval",
+        "--split",
+        help="eval (the split you report) or validation (the task's data.validation: compare options "
+        "there, so the eval split never picks them)",
+    ),
 ) -> None:
     """Print the task metric (accuracy, Pearson, MRR) as JSON for the base, an adapter or a model."""
     from taskloom import steps
@@ -237,7 +243,9 @@ def eval_(
 
     if adapter is not None and model is not None:
         raise UserError("give --adapter or --model, not both")
-    _print_json(steps.evaluate(load_task(task), adapter=adapter, model=model))
+    if split not in ("eval", "validation"):
+        raise UserError(f"--split {split!r}: use eval or validation")
+    _print_json(steps.evaluate(load_task(task), adapter=adapter, model=model, split=split))
 
 
 @app.command()

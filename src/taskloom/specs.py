@@ -25,8 +25,12 @@ class DataFiles(BaseModel):
     model_config = ConfigDict(extra="forbid")
     train: Path = Field(description="training rows, JSONL or Parquet, relative to the task file")
     eval: Path = Field(description="held-out rows for metrics, JSONL or Parquet, relative to the task file")
+    validation: Path | None = Field(
+        default=None,
+        description="optional held-out rows for choosing options (never the eval rows you report), JSONL or Parquet",
+    )
 
-    _paths = field_validator("train", "eval")(_no_nul)
+    _paths = field_validator("train", "eval", "validation")(_no_nul)
 
 
 Severity = Literal["error", "warning", "off"]
@@ -49,6 +53,7 @@ class MinRowsPolicy(CheckPolicy):
     severity: Severity = "error"
     train: int = Field(default=20, ge=1, description="fewest train rows (after bad rows are dropped)")
     eval: int = Field(default=10, ge=1, description="fewest eval rows (after bad rows are dropped)")
+    validation: int = Field(default=10, ge=1, description="fewest validation rows, when there is a validation split")
 
 
 class TextLengthsPolicy(CheckPolicy):
@@ -71,7 +76,7 @@ class ValidationPolicy(BaseModel):
     )
     leakage: CheckPolicy = Field(
         default_factory=lambda: CheckPolicy(severity="warning"),
-        description="eval rows whose text also appears in train (named by file and row)",
+        description="held-out rows (eval, validation) whose text also appears in an earlier split, named by file and row",
     )
     bad_rows: SharePolicy = Field(
         default_factory=lambda: SharePolicy(severity="error", max_share=MAX_BAD_SHARE),
@@ -137,6 +142,18 @@ class TaskSpec(BaseModel):
     def eval_path(self) -> Path:
         return (self.root / self.data.eval).resolve()
 
+    @property
+    def splits(self) -> list[str]:
+        """The task's splits in order: train, validation (when given), eval."""
+        return ["train", *(["validation"] if self.data.validation is not None else []), "eval"]
+
+    def split_path(self, split: str) -> Path:
+        """The file of one of `splits`."""
+        name = getattr(self.data, split) if split in self.splits else None
+        if name is None:
+            raise UserError(f"task {self.name}: no {split} split (task.yaml data: has {', '.join(self.splits)})")
+        return (self.root / name).resolve()
+
 
 def _first_error(e: ValidationError) -> str:
     err = e.errors()[0]
@@ -182,9 +199,9 @@ def load_task(path: str | Path) -> TaskSpec:
         spec = TaskSpec.model_validate({**doc, "root": path.parent.resolve()})
     except ValidationError as e:
         raise UserError(f"{path}: {_first_error(e)}") from None
-    for split in ("train", "eval"):
+    for split in spec.splits:
         try:
-            p = spec.train_path if split == "train" else spec.eval_path
+            p = spec.split_path(split)
             found = p.exists()
         except (OSError, ValueError) as e:  # a NUL byte, a name too long for the file system
             reason = getattr(e, "strerror", None) or str(e)
@@ -193,6 +210,10 @@ def load_task(path: str | Path) -> TaskSpec:
             raise UserError(f"{path}: data.{split}: file not found: {p}")
         if p.suffix.lower() not in (".jsonl", ".json", ".parquet"):
             raise UserError(f"{path}: data.{split}: expected a .jsonl or .parquet file, got {p.name}")
+    if spec.data.validation is not None:
+        for other in ("train", "eval"):
+            if spec.split_path("validation").samefile(spec.split_path(other)):
+                raise UserError(f"{path}: data.validation: the same file as data.{other}; it must be rows of neither")
     return spec
 
 

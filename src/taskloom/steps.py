@@ -89,7 +89,8 @@ def stage_task(task: str, out_dir: str | Path, max_rows: tuple[int | None, int |
         spec = load_task(src)
         doc = spec.model_dump(mode="json")
         files = {}
-        for split, p in (("train", spec.train_path), ("eval", spec.eval_path)):
+        for split in spec.splits:
+            p = spec.split_path(split)
             files[split] = f"{split}{p.suffix.lower()}"
             write_bytes(out_dir / files[split], p.read_bytes())
         doc["data"] = files
@@ -103,7 +104,7 @@ def stage_task(task: str, out_dir: str | Path, max_rows: tuple[int | None, int |
 
 def dedup_task(task_file: str | Path, out_dir: str | Path) -> dict:
     """A clean copy of a task under `out_dir`: task.yaml and its splits without bad rows, repeated rows
-    (the first kept), rows whose labels conflict, and eval rows whose text is in train
+    (the first kept), rows whose labels conflict, and held-out rows whose text is in an earlier split
     (taskloom.data.validation.clean_splits). Each file is written atomically, the splits before
     task.yaml; dedup.json lists every removed row and why. The inputs are only read."""
     import yaml
@@ -112,7 +113,7 @@ def dedup_task(task_file: str | Path, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir}: exists and is not a folder")
-    sources = {"train": spec.train_path, "eval": spec.eval_path}
+    sources = {split: spec.split_path(split) for split in spec.splits}
     targets = {split: (out_dir / f"{split}{p.suffix.lower()}").resolve() for split, p in sources.items()}
     inputs = {Path(task_file).resolve(), *sources.values()}
     if (out_dir / TASK_FILE).resolve() in inputs or inputs & set(targets.values()):
@@ -295,12 +296,14 @@ def record_adapter(feature_repo: str | Path, adapter_id: str, tasks: list[TaskSp
             store.write_adapter_metrics(f"{adapter_id or name}/{task.name}", task.name, metrics["tasks"][task.name])
 
 
-def evaluate(task: TaskSpec, adapter: str | Path | None = None, model: str | Path | None = None) -> dict:
-    """The task's metric on its eval split for the base, a trained adapter or a full (merged) model
-    (`taskloom eval`; the gate scores merged models the same way)."""
+def evaluate(
+    task: TaskSpec, adapter: str | Path | None = None, model: str | Path | None = None, split: str = "eval"
+) -> dict:
+    """The task's metric on its eval (or validation) split for the base, a trained adapter or a full
+    (merged) model (`taskloom eval`; the gate scores merged models the same way, on eval)."""
     if adapter is not None and model is not None:
         raise UserError("give an adapter or a model, not both")
-    return evaluate_task(task, adapter=adapter, model=model)
+    return evaluate_task(task, adapter=adapter, model=model, split=split)
 
 
 def merge(config: str | Path, out_dir: str | Path) -> dict:

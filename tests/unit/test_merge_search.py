@@ -59,6 +59,8 @@ def test_self_positioning_learns_coefficients_on_balanced_probes(tmp_path):
     rep = merge_from_config(cfg, tmp_path / "out")
     steps = rep["search"]["steps"]
     assert rep["search"]["objective"] == "task_loss" and list(rep["search"]["coefficients"]) == ["all"]
+    # exported tasks have a validation split: the probes come from it, rows no adapter was fitted on
+    assert rep["search"]["probe_splits"] == {"rt-sentiment": "validation", "lee-similarity": "validation"}
     assert len(steps) == 4 and set(steps[0]["task_losses"]) == {"rt-sentiment", "lee-similarity"}
     assert all(np.isfinite(s["loss"]) for s in steps)
     lam = rep["search"]["weights"]

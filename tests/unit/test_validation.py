@@ -51,13 +51,15 @@ def test_exported_task_is_valid(tmp_path, capsys):
     assert "PASSED" in captured.out and "leakage" in captured.out and captured.err == ""
     doc = json.loads((out / "validation.json").read_text())
     assert verify_digest(out / "validation.json")
-    assert doc["success"] is True and doc["rows"] == {"train": 3000, "eval": 1000}
+    assert doc["success"] is True and doc["rows"] == {"train": 3000, "validation": 1000, "eval": 1000}
     assert doc["engine"].startswith("great_expectations 1.")
     names = {(c["name"], c["split"]) for c in doc["checks"]}
-    for split in ("train", "eval"):
+    for split in ("train", "validation", "eval"):
         for name in ("schema", "nulls", "label_set", "text_lengths", "duplicates", "min_rows", "class_balance"):
             assert (name, split) in names
-    assert ("leakage", "eval") in names and ("leakage", "train") not in names
+    assert ("leakage", "eval") in names and ("leakage", "validation") in names and ("leakage", "train") not in names
+    leaks = {c["split"]: c["observed"] for c in doc["checks"] if c["name"] == "leakage"}
+    assert leaks == {"validation": "0 validation rows in train", "eval": "0 eval rows in train or validation"}
     balance = next(c for c in doc["checks"] if c["name"] == "class_balance" and c["split"] == "train")
     assert "50.0%" in balance["observed"]
     assert "<table>" in (out / "validation.html").read_text()

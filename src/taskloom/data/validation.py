@@ -309,18 +309,28 @@ def _conflicts_check(
     return Check("conflicts", split, severity, False, observed, detail)
 
 
-def _leakage_check(leaks: list[tuple[int, str, int]], paths: dict[str, Path], rule) -> Check | None:
+def _leakage_check(
+    leaks: list[tuple[int, str, str, int]], split: str, earlier: list[str], paths: dict[str, Path], rule
+) -> Check | None:
+    """Rows of a held-out `split` whose text is also in an `earlier` split: leaks are (row, field,
+    earlier split, its row)."""
     if rule.severity == "off":
         return None
+    where = " or ".join(earlier)
     if not leaks:
-        return Check("leakage", "eval", rule.severity, True, "0 eval rows in train")
-    first_row, first_field, _ = leaks[0]
-    parts = [f"row {n} = train row {t} (field {f!r})" for n, f, t in leaks]
+        return Check("leakage", split, rule.severity, True, f"0 {split} rows in {where}")
+    first_row, first_field, first_split, _ = leaks[0]
+    parts = [f"row {n} = {e} row {t} (field {f!r})" for n, f, e, t in leaks]
     detail = (
-        f"{paths['eval']}: row {first_row}: field {first_field!r}: also in the train split ({paths['train']}); "
-        f"{len(leaks)} eval rows: {_examples(parts)}"
+        f"{paths[split]}: row {first_row}: field {first_field!r}: also in the {first_split} split "
+        f"({paths[first_split]}); {len(leaks)} {split} rows: {_examples(parts)}"
     )
-    return Check("leakage", "eval", rule.severity, False, f"{len(leaks)} eval rows in train", detail)
+    return Check("leakage", split, rule.severity, False, f"{len(leaks)} {split} rows in {where}", detail)
+
+
+# Which earlier splits a held-out split must not share text with: validation chooses options and eval
+# reports, so neither may repeat train, and eval may not repeat validation.
+LEAK_PAIRS = (("validation", "train"), ("eval", "train"), ("eval", "validation"))
 
 
 # ---- the Great Expectations suite ----
@@ -474,15 +484,12 @@ def _present(checks: Iterable[Check | None]) -> list[Check]:
 
 
 def read_splits(spec) -> dict[str, RowsRead]:
-    """Both splits read row by row, with the task's labels (an unknown label is a bad row)."""
-    return {
-        "train": read_rows(spec.train_path, spec.type, spec.labels),
-        "eval": read_rows(spec.eval_path, spec.type, spec.labels),
-    }
+    """Every split read row by row, with the task's labels (an unknown label is a bad row)."""
+    return {split: read_rows(spec.split_path(split), spec.type, spec.labels) for split in spec.splits}
 
 
 def validate_task(spec) -> ValidationReport:
-    """Run the checks of the task's type over its train and eval files, with the task's `validation:` policy.
+    """Run the checks of the task's type over its split files, with the task's `validation:` policy.
 
     Raises UserError for what stops validation outright: an unknown base model or an unreadable file.
     """
@@ -506,8 +513,15 @@ def validate_task(spec) -> ValidationReport:
                 _conflicts_check(rep, paths[split], split, len(read.rows), by_number, kind, policy.conflicts),
             ]
         )
-    leaks = find_leaks(reads["train"].rows, reads["eval"].rows, kind)
-    checks += _present([_leakage_check(leaks, paths, policy.leakage)])
+    for split in ("validation", "eval"):
+        earlier = [e for s, e in LEAK_PAIRS if s == split and e in reads]
+        if split in reads:
+            found: dict[int, tuple[int, str, str, int]] = {}
+            for e in earlier:
+                for n, f, t in find_leaks(reads[e].rows, reads[split].rows, kind):
+                    found.setdefault(n, (n, f, e, t))  # a row in train and validation is named once, by train
+            leaks = sorted(found.values())
+            checks += _present([_leakage_check(leaks, split, earlier, paths, policy.leakage)])
     return ValidationReport(
         task=spec.name,
         type=spec.type,
@@ -522,7 +536,7 @@ def validate_task(spec) -> ValidationReport:
 # ---- clean copies ----
 
 
-REMOVED = ("bad row", "repeated", "conflicting", "in train")  # why `clean_splits` removes a row
+REMOVED = ("bad row", "repeated", "conflicting", "in train", "in validation")  # why `clean_splits` removes a row
 
 
 @dataclass
@@ -534,8 +548,9 @@ class CleanSplits:
 
 
 def clean_splits(spec) -> CleanSplits:
-    """Both splits without bad rows, repeats (the first of each kept), every row of a conflicting group
-    (which answer is right is not known), and eval rows whose text is in the cleaned train split."""
+    """Every split without bad rows, repeats (the first of each kept), every row of a conflicting group
+    (which answer is right is not known), and held-out rows whose text is in an earlier cleaned split
+    (`LEAK_PAIRS`: validation or eval in train, eval in validation)."""
     kind = TASK_TYPES[spec.type]
     reads = read_splits(spec)
     kept: dict[str, list[tuple[int, dict]]] = {}
@@ -552,8 +567,13 @@ def clean_splits(spec) -> CleanSplits:
                 gone[n] = ("conflicting", f"{'+'.join(target_fields(kind))} differs among rows {_rows_list(rows)}")
         kept[split] = [(n, r) for n, r in read.rows if n not in gone]
         removed[split] = [(n, why, detail) for n, (why, detail) in sorted(gone.items())]
-    leaks = find_leaks(kept["train"], kept["eval"], kind)
-    removed["eval"] = sorted(removed["eval"] + [(n, "in train", f"field {f!r} is train row {t}") for n, f, t in leaks])
-    leaked = {n for n, _f, _t in leaks}
-    kept["eval"] = [(n, r) for n, r in kept["eval"] if n not in leaked]
+    for split, earlier in LEAK_PAIRS:
+        if split in kept and earlier in kept:
+            leaks = find_leaks(kept[earlier], kept[split], kind)
+            why = f"in {earlier}"
+            removed[split] = sorted(
+                removed[split] + [(n, why, f"field {f!r} is {earlier} row {t}") for n, f, t in leaks]
+            )
+            leaked = {n for n, _f, _t in leaks}
+            kept[split] = [(n, r) for n, r in kept[split] if n not in leaked]
     return CleanSplits(kept, removed)

@@ -327,12 +327,16 @@ class DeltaGuided(Method):
 
 
 class GreedySoupParams(_Params):
-    probe_rows: int = Field(default=64, ge=2, description="train rows per task to score candidates on")
+    probe_rows: int = Field(
+        default=64, ge=2, description="validation rows per task to score candidates on (train rows without one)"
+    )
     seed: int = 0
 
 
 class SelfPositioningParams(_Params):
-    probe_rows: int = Field(default=64, ge=2, description="train rows per task in the probe set")
+    probe_rows: int = Field(
+        default=64, ge=2, description="validation rows per task in the probe set (train rows without one)"
+    )
     batch_rows: int = Field(default=24, ge=2, description="rows (distill: texts) per task per step")
     steps: int = Field(default=60, ge=1, description="Adam steps on the coefficients")
     lr: float = Field(default=0.05, gt=0, allow_inf_nan=False, description="Adam learning rate for λ")

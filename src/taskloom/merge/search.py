@@ -4,8 +4,9 @@ Both end in the exact streaming merge: the search only decides the weights wᵢ,
 greedy_soup writes `linear` over the chosen inputs and self_positioning writes `task_arithmetic`
 with the learned coefficients, so the output obeys the same algebra as every other method.
 
-Probe rows come from each task's TRAIN split (a seeded sample, the same count per task), never from
-the eval split the promotion gate scores, so the gate stays an honest held-out check.
+Probe rows come from each task's VALIDATION split when it has one (rows no adapter was fitted on),
+else from its train split (a seeded sample, the same count per task); never from the eval split the
+promotion gate scores, so the gate stays an honest held-out check.
 
 - greedy_soup (Wortsman et al., 2022): rank the inputs by their own probe score, start a soup with
   the best, add each next one only if the soup's mean probe score does not drop.
@@ -19,8 +20,8 @@ the eval split the promotion gate scores, so the gate stays an honest held-out c
     own adapter (squared distance of the unit vectors): keep what each adapter does on its own
     inputs, labels unused (no classification head needed).
   On the built-in tasks both beat task arithmetic at its probe-chosen λ, task_loss by more
-  (BENCHMARKS.md). The probe rows are train rows the adapters were fitted on, so probe scores run
-  higher than eval scores for every method.
+  (BENCHMARKS.md). Train-split probe rows are rows the adapters were fitted on, so their scores run
+  higher than eval scores for every method; validation rows do not have that bias.
   Task vectors of the touched tensors are held in memory for this search (fine for adapters on
   encoders; the final write still streams).
 """
@@ -49,11 +50,13 @@ Scorer = Callable[[object, object], dict]
 
 @dataclass
 class Probe:
-    """One task's probe: its spec, a seeded sample of its train rows, its head (classification)."""
+    """One task's probe: its spec, a seeded sample of its validation (else train) rows, its head
+    (classification)."""
 
     task: TaskSpec
     rows: list[dict]
     head: Any  # the task's torch Linear head (classification), else None
+    split: str = "train"  # where the rows came from
 
 
 def load_probes(task_paths: list[Path], inputs, rows_per_task: int, seed: int, heads: bool = True) -> list[Probe]:
@@ -67,13 +70,14 @@ def load_probes(task_paths: list[Path], inputs, rows_per_task: int, seed: int, h
     for path in task_paths:
         task = load_task(path)
         check_trainable_type(task)
-        rows = load_split(task, "train")
+        split = probe_split(task)
+        rows = load_split(task, split)
         rows = random.Random(f"{seed}:{task.name}").sample(rows, min(rows_per_task, len(rows)))
         head = None
         if TASK_TYPES[task.type].labelled:
             owner = next((inp for inp in inputs if inp.task == task.name and has_head(inp.folder)), None)
             if owner is None and not heads:
-                probes.append(Probe(task, rows, None))
+                probes.append(Probe(task, rows, None, split))
                 continue
             if owner is None:
                 raise UserError(
@@ -83,8 +87,13 @@ def load_probes(task_paths: list[Path], inputs, rows_per_task: int, seed: int, h
             assert task.labels is not None  # TaskSpec requires labels for a labelled type
             head = align_head(raw, labels, task.labels, str(owner.folder / "head.json"))
             head.requires_grad_(False)
-        probes.append(Probe(task, rows, head))
+        probes.append(Probe(task, rows, head, split))
     return probes
+
+
+def probe_split(task: TaskSpec) -> str:
+    """validation when the task has that split (held out from every adapter), else train."""
+    return "validation" if "validation" in task.splits else "train"
 
 
 def probe_scorer(probes: list[Probe]) -> Scorer:
@@ -345,12 +354,16 @@ def run_search(method, spec, inputs, base, base_dir, params, score: Scorer | Non
     with torch.no_grad():
         tv = TaskVectors(base, inputs, model)
     if method.name == "greedy_soup":
+        splits = {}
         if score is None:
-            score = probe_scorer(load_probes(spec.task_paths(), inputs, params.probe_rows, params.seed))
+            probes = load_probes(spec.task_paths(), inputs, params.probe_rows, params.seed)
+            score, splits = probe_scorer(probes), {p.task.name: p.split for p in probes}
         with torch.no_grad():
-            return greedy_soup(tv, tok, model, score)
+            weights, record = greedy_soup(tv, tok, model, score)
+        return weights, {**record, **({"probe_splits": splits} if splits else {})}
     probes = load_probes(
         spec.task_paths(), inputs, params.probe_rows, params.seed, heads=params.objective == "task_loss"
     )
     torch.manual_seed(params.seed)
-    return self_positioning(tv, tok, model, probes, [a.weight for a in spec.adapters], params, inputs)
+    weights, record = self_positioning(tv, tok, model, probes, [a.weight for a in spec.adapters], params, inputs)
+    return weights, {**record, "probe_splits": {p.task.name: p.split for p in probes}}

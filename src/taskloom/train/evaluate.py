@@ -1,4 +1,5 @@
-"""Score a task's eval split: the base model, base + a LoRA adapter (+ head), or a full (merged) model.
+"""Score a task's eval split (or its validation split, to choose options): the base model, base + a
+LoRA adapter (+ head), or a full (merged) model.
 
 Metrics are the task type's (taskloom.tasks.types): classification accuracy; pair_similarity Pearson
 of cosine vs gold score (Spearman too); retrieval MRR of each query's positive among the pool of all
@@ -39,8 +40,9 @@ def check_trainable_type(task) -> None:
 
 
 def load_split(task, split: str) -> list[dict]:
-    """Rows of the task's train or eval split, checked by the row loader; an empty split is a UserError."""
-    path = task.train_path if split == "train" else task.eval_path
+    """Rows of one of the task's splits (train, validation, eval), checked by the row loader; an empty or
+    missing split is a UserError."""
+    path = task.split_path(split)
     rows = load_rows(path, task.type, task.labels, task.validation.bad_rows)
     if not rows:
         raise UserError(f"{path}: no rows in the {split} split")
@@ -122,11 +124,11 @@ def _adapter_info(adapter: Path, task) -> dict:
     return info
 
 
-def _evaluate_generation(task, adapter, model, device: str) -> dict:
+def _evaluate_generation(task, adapter, model, device: str, split: str = "eval") -> dict:
     """Held-out answer loss of the causal LM base, base + adapter, or a full model folder."""
     import math
 
-    rows = load_split(task, "eval")
+    rows = load_split(task, split)
     if adapter is not None:
         adapter = Path(adapter)
         info = _adapter_info(adapter, task)
@@ -151,6 +153,7 @@ def _evaluate_generation(task, adapter, model, device: str) -> dict:
         "n": len(rows),
         "higher_is_better": False,
         "source": source,
+        "split": split,
     }
 
 
@@ -172,14 +175,15 @@ def load_adapter_model(base: str, adapter: Path, device: str = "cpu", causal: bo
     return tok, model
 
 
-def evaluate_task(task, adapter=None, model=None, device: str = "auto") -> dict:
-    """Score `task`'s eval split with the base model, base + `adapter`, or the full model folder `model`."""
+def evaluate_task(task, adapter=None, model=None, device: str = "auto", split: str = "eval") -> dict:
+    """Score one of `task`'s held-out splits (eval, or validation to choose options) with the base model,
+    base + `adapter`, or the full model folder `model`."""
     if adapter is not None and model is not None:
         raise UserError("give --adapter or --model, not both")
     device = resolve_device(device)
     if TASK_TYPES[task.type].base_kind == "causal_lm":
-        return _evaluate_generation(task, adapter, model, device)
-    rows = load_split(task, "eval")
+        return _evaluate_generation(task, adapter, model, device, split)
+    rows = load_split(task, split)
     head = None
     if adapter is not None:
         adapter = Path(adapter)
@@ -216,4 +220,5 @@ def evaluate_task(task, adapter=None, model=None, device: str = "auto") -> dict:
         source = f"base:{task.base_model}"
     result = score_encoder(task, tok, enc, rows=rows, head=head)
     result["source"] = source
+    result["split"] = split
     return result
