@@ -17,8 +17,8 @@ from taskloom.errors import UserError
 from taskloom.plugins import Registry
 from taskloom.train.objectives import PAIR_LOSSES, classification_loss, info_nce_loss
 
-# Lee pairs (595 train / 105 eval), defaults: cosine-MSE took Pearson 0.741 -> 0.755 (Spearman 0.563 -> 0.598);
-# CoSENT ranks well but un-calibrates the cosine: Pearson 0.741 -> 0.705 (Spearman 0.563 -> 0.577).
+# Chosen on Lee's validation pairs: cosine-MSE took Pearson 0.431 -> 0.529, CoSENT only to 0.467; CoSENT
+# ranks well but un-calibrates the cosine that Pearson rewards (bench/train_quality.py --variants pair=cosent).
 PAIR_OBJECTIVE = "cosine_mse"
 BALANCE_FRACTION = 0.25  # validation warns when the smallest class has < 25% of an even share of the rows
 
