@@ -79,7 +79,8 @@ def tasks_dedup(
     out: Path = typer.Option(..., "--out", help="folder for the clean task.yaml, its splits and dedup.json"),
 ) -> None:
     """Write a clean copy of a task: without repeated rows (the first kept), rows with conflicting labels,
-    held-out rows (validation, eval) whose text is in an earlier split, and bad rows. Prints what it removed; the inputs are never modified.
+    held-out rows (validation, eval) whose text is in an earlier split, and bad rows. Prints what it
+    removed; the inputs are never modified.
 
     A verb of its own rather than a `validate --dedup` flag: validate only reads and judges (its output
     folder holds reports), while this writes a new task that is then validated and trained on."""

@@ -136,11 +136,11 @@ class TaskSpec(BaseModel):
 
     @property
     def train_path(self) -> Path:
-        return (self.root / self.data.train).resolve()
+        return self.split_path("train")
 
     @property
     def eval_path(self) -> Path:
-        return (self.root / self.data.eval).resolve()
+        return self.split_path("eval")
 
     @property
     def splits(self) -> list[str]:

@@ -56,7 +56,7 @@ class Probe:
     task: TaskSpec
     rows: list[dict]
     head: Any  # the task's torch Linear head (classification), else None
-    split: str = "train"  # where the rows came from
+    split: str  # where the rows came from: probe_split(task)
 
 
 def load_probes(task_paths: list[Path], inputs, rows_per_task: int, seed: int, heads: bool = True) -> list[Probe]:
@@ -354,16 +354,18 @@ def run_search(method, spec, inputs, base, base_dir, params, score: Scorer | Non
     with torch.no_grad():
         tv = TaskVectors(base, inputs, model)
     if method.name == "greedy_soup":
-        splits = {}
+        probes = None
         if score is None:
             probes = load_probes(spec.task_paths(), inputs, params.probe_rows, params.seed)
-            score, splits = probe_scorer(probes), {p.task.name: p.split for p in probes}
+            score = probe_scorer(probes)
         with torch.no_grad():
             weights, record = greedy_soup(tv, tok, model, score)
-        return weights, {**record, **({"probe_splits": splits} if splits else {})}
-    probes = load_probes(
-        spec.task_paths(), inputs, params.probe_rows, params.seed, heads=params.objective == "task_loss"
-    )
-    torch.manual_seed(params.seed)
-    weights, record = self_positioning(tv, tok, model, probes, [a.weight for a in spec.adapters], params, inputs)
-    return weights, {**record, "probe_splits": {p.task.name: p.split for p in probes}}
+    else:
+        probes = load_probes(
+            spec.task_paths(), inputs, params.probe_rows, params.seed, heads=params.objective == "task_loss"
+        )
+        torch.manual_seed(params.seed)
+        weights, record = self_positioning(tv, tok, model, probes, [a.weight for a in spec.adapters], params, inputs)
+    if probes is not None:  # a caller's own scorer has no probes to name
+        record["probe_splits"] = {p.task.name: p.split for p in probes}
+    return weights, record
